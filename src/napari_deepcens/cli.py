@@ -1,0 +1,113 @@
+"""``deepcens``: segment, train and evaluate from the command line.
+
+The CLI calls the same API as the napari widget. User mistakes (a missing file, a weights file
+for another model) end with one clear ``error:`` line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DeepCeNSError
+
+log = logging.getLogger("napari_deepcens")
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment images into instance label TIFFs")
+    p.add_argument("images", nargs="+", type=Path, help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--model", default="unet", help="model name (default: unet)")
+    p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--diameter", type=float, default=None,
+                   help="typical object diameter in pixels (default: use the image as it is)")
+    p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
+    p.add_argument("--seed-threshold", type=float, help="watershed seed threshold")
+    p.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
+    p.add_argument("--tile", type=int, default=1024, help="tile size in pixels (default 1024)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images whose output exists (default: skip them)")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a model on annotated folders")
+    p.add_argument("data", nargs="+", type=Path,
+                   help="dataset folders of <id>/image.* + <id>/labels.*")
+    p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write")
+    p.add_argument("--model", default="unet", help="model name (default: unet)")
+    p.add_argument("--val", type=Path, nargs="*", default=[],
+                   help="validation folders: the best epoch on them is kept")
+    p.add_argument("--init", type=Path, help="weights to fine-tune from")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--steps-per-epoch", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--crop", type=int, default=160, help="training crop size in pixels")
+    p.add_argument("--base-channels", type=int, default=12, help="U-Net width (new models)")
+    p.add_argument("--depth", type=int, default=4, help="U-Net depth (new models)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    p.add_argument("gt_dir", type=Path, help="dataset folder with <id>/labels.*")
+    p.add_argument("pred_dir", type=Path, help="folder of <id>_labels.tif predictions")
+    p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
+
+
+def _add_napari(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("napari", help="open napari with the widget docked and an image loaded")
+    p.add_argument("image", nargs="?", type=Path,
+                   help="image to open (default: the bundled fluorescence sample)")
+    p.add_argument("--no-run", action="store_true", help="do not start segmenting right away")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepcens", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_napari(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    try:
+        if args.command == "segment":
+            from .commands import run_segment
+
+            return run_segment(args)
+        if args.command == "train":
+            from .commands import run_train
+
+            return run_train(args)
+        if args.command == "napari":
+            from .commands import run_napari
+
+            return run_napari(args)
+        from .commands import run_evaluate
+
+        return run_evaluate(args)
+    except DeepCeNSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What each ``deepcens`` sub-command does, given its parsed arguments.
+
+Kept apart from :mod:`napari_deepcens.cli` so that ``deepcens --help`` answers without
+importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import DeepCeNSError
+
+log = logging.getLogger(__name__)
+
+
+def output_stem(path: Path) -> str:
+    """Name of an image's outputs: its stem, or its folder's name for dataset-layout files
+    (``<id>/image.png`` → ``<id>``), so a dataset's images do not all become ``image``."""
+    return path.parent.name if path.stem == "image" and path.parent.name else path.stem
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor
+    from .io.export import write_labels
+    from .io.images import read_image
+    from .postprocess.watershed import WatershedParams
+
+    stems = [output_stem(p) for p in args.images]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise DeepCeNSError(f"several inputs would write the same output name: {duplicates}")
+    predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
+    defaults = predictor.default_params().to_dict()
+    overrides = {"fg_threshold": args.fg_threshold, "seed_threshold": args.seed_threshold,
+                 "min_size": args.min_size}
+    try:
+        params = WatershedParams(**{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        raise DeepCeNSError(str(exc)) from exc
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[Path, str]] = []
+    for path, stem in zip(args.images, stems, strict=True):
+        target = args.output / f"{stem}_labels.tif"
+        if target.exists() and not args.overwrite:
+            tqdm.write(f"skip {path.name}: {target.name} exists (--overwrite to redo)")
+            continue
+        try:
+            image = read_image(path)
+            gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile)
+            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+                while True:
+                    try:
+                        done, total = next(gen)
+                    except StopIteration as stop:
+                        raw = stop.value
+                        break
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+            labels = predictor.postprocess(raw, params)
+            write_labels(target, labels, overwrite=args.overwrite)
+            tqdm.write(f"{path.name}: {int(labels.max())} objects -> {target}")
+        except DeepCeNSError as exc:
+            failures.append((path, str(exc)))
+            tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(args.images)} images failed:", file=sys.stderr)
+        for path, why in failures:
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training.augment import AugmentConfig
+    from .training.dataset import load_folder
+    from .training.loop import TrainConfig, train_iter
+
+    train_items = [item for folder in args.data for item in load_folder(folder)]
+    val_items = [item for folder in args.val for item in load_folder(folder)]
+    if args.output.exists() and args.init and args.output.resolve() == args.init.resolve():
+        raise DeepCeNSError("--output must differ from --init: weights are never overwritten")
+    config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         augment=AugmentConfig(crop=args.crop))
+    model_config = {"base_channels": args.base_channels, "depth": args.depth}
+    print(f"training {args.model} on {len(train_items)} images"
+          + (f", validating on {len(val_items)}" if val_items else ""))
+    bar = tqdm(total=config.epochs * config.steps_per_epoch, unit="step")
+    for progress in train_iter(train_items, args.output, model_name=args.model,
+                               model_config=model_config, config=config, val_items=val_items,
+                               init=args.init, device=args.device, resume=not args.no_resume):
+        bar.n = progress.step
+        bar.set_postfix(epoch=progress.epoch, loss=f"{progress.loss:.4f}", refresh=False)
+        bar.refresh()
+        if progress.val is not None:
+            kept = " (best, saved)" if progress.best_path else ""
+            bar.write(f"epoch {progress.epoch}: loss {progress.loss:.4f} val AP@0.5 "
+                      f"{progress.val['AP@0.5']:.3f} DSB {progress.val['DSB']:.3f}{kept}")
+    bar.close()
+    print(f"weights: {args.output}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import evaluate_folder, format_table
+
+    results = evaluate_folder(args.gt_dir, args.pred_dir)
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def run_napari(args: argparse.Namespace) -> int:
+    import napari
+
+    from .io.images import read_image, validate_image
+    from .widget.segment_widget import SegmentWidget
+
+    viewer = napari.Viewer()
+    if args.image is None:
+        from .sample_data import fluorescence
+
+        data, kwargs, _kind = fluorescence()[0]
+    else:
+        data = validate_image(read_image(args.image))
+        kwargs = {"name": args.image.stem, "rgb": data.ndim == 3}
+    layer = viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment nuclei", area="right")
+    widget.set_options(image=layer)
+    if not args.no_run:
+        widget.run()
+    napari.run()
+    return 0

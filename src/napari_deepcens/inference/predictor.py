@@ -1,0 +1,189 @@
+"""The predictor: image → raw network maps (cached) → instances (cheap, re-runnable).
+
+``predict_iter`` is one generator that yields progress per tile and returns the raw maps; the
+CLI drains it behind a tqdm bar, the widget runs it in a napari thread worker with a progress
+bar and Cancel. ``postprocess`` turns cached maps into labels without touching the network,
+which is what the live sliders call.
+
+Object size: a network sees nuclei at the sizes it was trained on. When the user gives the
+nuclei's ``diameter`` (pixels), the image is rescaled so that they match the training median
+diameter recorded in the weights, and the maps are brought back to the original grid before
+post-processing, so labels always align with the user's image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..errors import DeepCeNSError
+from ..io.images import to_plane
+from ..models.registry import bundled_weights
+from ..models.weights import WeightsInfo, file_sha256, load_weights
+from ..postprocess.watershed import WatershedParams, instances_from_maps
+from .device import resolve_device
+from .tiling import predict_tiled
+
+log = logging.getLogger(__name__)
+
+#: Above this many pixels (after rescaling) an image is refused: 40k × 40k. Larger data needs
+#: the chunked path.
+MAX_PIXELS = 1_600_000_000
+Progress = tuple[int, int]
+
+
+@dataclass
+class RawOutput:
+    """Network maps on the original image grid, plus how they were made.
+
+    ``maps``: name → (H, W) float32 (``foreground`` probability, normalised ``distance``).
+    """
+
+    maps: dict[str, np.ndarray]
+    scale: float = 1.0
+    diameter: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return next(iter(self.maps.values())).shape
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (C, H, W) maps to ``size``, pixel centres aligned."""
+    return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+class Predictor:
+    """A loaded network with its training metadata, ready to segment images."""
+
+    def __init__(self, model: torch.nn.Module, info: WeightsInfo, device: str = "auto",
+                 weights_path: Path | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.info = info
+        self.weights_path = weights_path
+        self._weights_hash: str | None = None
+
+    @classmethod
+    def from_weights(cls, path: str | Path, model: str | None = None, device: str = "auto") -> Predictor:
+        """Load a weights file (checked against ``model`` when given)."""
+        net, info = load_weights(path, expected_model=model)
+        return cls(net, info, device=device, weights_path=Path(path))
+
+    @classmethod
+    def from_name(cls, model: str = "unet", weights: str | Path | None = None,
+                  device: str = "auto") -> Predictor:
+        """The bundled weights of ``model``, or ``weights`` when given."""
+        return cls.from_weights(weights or bundled_weights(model), model=model, device=device)
+
+    @property
+    def model_name(self) -> str:
+        return self.info.model
+
+    @property
+    def weights_hash(self) -> str | None:
+        """sha256 of the weights file, for provenance records."""
+        if self._weights_hash is None and self.weights_path is not None:
+            self._weights_hash = file_sha256(self.weights_path)
+        return self._weights_hash
+
+    def default_params(self) -> WatershedParams:
+        """Thresholds tuned on validation data and stored with the weights."""
+        known = WatershedParams.__dataclass_fields__
+        return WatershedParams(**{k: v for k, v in self.info.thresholds.items() if k in known})
+
+    def scale_for(self, diameter: float | None) -> float:
+        """Zoom that brings objects of ``diameter`` px to the training median diameter."""
+        if diameter is None or diameter <= 0:
+            return 1.0
+        train = self.info.median_diameter
+        if train <= 0:
+            raise DeepCeNSError("these weights record no training object size; leave diameter unset")
+        return float(train / diameter)
+
+    @torch.inference_mode()
+    def _predict_tile(self, tile: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(tile)[None, None].to(self.device)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+            logits = self.model(x)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.float16):
+                logits = self.model(x)
+        return torch.sigmoid(logits.float())[0].cpu().numpy()
+
+    def predict_iter(
+        self,
+        image: np.ndarray,
+        diameter: float | None = None,
+        tile: int = 1024,
+        overlap: int = 64,
+        invert: bool | None = None,
+    ) -> Generator[Progress, None, RawOutput]:
+        """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
+
+        ``image``: (H, W) or (H, W, 3) of any numeric type; ``diameter``: typical object
+        diameter in pixels, or ``None`` to use the image as it is.
+        """
+        plane = to_plane(image, invert=invert)
+        shape = plane.shape
+        scale = self.scale_for(diameter)
+        work = plane
+        if scale != 1.0:
+            size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
+            if size[0] * size[1] > MAX_PIXELS:
+                raise DeepCeNSError(
+                    f"diameter {diameter:g} px would enlarge the image to {size[0]}×{size[1]} "
+                    "pixels: give a larger diameter"
+                )
+            work = _resize(torch.from_numpy(plane)[None], size)[0].numpy()
+        if work.size > MAX_PIXELS:
+            raise DeepCeNSError(
+                f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece"
+            )
+        multiple = 2 ** getattr(self.model.config, "depth", 4)
+        gen = predict_tiled(work, self._predict_tile, channels=2, tile=tile, overlap=overlap,
+                            multiple=multiple)
+        maps = None
+        for item in gen:
+            if isinstance(item, np.ndarray):
+                maps = item
+            else:
+                yield item
+        assert maps is not None
+        if scale != 1.0:
+            maps = _resize(torch.from_numpy(maps), shape).numpy()
+        return RawOutput(
+            maps={"foreground": maps[0], "distance": maps[1]},
+            scale=scale,
+            diameter=diameter,
+            meta={"model": self.model_name},
+        )
+
+    def predict(self, image: np.ndarray, **kwargs) -> RawOutput:
+        """:meth:`predict_iter` drained, for scripts."""
+        gen = self.predict_iter(image, **kwargs)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def postprocess(self, raw: RawOutput, params: WatershedParams | None = None) -> np.ndarray:
+        """Instance labels from cached maps: cheap, never runs the network."""
+        return instances_from_maps(
+            raw.maps["foreground"], raw.maps["distance"], params or self.default_params()
+        )
+
+    def segment(self, image: np.ndarray, params: WatershedParams | None = None, **kwargs) -> np.ndarray:
+        """Image → (H, W) int32 instance labels in one call."""
+        return self.postprocess(self.predict(image, **kwargs), params)

@@ -1,0 +1,48 @@
+"""Writing results: atomic, and never over something the user already has (unless asked)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepCeNSError
+
+
+def atomic_write(path: Path, write, overwrite: bool = False) -> Path:
+    """Call ``write(tmp_path)`` then move the file into place in one step.
+
+    A crash or a full disk leaves either the old file or no file, never half a file.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DeepCeNSError(f"{path} exists already; not overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        if not overwrite and path.exists():  # appeared meanwhile: keep the user's
+            raise DeepCeNSError(f"{path} exists already; not overwritten")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DeepCeNSError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) -> Path:
+    """Save instance labels as a compressed TIFF (uint16 when they fit, else uint32)."""
+    import tifffile
+
+    labels = np.asarray(labels)
+    dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
+    data = labels.astype(dtype, copy=False)
+    return atomic_write(
+        Path(path), lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"), overwrite
+    )

@@ -1,0 +1,53 @@
+"""Model names the plugin knows, their builders and their bundled weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import WeightsError
+from .unet import UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one kind of model and where its bundled weights are."""
+
+    name: str
+    label: str
+    config_class: type
+    model_class: type
+    bundled: str
+
+
+MODELS: dict[str, ModelSpec] = {
+    "unet": ModelSpec("unet", "U-Net + watershed", UNetConfig, UNet, "unet_dsb2018.safetensors"),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of model ``name``; a clear error listing the known names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised network of kind ``name``."""
+    spec = get_spec(name)
+    try:
+        cfg = spec.config_class(**(config or {}))
+    except TypeError as exc:
+        raise WeightsError(f"invalid configuration for model {name!r}: {exc}") from exc
+    return spec.model_class(cfg)
+
+
+def bundled_weights(name: str) -> Path:
+    """Path of the default weights shipped in the package for model ``name``."""
+    spec = get_spec(name)
+    return Path(str(resources.files("napari_deepcens") / "weights" / spec.bundled))

@@ -1,0 +1,131 @@
+"""Weights files: one safetensors file holding the tensors and, in its metadata, the model's
+name, architecture config, training scale, default thresholds and provenance.
+
+One self-describing file is what users pass around; loading checks every part of it and says
+plainly what is wrong (not a weights file, corrupt, another model, another architecture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import WeightsError
+from .registry import build_model, get_spec
+
+FORMAT = "napari-deepcens/1"
+_KEY = "deepcens"
+
+
+@dataclass
+class WeightsInfo:
+    """Everything in a weights file besides the tensors."""
+
+    model: str
+    config: dict[str, Any]
+    median_diameter: float = 0.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, **self.__dict__}, sort_keys=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hash of a weights file, recorded in exports as provenance."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(path: str | Path, model: nn.Module, info: WeightsInfo, half: bool = True) -> Path:
+    """Write ``model``'s tensors (fp16 floats by default) and ``info`` atomically to ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        tensors[name] = tensor.contiguous()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_KEY: info.to_json()})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_info(path: str | Path) -> WeightsInfo:
+    """Read and check the metadata of a weights file, without building the model."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:
+        raise WeightsError(
+            f"{path.name} is not a valid safetensors weights file (corrupt or another format)"
+        ) from exc
+    if _KEY not in metadata:
+        raise WeightsError(f"{path.name} is a safetensors file but not napari-deepcens weights")
+    try:
+        raw = json.loads(metadata[_KEY])
+        if raw.pop("format") != FORMAT:
+            raise ValueError("format")
+        info = WeightsInfo(**raw)
+    except Exception as exc:
+        raise WeightsError(f"{path.name}: unreadable napari-deepcens metadata") from exc
+    get_spec(info.model)  # known model name
+    return info
+
+
+def load_weights(
+    path: str | Path, expected_model: str | None = None
+) -> tuple[nn.Module, WeightsInfo]:
+    """Build the network described by ``path`` and load its tensors (as float32).
+
+    Raises :class:`WeightsError` when the file is for another model than ``expected_model`` or
+    its tensors do not fit the architecture it declares.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_info(path)
+    if expected_model is not None and info.model != expected_model:
+        raise WeightsError(
+            f"{path.name} holds weights for model {info.model!r}, not {expected_model!r}: "
+            f"choose the {info.model!r} model or other weights"
+        )
+    model = build_model(info.model, info.config)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path.name}: the tensors cannot be read (corrupt file)") from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(
+            f"{path.name}: tensors do not fit the {info.model!r} architecture it declares"
+        ) from exc
+    return model.eval(), info

@@ -1,0 +1,176 @@
+"""The training loop: a generator of progress records, resumable from checkpoints.
+
+The CLI drains it behind tqdm; the widget runs it in a thread worker and stops it on Cancel
+(the generator is simply not resumed; the last checkpoint and the best weights so far stay on
+disk). Each epoch ends with a validation of the whole pipeline (network + watershed) when
+validation images are given, and the weights with the best validation DSB score are kept:
+the model is chosen on ``val``, never on ``train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..evaluation.metrics import match_image, summarize
+from ..inference.device import resolve_device
+from ..inference.predictor import Predictor
+from ..models.registry import build_model
+from ..models.weights import WeightsInfo, load_weights, save_weights
+from ..postprocess.watershed import WatershedParams
+from .augment import AugmentConfig
+from .dataset import AnnotatedImage, RandomCrops, median_diameter
+from .losses import unet_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of one training run (stored in the weights for reproducibility)."""
+
+    epochs: int = 40
+    steps_per_epoch: int = 250
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainProgress:
+    """One step's report: where we are and how the loss goes."""
+
+    epoch: int
+    step: int
+    total_steps: int
+    loss: float
+    val: dict[str, float] | None = None
+    best_path: Path | None = None
+
+
+#: Thresholds tried on validation after every epoch (cheap: the maps are computed once).
+SEARCH_FG = (0.4, 0.5, 0.6)
+SEARCH_SEED = (0.3, 0.45, 0.6)
+
+
+def _validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedImage],
+              device: torch.device) -> tuple[dict[str, float], WatershedParams]:
+    """Whole-pipeline metrics on ``items`` with the thresholds that score best on them."""
+    model.eval()
+    predictor = Predictor(model, info, device=device)
+    raws = [predictor.predict(item.plane) for item in items]
+    best: tuple[float, dict, WatershedParams] | None = None
+    for fg in SEARCH_FG:
+        for seed in SEARCH_SEED:
+            params = WatershedParams(fg_threshold=fg, seed_threshold=seed, min_size=10)
+            matches = [match_image(item.labels, predictor.postprocess(raw, params))
+                       for item, raw in zip(items, raws, strict=True)]
+            summary = summarize(matches)
+            if best is None or summary["DSB"] > best[0]:
+                best = (summary["DSB"], summary, params)
+    model.train().to(memory_format=torch.contiguous_format)
+    assert best is not None
+    return best[1], best[2]
+
+
+def train_iter(
+    train_items: list[AnnotatedImage],
+    output: str | Path,
+    model_name: str = "unet",
+    model_config: dict | None = None,
+    config: TrainConfig | None = None,
+    val_items: list[AnnotatedImage] | None = None,
+    init: str | Path | None = None,
+    device: str = "auto",
+    resume: bool = True,
+) -> Iterator[TrainProgress]:
+    """Train and write the best weights to ``output``; yields a :class:`TrainProgress` per step.
+
+    ``init``: weights to fine-tune from (their architecture is kept). A checkpoint
+    ``<output>.ckpt`` is written every epoch; with ``resume`` an interrupted run continues
+    from it.
+    """
+    config = config or TrainConfig()
+    output = Path(output)
+    ckpt_path = output.with_name(output.name + ".ckpt")
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    if init is not None:
+        model, init_info = load_weights(init, expected_model=model_name)
+        model_config = init_info.config
+        thresholds = init_info.thresholds
+    else:
+        model = build_model(model_name, model_config)
+        model_config = model.config.to_dict()
+        thresholds = WatershedParams().to_dict()
+    model.to(dev).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total, pct_start=0.05
+    )
+    start_epoch, best_score = 0, -math.inf
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score = state["epoch"], state["best_score"]
+        thresholds = state.get("thresholds", thresholds)
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+    info = WeightsInfo(
+        model=model_name,
+        config=model_config,
+        median_diameter=median_diameter(train_items),
+        thresholds=thresholds,
+        training={**config.to_dict(), "train_images": len(train_items),
+                  "init": str(init) if init else None},
+    )
+    loader = iter(DataLoader(RandomCrops(train_items, config.augment, seed=config.seed + start_epoch),
+                             batch_size=config.batch_size, num_workers=0))
+    step = start_epoch * config.steps_per_epoch
+    for epoch in range(start_epoch, config.epochs):
+        t0, losses = time.perf_counter(), []
+        for _ in range(config.steps_per_epoch):
+            images, targets = next(loader)
+            outputs = model(images.to(dev))
+            loss, _parts = unet_loss(outputs, targets.to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss))
+            yield TrainProgress(epoch + 1, step, total, float(np.mean(losses[-50:])))
+        val = None
+        best_path = None
+        if val_items:
+            val, params = _validate(model, info, val_items, dev)
+            score = val["DSB"]
+        else:
+            params, score = WatershedParams(**info.thresholds), float(epoch)
+        if score > best_score:
+            best_score = score
+            info.thresholds = params.to_dict()
+            info.metrics = {"val": val, "epoch": epoch + 1} if val else {"epoch": epoch + 1}
+            save_weights(output, model, info)
+            best_path = output
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                    "best_score": best_score, "thresholds": info.thresholds}, ckpt_path)
+        log.info("epoch %d: loss %.4f, val %s, %.0f s", epoch + 1, np.mean(losses), val,
+                 time.perf_counter() - t0)
+        yield TrainProgress(epoch + 1, step, total, float(np.mean(losses)), val, best_path)

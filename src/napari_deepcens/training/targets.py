@@ -1,0 +1,66 @@
+"""Per-pixel training targets computed from an instance label image.
+
+* foreground: 1 inside any object.
+* normalised distance: each object's Euclidean distance to its own border divided by its
+  maximum, so every object peaks at 1 in its middle whatever its size. Thresholding it gives
+  one seed per object for the watershed, and touching nuclei separate because the map dips
+  to 0 between them.
+* shape-aware weight (seed 003, eq. 3): ``w = w_c + a·exp(-D² / 2σ²)`` with ``a = 10``,
+  ``σ = 5``, ``D`` the distance to the nearest object boundary and ``w_c`` 1 on background and
+  the background/foreground pixel ratio on foreground.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+SHAPE_AWARE_ALPHA = 10.0
+SHAPE_AWARE_SIGMA = 5.0
+#: Cap on w_c so a crop with a sliver of foreground cannot dominate a batch.
+MAX_CLASS_WEIGHT = 10.0
+
+
+def normalised_distance(labels: np.ndarray) -> np.ndarray:
+    """Distance to the object's own border, divided by the object's maximum (float32)."""
+    out = np.zeros(labels.shape, np.float32)
+    for index, slices in enumerate(ndi.find_objects(labels), start=1):
+        if slices is None:
+            continue
+        # one pixel of margin so objects touching the crop edge still see a border
+        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in slices)
+        mask = labels[padded] == index
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        peak = dist.max()
+        if peak > 0:
+            out[padded][mask] = (dist[mask] / peak).astype(np.float32)
+    return out
+
+
+def shape_aware_weights(
+    labels: np.ndarray, alpha: float = SHAPE_AWARE_ALPHA, sigma: float = SHAPE_AWARE_SIGMA
+) -> np.ndarray:
+    """The seed's pixel weights ``w_c + alpha·exp(-D²/2σ²)`` (float32)."""
+    foreground = labels > 0
+    n_fg = int(foreground.sum())
+    boundary = find_boundaries(labels, mode="inner")
+    if not boundary.any():
+        return np.ones(labels.shape, np.float32)
+    dist = ndi.distance_transform_edt(~boundary)
+    weights = alpha * np.exp(-(dist**2) / (2.0 * sigma**2))
+    class_weight = min((labels.size - n_fg) / max(n_fg, 1), MAX_CLASS_WEIGHT)
+    weights += np.where(foreground, class_weight, 1.0)
+    return weights.astype(np.float32)
+
+
+def make_targets(labels: np.ndarray) -> np.ndarray:
+    """Stack (foreground, normalised distance, weight) as a (3, H, W) float32 array."""
+    labels = labels.astype(np.int32, copy=False)
+    return np.stack(
+        [
+            (labels > 0).astype(np.float32),
+            normalised_distance(labels),
+            shape_aware_weights(labels),
+        ]
+    )

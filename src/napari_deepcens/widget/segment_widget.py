@@ -1,0 +1,309 @@
+"""The dock widget: pick an image and a model, Run, then tune thresholds live.
+
+Qt and magicgui only: every computation is the public API of :mod:`napari_deepcens.inference`
+(the same calls the CLI makes), run in napari thread workers so the viewer never freezes.
+The network runs once per image; the sliders re-run only the watershed on the cached maps.
+
+Nothing the user made is lost: when a Labels layer the widget wrote has since been edited by
+hand, a new run or a slider move first keeps the edited version as a layer of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..errors import DeepCeNSError
+from ..models.registry import MODELS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..inference.predictor import Predictor, RawOutput
+
+log = logging.getLogger(__name__)
+
+EDITED_KEY = "deepcens_edited"
+SOURCE_KEY = "deepcens_source"
+
+
+def _predictor_key(model: str, weights: Path | None, device: str) -> tuple:
+    return model, str(weights) if weights else None, device
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A user error carried back from a worker (a returned exception would be re-raised)."""
+
+    error: DeepCeNSError
+
+
+@thread_worker
+def _segment_worker(load, image: np.ndarray, diameter: float | None, params):
+    """Load the model (first time only), predict tile by tile, post-process.
+
+    User errors come back as the result (shown as one clear notification); only bugs raise,
+    and napari reports those with their traceback.
+    """
+    try:
+        predictor = load()
+        raw = yield from predictor.predict_iter(image, diameter=diameter)
+        params = params or predictor.default_params()
+        return predictor, raw, params, predictor.postprocess(raw, params)
+    except DeepCeNSError as exc:
+        return _Failed(exc)
+
+
+@thread_worker
+def _postprocess_worker(predictor, raw, params):
+    try:
+        return predictor.postprocess(raw, params)
+    except DeepCeNSError as exc:
+        return _Failed(exc)
+
+
+def layer_plane(layer: napari.layers.Image) -> np.ndarray:
+    """The pixels of an image layer as one in-memory array (level 0 of a pyramid)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return np.asarray(data)
+
+
+class SegmentWidget(Container):
+    """Segment nuclei in an image layer into a Labels layer, with live thresholds."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        import napari
+
+        self._viewer = viewer
+        self._image = create_widget(annotation=napari.layers.Image, label="image")
+        self._model = ComboBox(label="model", choices=[(s.label, n) for n, s in MODELS.items()],
+                               value="unet")
+        self._weights = FileEdit(label="weights", mode="r", filter="*.safetensors", value=None,
+                                 nullable=True, tooltip="empty: the weights bundled with the plugin")
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto",
+                                tooltip="auto: the GPU when torch sees one, else the CPU")
+        self._diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0, max=2000.0,
+                                      step=1.0, tooltip="typical nucleus diameter in pixels; "
+                                      "0 = use the image at its own scale")
+        self._run = PushButton(text="Run")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self._status = Label(label="status", value="pick an image and press Run")
+        self._fg = FloatSlider(label="foreground", value=0.5, min=0.05, max=0.95, step=0.01,
+                               tooltip="probability above which a pixel is nucleus")
+        self._seed = FloatSlider(label="seed", value=0.5, min=0.05, max=0.95, step=0.01,
+                                 tooltip="higher splits touching nuclei more eagerly")
+        self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
+                                 tooltip="objects smaller than this are dropped")
+        self.extend([self._image, self._model, self._weights, self._device, self._diameter,
+                     self._run, self._cancel, self._progress, self._status,
+                     self._fg, self._seed, self._min_size])
+
+        self._predictors: dict[tuple, Predictor] = {}
+        self._raw: dict[int, tuple[Predictor, RawOutput]] = {}  # image layer id -> cached maps
+        self._worker = None
+        self._post_worker = None
+        self._post_pending = False
+        self._user_knobs = False  # until the user moves a knob, each model's tuned values apply
+        self._started = 0.0
+
+        self._run.changed.connect(self.run)
+        self._cancel.changed.connect(self.cancel)
+        for knob in (self._fg, self._seed, self._min_size):
+            knob.changed.connect(self._on_knob)
+        self._model.changed.connect(self._on_model_change)
+
+    # ------------------------------------------------------------------ helpers
+    def _params(self):
+        from ..postprocess.watershed import WatershedParams
+
+        return WatershedParams(fg_threshold=float(self._fg.value),
+                               seed_threshold=float(self._seed.value),
+                               min_size=int(self._min_size.value))
+
+    def _set_knobs(self, params) -> None:
+        """Show a model's tuned thresholds without triggering a post-processing per knob."""
+        for knob, value in ((self._fg, params.fg_threshold), (self._seed, params.seed_threshold),
+                            (self._min_size, params.min_size)):
+            with knob.changed.blocked():
+                knob.value = value
+
+    def _loader(self):
+        model, weights, device = self._model.value, self._weights.value, self._device.value
+        if weights is not None and (str(weights) in ("", ".") or Path(weights).is_dir()):
+            weights = None
+        key = _predictor_key(model, weights, device)
+
+        def load():
+            if key not in self._predictors:
+                from ..inference.predictor import Predictor
+
+                self._predictors[key] = Predictor.from_name(model, weights=weights, device=device)
+            return self._predictors[key]
+
+        return load, key
+
+    def _busy(self, busy: bool) -> None:
+        self._run.enabled = not busy
+        self._cancel.enabled = busy
+
+    def _error(self, exc: Exception) -> None:
+        if isinstance(exc, DeepCeNSError):
+            message = str(exc)
+        else:
+            log.exception("unexpected error", exc_info=exc)
+            message = f"unexpected error ({type(exc).__name__}): {exc}"
+        self._status.value = message
+        show_error(message)
+
+    # ------------------------------------------------------------------ run / cancel
+    def run(self) -> None:
+        """Start segmenting the chosen image layer in a thread worker."""
+        layer = self._image.value
+        if layer is None:
+            self._error(DeepCeNSError("no image layer: open an image or a sample first"))
+            return
+        if self._worker is not None:
+            return
+        try:
+            image = layer_plane(layer)
+        except Exception as exc:
+            self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
+            return
+        load, _key = self._loader()
+        diameter = float(self._diameter.value) or None
+        self._progress.value, self._progress.max = 0, 1
+        self._status.value = f"segmenting {layer.name}…"
+        self._started = time.perf_counter()
+        params = self._params() if self._user_knobs else None
+        worker = _segment_worker(load, image, diameter, params)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
+        worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._busy(True)
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running segmentation to stop at the next tile."""
+        if self._worker is not None:
+            self._status.value = "cancelling…"
+            self._worker.quit()
+
+    def _on_progress(self, progress: tuple[int, int]) -> None:
+        done, total = progress
+        self._progress.max = max(total, 1)
+        self._progress.value = done
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._busy(False)
+
+    def _on_segmented(self, layer, result) -> None:
+        if isinstance(result, _Failed):
+            self._error(result.error)
+            return
+        predictor, raw, params, labels = result
+        self._raw[id(layer)] = (predictor, raw)
+        self._set_knobs(params)
+        self._show_labels(layer, labels)
+        seconds = time.perf_counter() - self._started
+        self._status.value = f"{int(labels.max())} objects in {seconds:.1f} s"
+
+    def _on_model_change(self) -> None:
+        self._weights.value = None
+        self._user_knobs = False
+
+    # ------------------------------------------------------------------ live thresholds
+    def _on_knob(self) -> None:
+        self._user_knobs = True
+        layer = self._image.value
+        if layer is None or id(layer) not in self._raw:
+            return
+        if self._post_worker is not None:  # coalesce fast slider moves
+            self._post_pending = True
+            return
+        predictor, raw = self._raw[id(layer)]
+        try:
+            params = self._params()
+        except ValueError as exc:
+            self._error(DeepCeNSError(str(exc)))
+            return
+        worker = _postprocess_worker(predictor, raw, params)
+        worker.returned.connect(lambda labels, layer=layer: self._on_postprocessed(layer, labels))
+        worker.finished.connect(self._on_post_finished)
+        self._post_worker = worker
+        worker.start()
+
+    def _on_postprocessed(self, layer, labels) -> None:
+        if isinstance(labels, _Failed):
+            self._error(labels.error)
+        else:
+            self._show_labels(layer, labels)
+            self._status.value = f"{int(labels.max())} objects"
+
+    def _on_post_finished(self) -> None:
+        self._post_worker = None
+        if self._post_pending:
+            self._post_pending = False
+            self._on_knob()
+
+    # ------------------------------------------------------------------ output layers
+    def labels_layer(self, image_layer) -> napari.layers.Labels | None:
+        """The Labels layer this widget wrote for ``image_layer``, if it is still there."""
+        for layer in self._viewer.layers:
+            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels":
+                return layer
+        return None
+
+    def _show_labels(self, image_layer, labels: np.ndarray) -> None:
+        layer = self.labels_layer(image_layer)
+        name = f"{image_layer.name} labels"
+        if layer is None:
+            layer = self._viewer.add_labels(
+                labels, name=name, scale=image_layer.scale[-2:], translate=image_layer.translate[-2:],
+                metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
+            )
+            layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
+            return
+        if layer.metadata.get(EDITED_KEY):
+            kept = self._viewer.add_labels(layer.data.copy(), name=f"{layer.name} (edited)",
+                                           scale=layer.scale, translate=layer.translate)
+            show_info(f"your edits were kept in the layer {kept.name!r}")
+        layer.data = labels
+        layer.metadata[EDITED_KEY] = False
+
+    @staticmethod
+    def _mark_edited(layer) -> None:
+        layer.metadata[EDITED_KEY] = True
+
+    # ------------------------------------------------------------------ for scripts/tests
+    @property
+    def status(self) -> str:
+        return str(self._status.value)
+
+    def set_options(self, **values: Any) -> None:
+        """Set widgets by name (model, weights, device, diameter, fg, seed, min_size)."""
+        for name, value in values.items():
+            getattr(self, f"_{name}").value = value

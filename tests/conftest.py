@@ -1,0 +1,50 @@
+"""Shared fixtures: small real images from the DSB2018 validation split (tests/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_deepcens.io.images import read_image, read_labels
+from napari_deepcens.io.layout import list_samples
+
+DATA = Path(__file__).parent / "data"
+DSB_VAL = DATA / "dsb_val"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def dsb_samples():
+    """(id, image, labels, modality) of the bundled validation crops."""
+    return [
+        (s.id, read_image(s.image), read_labels(s.labels), s.modality)
+        for s in list_samples(DSB_VAL)
+    ]
+
+
+@pytest.fixture(scope="session")
+def fluorescence(dsb_samples):
+    """A 256×256 fluorescence image with 53 nuclei and its labels."""
+    return next((img, lab) for _id, img, lab, mod in dsb_samples
+                if mod == "fluorescence" and img.shape == (256, 256))
+
+
+@pytest.fixture(scope="session")
+def predictor():
+    """The bundled U-Net on the CPU (loaded once per session)."""
+    from napari_deepcens import Predictor
+
+    return Predictor.from_name("unet", device="cpu")
+
+
+def disc_labels(shape, centres, radius) -> np.ndarray:
+    """Label image of discs (label i+1 at centres[i])."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    return labels

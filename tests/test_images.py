@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from napari_deepcens.errors import ImageError
+from napari_deepcens.io.images import read_image, to_plane
+
+
+def spots(dtype=np.uint8, scale=200):
+    img = np.zeros((64, 64), np.float64)
+    img[10:20, 10:20] = 1.0
+    img[40:52, 30:44] = 0.8
+    return (img * scale + 5).astype(dtype)
+
+
+def test_integer_and_float_inputs_agree():
+    a = to_plane(spots(np.uint8, 200))
+    b = to_plane(spots(np.uint16, 50000))
+    c = to_plane(spots(np.float32, 3.5))
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    np.testing.assert_allclose(a, c, atol=1e-3)
+    assert a.dtype == np.float32 and a[15, 15] > 0.9 and a[0, 0] < 0.05
+
+
+def test_bright_background_is_inverted_so_nuclei_are_bright():
+    dark_nuclei = 255 - spots()
+    plane = to_plane(dark_nuclei)
+    assert plane[15, 15] > 0.9 and plane[0, 0] < 0.05
+    assert to_plane(dark_nuclei, invert=False)[15, 15] < 0.1
+
+
+def test_rgb_and_rgba():
+    grey = spots()
+    rgb = np.stack([grey, grey // 2, grey // 3], axis=-1)
+    rgba = np.concatenate([rgb, np.full((*grey.shape, 1), 255, np.uint8)], axis=-1)
+    assert to_plane(rgb).shape == (64, 64)
+    np.testing.assert_allclose(to_plane(rgb), to_plane(rgba))
+    same = np.stack([grey] * 3, axis=-1)
+    np.testing.assert_allclose(to_plane(same), to_plane(grey))
+
+
+def test_nan_pixels_become_background():
+    img = spots(np.float32)
+    img[0:5, 0:5] = np.nan
+    plane = to_plane(img)
+    assert np.isfinite(plane).all() and plane[2, 2] == 0.0
+
+
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (np.full((32, 32), np.nan, np.float32), "no finite"),
+        (np.zeros((32, 32), np.uint8), "same value"),
+        (np.zeros((5, 32, 32), np.uint8), "stack"),
+        (np.zeros((3, 32, 32), np.uint8), "channels first"),
+        (np.zeros((4, 4), np.uint8), "too small"),
+        (np.zeros((32, 32), complex), "pixel type"),
+    ],
+)
+def test_bad_images_get_clear_messages(image, match):
+    with pytest.raises(ImageError, match=match):
+        to_plane(image)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ImageError, match="not found"):
+        read_image(tmp_path / "missing.png")
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00 not really a tiff")
+    with pytest.raises(ImageError, match=r"cannot read broken\.tif"):
+        read_image(bad)

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from napari_deepcens.evaluation.metrics import THRESHOLDS, iou_matrix, match_image, summarize
+
+
+def test_identical_labels_score_one():
+    gt = np.array([[1, 1, 0], [0, 2, 2], [3, 0, 0]])
+    m = match_image(gt, gt * 7)  # label values do not matter
+    s = summarize([m])
+    assert s["AP@0.5"] == s["DSB"] == s["F1"] == s["pixel_IoU"] == 1.0
+
+
+def test_known_iou_and_counts():
+    gt = np.zeros((10, 10), int)
+    gt[0:4, 0:4] = 1          # 16 px
+    gt[6:10, 6:10] = 2        # 16 px, missed
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:3] = 5        # 12 px inside object 1: IoU 12/16 = 0.75
+    pred[6:8, 0:2] = 9        # false positive
+    iou = iou_matrix(gt, pred)
+    assert iou.shape == (2, 2)
+    assert iou[0, 0] == pytest.approx(0.75)
+    m = match_image(gt, pred)
+    assert m.counts(0.5) == (1, 1, 1)
+    assert m.ap(0.5) == pytest.approx(1 / 3)
+    assert m.f1(0.5) == pytest.approx(0.5)
+    # 0.75 is not > 0.75: no match from there on
+    assert m.counts(0.75) == (0, 2, 2)
+    dsb = np.mean([m.ap(t) for t in THRESHOLDS])
+    assert summarize([m])["DSB"] == pytest.approx(dsb)
+    assert dsb == pytest.approx(5 / 3 / 10)   # 1/3 at t=0.5..0.7 (5 thresholds), 0 after
+    assert m.pixel_iou == pytest.approx(12 / (32 + 4))
+
+
+def test_empty_cases():
+    empty = np.zeros((5, 5), int)
+    one = empty.copy()
+    one[1:3, 1:3] = 1
+    assert match_image(empty, empty).ap(0.5) == 1.0
+    assert match_image(one, empty).ap(0.5) == 0.0
+    assert match_image(empty, one).ap(0.5) == 0.0
+
+
+def test_images_are_averaged_not_pooled():
+    a = np.zeros((4, 4), int)
+    a[:2, :2] = 1
+    perfect = match_image(a, a)
+    miss = match_image(a, np.zeros_like(a))
+    assert summarize([perfect, miss])["AP@0.5"] == pytest.approx(0.5)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        iou_matrix(np.zeros((3, 3), int), np.zeros((3, 4), int))

@@ -1,0 +1,59 @@
+import numpy as np
+
+from napari_deepcens.training.augment import AugmentConfig, augment, random_scaled_crop
+from napari_deepcens.training.dataset import object_diameters
+from napari_deepcens.training.targets import make_targets, normalised_distance, shape_aware_weights
+
+from .conftest import disc_labels
+
+
+def test_normalised_distance_peaks_at_one_in_every_object():
+    labels = disc_labels((60, 60), [(15, 15), (40, 40)], [4, 10][0])
+    labels[labels == 2] = 0
+    labels |= disc_labels((60, 60), [(40, 40)], 10) * 2
+    dist = normalised_distance(labels)
+    for i in (1, 2):
+        assert dist[labels == i].max() == 1.0
+    assert dist[labels == 0].max() == 0.0
+    assert dist[15, 15] == 1.0 and dist[40, 40] == 1.0
+
+
+def test_shape_aware_weights_follow_the_seed_formula():
+    labels = disc_labels((80, 80), [(40, 40)], 10)
+    w = shape_aware_weights(labels)
+    n_fg = (labels > 0).sum()
+    ratio = min((labels.size - n_fg) / n_fg, 10.0)  # w_c, capped for tiny foregrounds
+    # far from the boundary: only w_c is left
+    assert np.isclose(w[0, 0], 1.0, atol=1e-3)
+    # at the centre D ≈ 9 px (the inner boundary ring is one pixel in)
+    assert np.isclose(w[40, 40], ratio + 10 * np.exp(-(9.0**2) / 50), rtol=2e-2)
+    # on the boundary (D = 0) the distance term is the full alpha = 10
+    assert np.isclose(w[40, 50], ratio + 10.0, rtol=1e-3)
+
+
+def test_targets_stack():
+    t = make_targets(disc_labels((32, 32), [(16, 16)], 6))
+    assert t.shape == (3, 32, 32) and t.dtype == np.float32
+
+
+def test_scaled_crop_keeps_labels_nearest():
+    labels = disc_labels((100, 100), [(30, 30), (70, 60)], 12)
+    image = (labels > 0).astype(np.float32)
+    rng = np.random.default_rng(1)
+    img, lab = random_scaled_crop(image, labels, 64, 2.0, rng)
+    assert img.shape == lab.shape == (64, 64)
+    assert set(np.unique(lab)) <= {0, 1, 2}
+    # zoom ×2 doubles diameters (~24 px → ~48 px) for objects fully inside the crop
+    img, lab = random_scaled_crop(image, labels, 200, 2.0, np.random.default_rng(0))
+    d = object_diameters(lab)
+    assert np.allclose(d, 2 * object_diameters(labels), rtol=0.05)
+
+
+def test_augment_shapes_and_ranges():
+    labels = disc_labels((120, 90), [(30, 30), (80, 60)], 10)
+    image = (labels > 0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        img, lab = augment(image, labels, AugmentConfig(crop=48), rng)
+        assert img.shape == lab.shape == (48, 48)
+        assert img.dtype == np.float32 and lab.dtype == np.int32

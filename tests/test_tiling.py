@@ -1,0 +1,52 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from napari_deepcens.inference.tiling import blend_window, predict_tiled, tile_grid, tile_starts
+
+
+def drain(gen):
+    *progress, result = list(gen)
+    return progress, result
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(100, 32, 8), (1000, 256, 64), (257, 256, 64),
+                                                 (64, 256, 32)])
+def test_tiles_cover_with_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    size = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a <= size - overlap for a, b in itertools.pairwise(starts))
+
+
+def test_constant_field_stays_constant():
+    plane = np.zeros((300, 470), np.float32)
+    _, out = drain(predict_tiled(plane, lambda t: np.full((2, *t.shape), 0.7, np.float32),
+                                 channels=2, tile=128, overlap=32, multiple=16))
+    assert out.shape == (2, 300, 470)
+    np.testing.assert_allclose(out, 0.7, rtol=1e-6)
+
+
+def test_identity_is_seamless_and_unpadded():
+    rng = np.random.default_rng(0)
+    plane = rng.random((333, 401)).astype(np.float32)
+    progress, out = drain(predict_tiled(plane, lambda t: t[None], channels=1, tile=96,
+                                        overlap=32, multiple=16))
+    np.testing.assert_allclose(out[0], plane, rtol=1e-5, atol=1e-6)
+    assert progress[0] == (0, len(progress) - 1) and progress[-1][0] == progress[-1][1]
+
+
+def test_window_is_positive_and_flat_inside():
+    w = blend_window(64, 80, 16)
+    assert w.min() > 0 and w[32, 40] == 1.0 and w[0, 0] < w[8, 8] < 1.0
+
+
+def test_grid_counts():
+    assert len(tile_grid((4096, 4096), 1024, 64)) == 25
+    assert len(tile_grid((200, 200), 1024, 64)) == 1
+
+
+def test_tile_must_fit_multiple():
+    with pytest.raises(ValueError, match="multiple"):
+        list(predict_tiled(np.zeros((64, 64), np.float32), lambda t: t[None], 1, tile=100))

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_deepcens.errors import WeightsError
+from napari_deepcens.models.registry import build_model
+from napari_deepcens.models.weights import WeightsInfo, load_weights, read_info, save_weights
+
+
+def small_unet(**kw):
+    return build_model("unet", {"base_channels": 4, "depth": 2, **kw})
+
+
+def test_round_trip_keeps_config_and_tensors(tmp_path):
+    model = small_unet()
+    info = WeightsInfo("unet", model.config.to_dict(), median_diameter=21.5,
+                       thresholds={"fg_threshold": 0.4, "seed_threshold": 0.6, "min_size": 12})
+    path = save_weights(tmp_path / "w.safetensors", model, info)
+    loaded, got = load_weights(path, expected_model="unet")
+    assert got.median_diameter == 21.5 and got.thresholds["min_size"] == 12
+    assert loaded.config == model.config
+    x = torch.randn(1, 1, 16, 16)
+    model.eval()
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=2e-2)  # fp16 storage
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nope.safetensors")
+
+
+def test_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
+        load_weights(bad)
+
+
+def test_truncated_file(tmp_path):
+    model = small_unet()
+    path = save_weights(tmp_path / "w.safetensors", model, WeightsInfo("unet", model.config.to_dict()))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError):
+        load_weights(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(WeightsError, match="not napari-deepcens weights"):
+        read_info(path)
+
+
+def test_weights_for_another_model(tmp_path):
+    model = small_unet()
+    path = save_weights(tmp_path / "w.safetensors", model, WeightsInfo("unet", model.config.to_dict()))
+    with pytest.raises(WeightsError, match="for model 'unet', not 'centerunet'"):
+        load_weights(path, expected_model="centerunet")
+
+
+def test_tensors_that_do_not_fit_the_declared_architecture(tmp_path):
+    model = small_unet()
+    wrong = WeightsInfo("unet", small_unet(base_channels=8).config.to_dict())
+    path = save_weights(tmp_path / "w.safetensors", model, wrong)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_weights(path)
+
+
+def test_bundled_weights_load_and_describe_themselves():
+    from napari_deepcens.models.registry import bundled_weights
+
+    path = bundled_weights("unet")
+    assert path.stat().st_size < 5_000_000
+    _model, info = load_weights(path, expected_model="unet")
+    assert 10 < info.median_diameter < 40
+    assert info.metrics["val"]["AP@0.5"] > 0.7

@@ -1,0 +1,85 @@
+"""Widget tests in a real napari viewer (Xvfb in CI)."""
+
+import numpy as np
+import pytest
+
+from napari_deepcens.widget.segment_widget import SegmentWidget
+
+pytest.importorskip("napari")
+
+
+@pytest.fixture
+def docked(make_napari_viewer, fluorescence):
+    viewer = make_napari_viewer()
+    image, _labels = fluorescence
+    layer = viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_options(image=layer, device="cpu")
+    return viewer, widget, layer
+
+
+def run_and_wait(qtbot, widget, timeout=60_000):
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+
+
+def test_run_creates_labels_and_slider_updates_them_without_network(docked, qtbot, monkeypatch):
+    viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    labels_layer = viewer.layers["nuclei labels"]
+    n_objects = int(labels_layer.data.max())
+    assert 40 <= n_objects <= 70, widget.status      # 53 annotated nuclei
+    assert "objects" in widget.status
+
+    predictor, _raw = widget._raw[id(layer)]
+    monkeypatch.setattr(predictor, "predict_iter",
+                        lambda *a, **k: pytest.fail("slider re-ran the network"))
+    before = labels_layer.data.copy()
+    widget.set_options(fg=0.93)                       # stricter foreground: less area
+    qtbot.waitUntil(lambda: widget._post_worker is None and not np.array_equal(
+        labels_layer.data, before), timeout=20_000)
+    assert (labels_layer.data > 0).sum() < (before > 0).sum()
+    assert len(viewer.layers) == 2                    # updated in place, no new layer
+
+
+def test_rerun_keeps_hand_edits(docked, qtbot):
+    viewer, widget, _layer = docked
+    run_and_wait(qtbot, widget)
+    labels_layer = viewer.layers["nuclei labels"]
+    edited = labels_layer.data.copy()
+    edited[:20, :20] = 999
+    labels_layer.data = edited
+    labels_layer.events.paint(value=[])               # what napari's brush emits
+    run_and_wait(qtbot, widget)
+    kept = viewer.layers["nuclei labels (edited)"]
+    assert (kept.data[:20, :20] == 999).all()
+    assert (viewer.layers["nuclei labels"].data != 999).all()
+
+
+def test_cancel_changes_nothing(docked, qtbot):
+    viewer, widget, _layer = docked
+    widget.set_options(diameter=60.0)                 # upscales: several tiles, time to cancel
+    widget.run()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert "nuclei labels" not in viewer.layers
+    assert "cancel" in widget.status
+
+
+def test_bad_weights_file_is_a_message_not_a_crash(docked, qtbot, tmp_path):
+    viewer, widget, _layer = docked
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not weights")
+    widget.set_options(weights=bad)
+    run_and_wait(qtbot, widget)
+    assert "not a valid safetensors" in widget.status
+    assert "nuclei labels" not in viewer.layers
+
+
+def test_no_image_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()
+    assert "no image layer" in widget.status
