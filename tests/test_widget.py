@@ -59,7 +59,7 @@ def test_rerun_keeps_hand_edits(docked, qtbot):
 
 def test_cancel_changes_nothing(docked, qtbot):
     viewer, widget, _layer = docked
-    widget.set_options(diameter=60.0)                 # upscales: several tiles, time to cancel
+    widget.set_options(auto_diameter=False, diameter=4.0)  # upscales ×5: many tiles to cancel
     widget.run()
     widget.cancel()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
@@ -83,3 +83,18 @@ def test_no_image_layer(make_napari_viewer):
     viewer.window.add_dock_widget(widget)
     widget.run()
     assert "no image layer" in widget.status
+
+
+def test_estimated_diameter_is_shown_and_an_override_is_used(docked, qtbot):
+    viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    estimate = widget._diameter.value
+    assert 10 < estimate < 40 and not widget._diameter.enabled  # read-only while automatic
+    assert "estimated" in widget.status
+    widget.set_options(auto_diameter=False)
+    assert widget._diameter.enabled
+    widget.set_options(diameter=2 * estimate)
+    run_and_wait(qtbot, widget)
+    predictor, raw = widget._raw[id(layer)]
+    assert not raw.estimated and raw.diameter == pytest.approx(2 * estimate)
+    assert raw.scale == pytest.approx(predictor.info.median_diameter / (2 * estimate))

@@ -122,7 +122,7 @@ def run_napari(args: argparse.Namespace) -> int:
     import napari
 
     from .io.images import read_image, validate_image
-    from .widget.segment_widget import SegmentWidget
+    from .widget.dock import DeepCeNSDock
 
     viewer = napari.Viewer()
     if args.image is None:
@@ -133,10 +133,10 @@ def run_napari(args: argparse.Namespace) -> int:
         data = validate_image(read_image(args.image))
         kwargs = {"name": args.image.stem, "rgb": data.ndim == 3}
     layer = viewer.add_image(data, **kwargs)
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment nuclei", area="right")
-    widget.set_options(image=layer)
+    dock = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(dock, name="DeepCeNS", area="right")
+    dock.segment.set_options(image=layer)
     if not args.no_run:
-        widget.run()
+        dock.segment.run()
     napari.run()
     return 0

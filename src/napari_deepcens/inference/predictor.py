@@ -32,6 +32,9 @@ from .tiling import predict_tiled
 
 log = logging.getLogger(__name__)
 
+#: Estimated sizes within this factor of the training size are used as they are: the network
+#: was trained with scale augmentation over a wider range, and resampling costs time.
+SNAP = 1.25
 #: Above this many pixels (after rescaling) an image is refused: 40k × 40k. Larger data needs
 #: the chunked path.
 MAX_PIXELS = 1_600_000_000
@@ -48,6 +51,7 @@ class RawOutput:
     maps: dict[str, np.ndarray]
     scale: float = 1.0
     diameter: float | None = None
+    estimated: bool = False
     meta: dict = field(default_factory=dict)
 
     @property
@@ -121,6 +125,12 @@ class Predictor:
                 logits = self.model(x)
         return torch.sigmoid(logits.float())[0].cpu().numpy()
 
+    def estimate_diameter(self, image: np.ndarray, normalised: bool = False):
+        """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`."""
+        from .diameter import estimate_diameter
+
+        return estimate_diameter(self, image if normalised else to_plane(image))
+
     def predict_iter(
         self,
         image: np.ndarray,
@@ -128,15 +138,25 @@ class Predictor:
         tile: int = 1024,
         overlap: int = 64,
         invert: bool | None = None,
+        estimate: bool = True,
+        normalised: bool = False,
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
-        ``image``: (H, W) or (H, W, 3) of any numeric type; ``diameter``: typical object
-        diameter in pixels, or ``None`` to use the image as it is.
+        ``image``: (H, W) or (H, W, 3) of any numeric type (or, with ``normalised``, a plane
+        already through :func:`to_plane`). ``diameter``: typical object diameter in pixels;
+        ``None`` estimates it (``estimate=False`` uses the image as it is).
         """
-        plane = to_plane(image, invert=invert)
+        plane = image.astype(np.float32, copy=False) if normalised else to_plane(image, invert=invert)
         shape = plane.shape
+        estimated = False
+        if diameter is None and estimate and self.info.median_diameter > 0:
+            found = self.estimate_diameter(plane, normalised=True).diameter
+            if found is not None:
+                diameter, estimated = found, True
         scale = self.scale_for(diameter)
+        if estimated and abs(np.log(scale)) < np.log(SNAP):
+            scale = 1.0
         work = plane
         if scale != 1.0:
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
@@ -166,6 +186,7 @@ class Predictor:
             maps={"foreground": maps[0], "distance": maps[1]},
             scale=scale,
             diameter=diameter,
+            estimated=estimated,
             meta={"model": self.model_name},
         )
 

@@ -29,6 +29,7 @@ from ..postprocess.watershed import WatershedParams
 from .augment import AugmentConfig
 from .dataset import AnnotatedImage, RandomCrops, median_diameter
 from .losses import unet_loss
+from .triton_guard import block_triton_in_gui_process
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedIm
     """Whole-pipeline metrics on ``items`` with the thresholds that score best on them."""
     model.eval()
     predictor = Predictor(model, info, device=device)
-    raws = [predictor.predict(item.plane) for item in items]
+    raws = [predictor.predict(item.plane, estimate=False, normalised=True) for item in items]
     best: tuple[float, dict, WatershedParams] | None = None
     for fg in SEARCH_FG:
         for seed in SEARCH_SEED:
@@ -103,6 +104,7 @@ def train_iter(
     ``<output>.ckpt`` is written every epoch; with ``resume`` an interrupted run continues
     from it.
     """
+    block_triton_in_gui_process()
     config = config or TrainConfig()
     output = Path(output)
     ckpt_path = output.with_name(output.name + ".ckpt")
@@ -153,7 +155,7 @@ def train_iter(
             optimizer.step()
             scheduler.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             yield TrainProgress(epoch + 1, step, total, float(np.mean(losses[-50:])))
         val = None
         best_path = None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 EDITED_KEY = "deepcens_edited"
+PROVENANCE_KEY = "deepcens_provenance"
 SOURCE_KEY = "deepcens_source"
 
 
@@ -58,7 +60,7 @@ class _Failed:
 
 
 @thread_worker
-def _segment_worker(load, image: np.ndarray, diameter: float | None, params):
+def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: bool, params):
     """Load the model (first time only), predict tile by tile, post-process.
 
     User errors come back as the result (shown as one clear notification); only bugs raise,
@@ -66,7 +68,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, params):
     """
     try:
         predictor = load()
-        raw = yield from predictor.predict_iter(image, diameter=diameter)
+        raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate)
         params = params or predictor.default_params()
         return predictor, raw, params, predictor.postprocess(raw, params)
     except DeepCeNSError as exc:
@@ -102,9 +104,13 @@ class SegmentWidget(Container):
                                  nullable=True, tooltip="empty: the weights bundled with the plugin")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto",
                                 tooltip="auto: the GPU when torch sees one, else the CPU")
+        self._auto_diameter = CheckBox(text="estimate object size", value=True,
+                                       tooltip="measure the nuclei's size on the image; untick "
+                                       "to type the diameter yourself")
         self._diameter = FloatSpinBox(label="diameter (px)", value=0.0, min=0.0, max=2000.0,
-                                      step=1.0, tooltip="typical nucleus diameter in pixels; "
-                                      "0 = use the image at its own scale")
+                                      step=1.0, enabled=False,
+                                      tooltip="typical nucleus diameter in pixels (shows the "
+                                      "estimate while 'estimate object size' is ticked)")
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -115,7 +121,8 @@ class SegmentWidget(Container):
                                  tooltip="higher splits touching nuclei more eagerly")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
-        self.extend([self._image, self._model, self._weights, self._device, self._diameter,
+        self.extend([self._image, self._model, self._weights, self._device,
+                     self._auto_diameter, self._diameter,
                      self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._min_size])
 
@@ -132,6 +139,7 @@ class SegmentWidget(Container):
         for knob in (self._fg, self._seed, self._min_size):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
+        self._auto_diameter.changed.connect(lambda auto: setattr(self._diameter, "enabled", not auto))
 
     # ------------------------------------------------------------------ helpers
     def _params(self):
@@ -191,12 +199,13 @@ class SegmentWidget(Container):
             self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
             return
         load, _key = self._loader()
-        diameter = float(self._diameter.value) or None
+        diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
+        estimate = bool(self._auto_diameter.value)
         self._progress.value, self._progress.max = 0, 1
         self._status.value = f"segmenting {layer.name}…"
         self._started = time.perf_counter()
         params = self._params() if self._user_knobs else None
-        worker = _segment_worker(load, image, diameter, params)
+        worker = _segment_worker(load, image, diameter, estimate, params)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
@@ -228,8 +237,13 @@ class SegmentWidget(Container):
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
         self._show_labels(layer, labels)
+        self._record_provenance(layer)
+        if raw.estimated and raw.diameter:
+            self._diameter.value = round(raw.diameter, 1)
         seconds = time.perf_counter() - self._started
-        self._status.value = f"{int(labels.max())} objects in {seconds:.1f} s"
+        size = f", diameter {raw.diameter:.1f} px{' (estimated)' if raw.estimated else ''}" if (
+            raw.diameter) else ""
+        self._status.value = f"{int(labels.max())} objects in {seconds:.1f} s{size}"
 
     def _on_model_change(self) -> None:
         self._weights.value = None
@@ -261,6 +275,7 @@ class SegmentWidget(Container):
             self._error(labels.error)
         else:
             self._show_labels(layer, labels)
+            self._record_provenance(layer)
             self._status.value = f"{int(labels.max())} objects"
 
     def _on_post_finished(self) -> None:
@@ -294,6 +309,24 @@ class SegmentWidget(Container):
         layer.data = labels
         layer.metadata[EDITED_KEY] = False
 
+    def _record_provenance(self, image_layer) -> None:
+        """What made the labels, for the export's provenance record."""
+        layer = self.labels_layer(image_layer)
+        if layer is None or id(image_layer) not in self._raw:
+            return
+        predictor, raw = self._raw[id(image_layer)]
+        source = getattr(getattr(image_layer, "source", None), "path", None)
+        layer.metadata[PROVENANCE_KEY] = {
+            "source": str(source) if source else image_layer.name,
+            "model": predictor.model_name,
+            "weights": str(predictor.weights_path),
+            "weights_sha256": predictor.weights_hash,
+            "thresholds": self._params().to_dict(),
+            "diameter": raw.diameter,
+            "diameter_estimated": raw.estimated,
+            "segmented": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
     @staticmethod
     def _mark_edited(layer) -> None:
         layer.metadata[EDITED_KEY] = True
@@ -304,6 +337,7 @@ class SegmentWidget(Container):
         return str(self._status.value)
 
     def set_options(self, **values: Any) -> None:
-        """Set widgets by name (model, weights, device, diameter, fg, seed, min_size)."""
+        """Set widgets by name (image, model, weights, device, auto_diameter, diameter, fg, seed,
+        min_size)."""
         for name, value in values.items():
             getattr(self, f"_{name}").value = value

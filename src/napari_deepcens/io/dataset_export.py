@@ -1,0 +1,166 @@
+"""Exporting corrected masks as training data, in the layout ``deepcens train`` reads.
+
+::
+
+    DATASET/<id>/image.tif         the image as it was in napari
+    DATASET/<id>/labels.tif        instance labels (one class), or labels_<class>.tif (several)
+    DATASET/<id>/provenance.json   source file, model, weights sha256, thresholds, time
+    DATASET/index.csv              id,height,width,n_objects,modality,classes
+    DATASET/annotations.json       COCO instances of the whole dataset (RLE masks, boxes,
+                                   rotated boxes as the extra field ``rotated_box``)
+
+Nothing is overwritten: a new sample gets a new id (``name``, ``name-2``, …); every file is
+written under a temporary name and moved into place; the sample folder appears only when all
+its files are complete, so a failed export leaves the dataset as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepCeNSError
+from ..postprocess.rotated_boxes import rotated_boxes
+from .export import atomic_write
+
+INDEX_FIELDS = ("id", "height", "width", "n_objects", "modality", "classes")
+
+
+def _safe_name(name: str) -> str:
+    keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name.strip())
+    return keep.strip("._") or "sample"
+
+
+def _free_id(dataset: Path, name: str) -> str:
+    base, candidate, n = _safe_name(name), _safe_name(name), 1
+    while (dataset / candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def _labels_name(cls: str, n_classes: int) -> str:
+    return "labels.tif" if n_classes == 1 else f"labels_{_safe_name(cls)}.tif"
+
+
+def export_sample(
+    dataset: str | Path,
+    image: np.ndarray,
+    labels: dict[str, np.ndarray],
+    name: str,
+    provenance: dict | None = None,
+    modality: str = "unknown",
+) -> Path:
+    """Add one (image, labels per class) sample to ``dataset``; returns the sample folder."""
+    import tifffile
+
+    dataset = Path(dataset)
+    if not labels:
+        raise DeepCeNSError("nothing to export: no labels layer given")
+    for cls, lab in labels.items():
+        if lab.shape != image.shape[:2]:
+            raise DeepCeNSError(
+                f"labels {cls!r} have shape {lab.shape} but the image is {image.shape[:2]}"
+            )
+    try:
+        dataset.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dataset, prefix=".export-"))
+    except OSError as exc:
+        raise DeepCeNSError(f"cannot write to {dataset}: {exc.strerror or exc}") from exc
+    try:
+        tifffile.imwrite(staging / "image.tif", np.asarray(image), compression="zlib")
+        n_objects = 0
+        for cls, lab in labels.items():
+            lab = np.asarray(lab)
+            dtype = np.uint16 if lab.max(initial=0) < 2**16 else np.uint32
+            tifffile.imwrite(staging / _labels_name(cls, len(labels)), lab.astype(dtype),
+                             compression="zlib")
+            n_objects += int(len(np.unique(lab)) - (lab == 0).any())
+        record = {"name": name, "classes": list(labels), "exported": time.strftime(
+            "%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})}
+        (staging / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
+        sample_id = _free_id(dataset, name)
+        target = dataset / sample_id
+        os.rename(staging, target)  # atomic; fails rather than replace an existing folder
+        os.chmod(target, 0o755)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DeepCeNSError(f"export to {dataset} failed: {exc.strerror or exc}") from exc
+    row = {"id": sample_id, "height": image.shape[0], "width": image.shape[1],
+           "n_objects": n_objects, "modality": modality, "classes": ";".join(labels)}
+    _append_index(dataset, row)
+    write_coco(dataset)
+    return target
+
+
+def _append_index(dataset: Path, row: dict) -> None:
+    index = dataset / "index.csv"
+    rows = []
+    if index.is_file():
+        with index.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    rows.append({k: str(v) for k, v in row.items()})
+    fields = list(INDEX_FIELDS) + [k for r in rows for k in r if k not in INDEX_FIELDS]
+    fields = list(dict.fromkeys(fields))
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(index, lambda tmp: Path(tmp).write_text(buffer.getvalue()), overwrite=True)
+
+
+def coco_dataset(dataset: str | Path) -> dict:
+    """COCO instances of every sample in ``dataset`` (categories from the label file names)."""
+    import tifffile
+    from pycocotools import mask as mask_utils
+
+    dataset = Path(dataset)
+    images, annotations, categories = [], [], {}
+    for image_id, folder in enumerate(sorted(p for p in dataset.iterdir() if p.is_dir()
+                                             and not p.name.startswith(".")), start=1):
+        label_files = sorted(folder.glob("labels*.tif"))
+        image_file = folder / "image.tif"
+        if not label_files or not image_file.is_file():
+            continue
+        first = tifffile.imread(label_files[0])
+        images.append({"id": image_id, "file_name": f"{folder.name}/image.tif",
+                       "height": int(first.shape[0]), "width": int(first.shape[1])})
+        for path in label_files:
+            cls = path.stem[len("labels_"):] if path.stem.startswith("labels_") else "nucleus"
+            cat = categories.setdefault(cls, len(categories) + 1)
+            labels = first if path == label_files[0] else tifffile.imread(path)
+            boxes = {row[0]: row[1:] for row in rotated_boxes(labels)}
+            for value in np.unique(labels):
+                if value == 0:
+                    continue
+                mask = np.asfortranarray((labels == value).astype(np.uint8))
+                rle = mask_utils.encode(mask)
+                x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+                rle["counts"] = rle["counts"].decode("ascii")
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
+                    "segmentation": rle, "area": float(mask.sum()), "bbox": [x, y, w, h],
+                    "iscrowd": 0, "rotated_box": list(boxes[int(value)]),
+                })
+    return {
+        "info": {"description": "exported by napari-deepcens",
+                 "rotated_box": "[cx, cy, width, height, angle_deg], pixels, x = column"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": n} for n, i in categories.items()],
+    }
+
+
+def write_coco(dataset: str | Path) -> Path:
+    """(Re)write ``annotations.json`` for the whole dataset, atomically."""
+    data = json.dumps(coco_dataset(dataset))
+    return atomic_write(Path(dataset) / "annotations.json",
+                        lambda tmp: Path(tmp).write_text(data), overwrite=True)

@@ -1,0 +1,201 @@
+"""Correct predicted labels by hand, then export them as training data.
+
+On top of napari's own brush, eraser and fill: delete or merge objects, fill holes, drop small
+objects, renumber, and redraw the rotated boxes from the edited labels. Every edit goes through
+``Labels.data_setitem`` so napari's undo (Ctrl+Z) covers it. With the mouse over the labels:
+
+* ``Shift+D`` deletes the object under the cursor,
+* ``Shift+M`` merges the object under the cursor into the selected label.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from ..errors import DeepCeNSError
+from ..postprocess import edit
+from ..postprocess.rotated_boxes import box_corners, rotated_boxes
+from .segment_widget import PROVENANCE_KEY
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+log = logging.getLogger(__name__)
+
+
+
+def apply_edit(layer, new: np.ndarray) -> int:
+    """Write the pixels where ``new`` differs into ``layer`` as one undoable step."""
+    where, values = edit.changed_pixels(np.asarray(layer.data), new)
+    if values.size:
+        layer.data_setitem(where, values)
+    return int(values.size)
+
+
+def label_under_cursor(layer, viewer) -> int:
+    """The label value under the mouse (0 outside the image)."""
+    coords = np.round(layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
+    shape = layer.data.shape[-2:]
+    if (coords < 0).any() or coords[0] >= shape[0] or coords[1] >= shape[1]:
+        return 0
+    return int(layer.data[tuple(coords)])
+
+
+def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Rotated boxes as napari rectangles ((row, col) corners) plus their features."""
+    rows = rotated_boxes(labels)
+    shapes = [box_corners(*row[1:])[:, ::-1] for row in rows]
+    features = {
+        "label": np.array([r[0] for r in rows], int),
+        "width": np.array([r[3] for r in rows]),
+        "height": np.array([r[4] for r in rows]),
+        "angle": np.array([r[5] for r in rows]),
+    }
+    return shapes, features
+
+
+class CorrectionWidget(Container):
+    """Edit helpers and export to a training dataset."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        import napari
+
+        self._viewer = viewer
+        self._labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self._image = create_widget(annotation=napari.layers.Image, label="image")
+        self._delete = PushButton(text="Delete selected label")
+        self._fill = PushButton(text="Fill holes")
+        self._min_size = SpinBox(label="smaller than (px)", value=20, min=1, max=100_000)
+        self._remove = PushButton(text="Remove small objects")
+        self._relabel = PushButton(text="Relabel 1..N")
+        self._boxes = PushButton(text="Recompute rotated boxes")
+        self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
+        self._name = LineEdit(label="sample name", value="",
+                              tooltip="empty: the image layer's name")
+        self._modality = ComboBox(label="modality", value="fluorescence",
+                                  choices=["fluorescence", "brightfield", "histology", "other"])
+        self._export = PushButton(text="Export image + labels")
+        self._status = Label(label="status", value="Shift+D delete, Shift+M merge (under cursor)")
+        self.extend([self._labels, self._image, self._delete, self._fill, self._min_size,
+                     self._remove, self._relabel, self._boxes, self._dataset, self._name,
+                     self._modality, self._export, self._status])
+        self._delete.changed.connect(self.delete_selected)
+        self._fill.changed.connect(lambda: self._apply(edit.fill_holes, "holes filled"))
+        self._remove.changed.connect(lambda: self._apply(
+            lambda lab: edit.remove_small(lab, int(self._min_size.value)), "small objects removed"))
+        self._relabel.changed.connect(lambda: self._apply(edit.relabel_sequential, "relabelled"))
+        self._boxes.changed.connect(self.update_boxes)
+        self._export.changed.connect(self.export)
+        self._labels.changed.connect(self._bind_keys)
+        self._bind_keys(self._labels.value)
+
+    # ------------------------------------------------------------------ editing
+    def _layer(self):
+        layer = self._labels.value
+        if layer is None:
+            raise DeepCeNSError("no labels layer: run a segmentation or open labels first")
+        return layer
+
+    def _report(self, message: str) -> None:
+        self._status.value = message
+
+    def _apply(self, operation, done: str) -> None:
+        try:
+            layer = self._layer()
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        n = apply_edit(layer, operation(np.asarray(layer.data)))
+        self._report(f"{done}: {n} pixels changed")
+
+    def delete_selected(self) -> None:
+        try:
+            layer = self._layer()
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        label = int(layer.selected_label)
+        n = apply_edit(layer, edit.delete_label(np.asarray(layer.data), label))
+        self._report(f"deleted label {label} ({n} pixels)")
+
+    def delete_under_cursor(self, layer) -> None:
+        label = label_under_cursor(layer, self._viewer)
+        if label:
+            apply_edit(layer, edit.delete_label(np.asarray(layer.data), label))
+            self._report(f"deleted label {label}")
+
+    def merge_under_cursor(self, layer) -> None:
+        other, keep = label_under_cursor(layer, self._viewer), int(layer.selected_label)
+        if other and keep and other != keep:
+            apply_edit(layer, edit.merge_labels(np.asarray(layer.data), keep, other))
+            self._report(f"merged label {other} into {keep}")
+
+    def _bind_keys(self, layer) -> None:
+        if layer is None or getattr(layer, "_deepcens_keys", False):
+            return
+        layer.bind_key("Shift-D", self.delete_under_cursor, overwrite=True)
+        layer.bind_key("Shift-M", self.merge_under_cursor, overwrite=True)
+        layer._deepcens_keys = True
+
+    def update_boxes(self) -> None:
+        """Create or refresh the Shapes layer of rotated boxes from the current labels."""
+        try:
+            layer = self._layer()
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        shapes, features = boxes_layer_data(np.asarray(layer.data))
+        name = f"{layer.name} boxes"
+        if name in self._viewer.layers:  # boxes are derived data: replace them whole
+            self._viewer.layers.remove(name)
+        self._viewer.add_shapes(shapes, shape_type="rectangle", name=name, features=features,
+                                edge_color="yellow", face_color="transparent", edge_width=1,
+                                scale=layer.scale, translate=layer.translate)
+        self._report(f"{len(shapes)} rotated boxes")
+
+    # ------------------------------------------------------------------ export
+    def export(self) -> Path | None:
+        """Export the chosen image and labels to the dataset folder as a new sample."""
+        from ..io.dataset_export import export_sample
+
+        try:
+            layer = self._layer()
+            image_layer = self._image.value
+            if image_layer is None:
+                raise DeepCeNSError("no image layer to export with the labels")
+            dataset = self._dataset.value
+            if dataset is None or str(dataset) in ("", "."):
+                raise DeepCeNSError("choose a dataset folder to export into")
+            image = np.asarray(image_layer.data[0] if image_layer.multiscale else image_layer.data)
+            name = self._name.value.strip() or image_layer.name
+            provenance = dict(layer.metadata.get(PROVENANCE_KEY, {}))
+            source = getattr(getattr(image_layer, "source", None), "path", None)
+            provenance.setdefault("source", str(source) if source else image_layer.name)
+            folder = export_sample(dataset, image, {"nucleus": np.asarray(layer.data)}, name,
+                                   provenance=provenance, modality=self._modality.value)
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return None
+        self._report(f"exported to {folder}")
+        show_info(f"exported sample {folder.name} to {folder.parent}")
+        return folder
+
+    def _fail(self, exc: Exception) -> None:
+        self._status.value = str(exc)
+        show_error(str(exc))

@@ -1,0 +1,155 @@
+"""Fine-tune the current model on an exported dataset, inside napari.
+
+Training runs in a thread worker with a progress bar, a running loss and Cancel. The new weights
+get a new file name (never the bundled file, never an existing file); when training ends they
+are loaded into the segmentation widget. A cancelled run leaves the weights saved at the last
+completed epoch, if any, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..errors import DeepCeNSError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from .segment_widget import SegmentWidget
+
+log = logging.getLogger(__name__)
+
+
+def default_output(dataset: Path, model: str) -> Path:
+    """A fresh weights path inside the dataset folder: ``models/<model>-<time>.safetensors``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = dataset / "models" / f"{model}-finetuned-{stamp}.safetensors"
+    n = 1
+    while path.exists():
+        n += 1
+        path = path.with_name(f"{model}-finetuned-{stamp}-{n}.safetensors")
+    return path
+
+
+@thread_worker
+def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: int, steps: int):
+    from ..training.dataset import load_folder
+    from ..training.loop import TrainConfig, train_iter
+
+    try:
+        items = load_folder(dataset)
+        config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=5e-4)
+        last = None
+        for progress in train_iter(items, output, model_name=model, config=config, init=init,
+                                   resume=False):
+            last = progress
+            yield progress
+        return output if last is not None else None
+    except DeepCeNSError as exc:
+        return exc.args[0]
+    finally:
+        ckpt = output.with_name(output.name + ".ckpt")
+        if ckpt.exists():
+            ckpt.unlink()
+
+
+class FineTuneWidget(Container):
+    """Dataset folder, epochs, Train / Cancel, progress and loss."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, segment: SegmentWidget | None = None) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._segment = segment
+        self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
+        self._epochs = SpinBox(label="epochs", value=5, min=1, max=500)
+        self._steps = SpinBox(label="steps per epoch", value=100, min=1, max=10_000)
+        self._train = PushButton(text="Fine-tune")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self._loss = Label(label="loss", value="–")
+        self._status = Label(label="status", value="starts from the weights chosen for segmenting")
+        self.extend([self._dataset, self._epochs, self._steps, self._train, self._cancel,
+                     self._progress, self._loss, self._status])
+        self._worker = None
+        self._output: Path | None = None
+        self._train.changed.connect(self.start)
+        self._cancel.changed.connect(self.cancel)
+
+    def _base(self) -> tuple[str, Path]:
+        """Model name and weights the segmentation widget would use now."""
+        from ..models.registry import bundled_weights
+
+        if self._segment is None:
+            return "unet", bundled_weights("unet")
+        model, weights = self._segment._model.value, self._segment._weights.value
+        if weights is None or str(weights) in ("", ".") or Path(weights).is_dir():
+            weights = bundled_weights(model)
+        return model, Path(weights)
+
+    def start(self) -> None:
+        if self._worker is not None:
+            return
+        dataset = self._dataset.value
+        if dataset is None or not Path(dataset).is_dir() or str(dataset) in ("", "."):
+            self._fail("choose a dataset folder (made with 'Export image + labels')")
+            return
+        model, init = self._base()
+        self._output = default_output(Path(dataset), model)
+        total = int(self._epochs.value) * int(self._steps.value)
+        self._progress.max, self._progress.value = total, 0
+        self._status.value = f"fine-tuning {init.name} → {self._output.name}"
+        worker = _train_worker(Path(dataset), self._output, init, model, int(self._epochs.value),
+                               int(self._steps.value))
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_done)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._train.enabled, self._cancel.enabled = False, True
+        worker.start()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._status.value = "cancelling after this step…"
+            self._worker.quit()
+
+    def _on_progress(self, progress) -> None:
+        self._progress.value = progress.step
+        self._loss.value = f"{progress.loss:.4f} (epoch {progress.epoch})"
+
+    def _on_done(self, result) -> None:
+        if isinstance(result, str):
+            self._fail(result)
+        elif result is not None:
+            self._use(result, f"done: weights saved to {result}")
+
+    def _on_aborted(self) -> None:
+        if self._output is not None and self._output.exists():
+            self._use(self._output, f"cancelled; weights of the last full epoch: {self._output}")
+        else:
+            self._status.value = "cancelled before the first epoch ended: nothing saved"
+
+    def _use(self, weights: Path, message: str) -> None:
+        self._status.value = message
+        if self._segment is not None:
+            self._segment._weights.value = weights
+        show_info(message)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._train.enabled, self._cancel.enabled = True, False
+
+    def _fail(self, message: str) -> None:
+        self._status.value = message
+        show_error(message)
+
+    @property
+    def status(self) -> str:
+        return str(self._status.value)

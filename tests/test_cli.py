@@ -1,0 +1,98 @@
+"""The ``deepcens`` command line, end to end on real images."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_deepcens.cli import main
+from napari_deepcens.models.weights import load_weights
+
+from .conftest import DSB_VAL
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    src = next(p for p in DSB_VAL.iterdir() if p.is_dir() and p.name.startswith("0bda"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(src / "image.png", folder / "cells.png")
+    return folder / "cells.png", src
+
+
+def test_segment_writes_labels_and_skips_existing(one_image, tmp_path, capsys):
+    image, src = one_image
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "-o", str(out), "--device", "cpu"]) == 0
+    labels = tifffile.imread(out / "cells_labels.tif")
+    assert labels.shape == (256, 256) and 40 <= labels.max() <= 70
+    mtime = (out / "cells_labels.tif").stat().st_mtime_ns
+    assert main(["segment", str(image), "-o", str(out)]) == 0
+    assert "skip" in capsys.readouterr().out
+    assert (out / "cells_labels.tif").stat().st_mtime_ns == mtime
+
+
+def test_segment_goes_on_past_a_bad_file(one_image, tmp_path, capsys):
+    image, _ = one_image
+    bad = image.parent / "broken.tif"
+    bad.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    code = main(["segment", str(bad), str(image), "-o", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 of 2 images failed" in err and "broken.tif" in err
+    assert (out / "cells_labels.tif").is_file()
+    assert "Traceback" not in err
+
+
+def test_segment_with_corrupt_weights_is_one_clear_line(one_image, tmp_path, capsys):
+    image, _ = one_image
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"nope")
+    assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--weights", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "not a valid safetensors" in err
+
+
+def test_segment_dataset_layout_then_evaluate(tmp_path, capsys):
+    images = sorted(DSB_VAL.glob("*/image.png"))
+    out = tmp_path / "pred"
+    assert main(["segment", *map(str, images), "-o", str(out), "--device", "cpu"]) == 0
+    assert len(list(out.glob("*_labels.tif"))) == len(images)
+    capsys.readouterr()
+    assert main(["evaluate", str(DSB_VAL), str(out), "--json", str(tmp_path / "m.json")]) == 0
+    table = capsys.readouterr().out
+    assert "overall" in table and "histology" in table and "DSB" in table
+    overall = table.splitlines()[1].split()
+    assert float(overall[2]) > 0.6            # AP@0.5 on these three val images
+
+
+def test_evaluate_refuses_missing_predictions(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(DSB_VAL), str(tmp_path / "empty")]) == 2
+    assert "no prediction" in capsys.readouterr().err
+
+
+def test_train_then_finetune_with_init(tmp_path, capsys):
+    w1 = tmp_path / "a.safetensors"
+    args = ["train", str(DSB_VAL), "-o", str(w1), "--epochs", "1", "--steps-per-epoch", "3",
+            "--batch-size", "2", "--crop", "64", "--base-channels", "4", "--depth", "2",
+            "--device", "cpu"]
+    assert main(args) == 0
+    model, info = load_weights(w1)
+    assert info.config["base_channels"] == 4 and info.median_diameter > 5
+    w2 = tmp_path / "b.safetensors"
+    assert main([*args[:3], str(w2), *args[4:], "--init", str(w1)]) == 0
+    _, info2 = load_weights(w2)
+    assert info2.training["init"] == str(w1)
+    # fine-tuning started from w1: the weights differ but the architecture is w1's
+    assert info2.config == info.config
+    a, b = load_weights(w1)[0].state_dict(), load_weights(w2)[0].state_dict()
+    assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_unknown_model_is_a_clear_error(one_image, tmp_path, capsys):
+    image, _ = one_image
+    assert main(["segment", str(image), "-o", str(tmp_path), "--model", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err

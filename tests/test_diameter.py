@@ -1,0 +1,64 @@
+"""Issue 8: object size — estimate, rescale, and back to the original grid."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_deepcens.evaluation.metrics import match_image
+from napari_deepcens.inference.predictor import _resize
+from napari_deepcens.postprocess.watershed import instances_from_maps
+from napari_deepcens.training.targets import normalised_distance
+
+
+def synthetic_nuclei(diameter: float, shape=(384, 384), seed=0):
+    """Bright blurred discs of one size on a noisy background, with their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = diameter / 2
+    step = int(diameter * 1.6)
+    n = 0
+    for cy in range(step // 2, shape[0] - step // 2, step):
+        for cx in range(step // 2, shape[1] - step // 2, step):
+            jy, jx = rng.uniform(-0.2, 0.2, 2) * diameter
+            n += 1
+            labels[(yy - cy - jy) ** 2 + (xx - cx - jx) ** 2 <= r**2] = n
+    image = ndi.gaussian_filter((labels > 0).astype(np.float32), 1.0)
+    image = image * rng.uniform(0.6, 1.0, n + 1)[labels] + rng.normal(0, 0.03, shape)
+    return image.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("diameter", [8, 20, 45])
+def test_estimate_on_discs_of_known_size(predictor, diameter):
+    image, labels = synthetic_nuclei(diameter)
+    true = float(np.median(2 * np.sqrt(np.bincount(labels.ravel())[1:] / np.pi)))
+    estimate = predictor.estimate_diameter(image).diameter
+    assert estimate == pytest.approx(true, rel=0.2)
+
+
+def test_maps_round_trip_keeps_instances_on_the_original_grid():
+    _, labels = synthetic_nuclei(24, shape=(200, 260))
+    maps = torch.from_numpy(np.stack([(labels > 0).astype(np.float32), normalised_distance(labels)]))
+    for scale in (0.5, 2.0, 0.37):
+        small = _resize(maps, (round(200 * scale), round(260 * scale)))
+        back = _resize(small, (200, 260)).numpy()
+        assert back.shape == (2, 200, 260)
+        out = instances_from_maps(back[0], back[1])
+        m = match_image(labels, out)
+        assert m.counts(0.8) == (labels.max(), 0, 0), scale
+        # no shift: centroids agree to a fraction of a pixel
+        for i in range(1, labels.max() + 1):
+            j = np.bincount(out[labels == i]).argmax()
+            c_true = np.argwhere(labels == i).mean(0)
+            c_out = np.argwhere(out == j).mean(0)
+            assert np.abs(c_true - c_out).max() < 0.5 + 0.5 / scale * (scale < 1)
+
+
+def test_given_diameter_overrides_the_estimate(predictor):
+    image, _ = synthetic_nuclei(20)
+    raw = predictor.predict(image, diameter=40.0)
+    assert not raw.estimated and raw.diameter == 40.0
+    assert raw.scale == pytest.approx(predictor.info.median_diameter / 40.0)
+    auto = predictor.predict(image)
+    assert auto.estimated and auto.diameter == pytest.approx(20, rel=0.2)

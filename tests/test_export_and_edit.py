@@ -1,0 +1,87 @@
+"""Issue 5: edits, rotated boxes, and export to a dataset that trains and evaluates."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.draw import ellipse
+
+from napari_deepcens.errors import DeepCeNSError
+from napari_deepcens.io.dataset_export import export_sample
+from napari_deepcens.io.layout import list_samples
+from napari_deepcens.postprocess import edit
+from napari_deepcens.postprocess.rotated_boxes import rotated_boxes
+
+
+def test_edit_operations():
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:8, 2:8] = 3
+    lab[4:6, 4:6] = 0                       # a hole
+    lab[10:18, 10:18] = 7
+    lab[0, 19] = 9                          # a speck
+    assert (edit.fill_holes(lab)[4:6, 4:6] == 3).all()
+    assert 9 not in edit.remove_small(lab, 2) and 7 in edit.remove_small(lab, 2)
+    assert set(np.unique(edit.relabel_sequential(lab))) == {0, 1, 2, 3}
+    merged = edit.merge_labels(lab, 3, 7)
+    assert 7 not in merged and (merged[10:18, 10:18] == 3).all()
+    assert 3 not in edit.delete_label(lab, 3)
+    where, values = edit.changed_pixels(lab, edit.delete_label(lab, 9))
+    assert len(values) == 1 and values[0] == 0
+    assert lab[0, 19] == 9                  # inputs are never modified
+
+
+@pytest.mark.parametrize("angle", [0, 30, 60, 90, 135])
+def test_rotated_box_of_a_known_ellipse(angle):
+    lab = np.zeros((160, 160), np.int32)
+    rr, cc = ellipse(80, 80, 12, 40, rotation=math.radians(angle))
+    lab[rr, cc] = 1
+    (_, cx, cy, w, h, a), = rotated_boxes(lab)
+    assert (cx, cy) == pytest.approx((80.5, 80.5), abs=1.0)
+    assert w == pytest.approx(81, rel=0.08) and h == pytest.approx(25, rel=0.15)
+    diff = abs((a - angle + 90) % 180 - 90)
+    assert diff < 5.0
+
+
+def test_export_never_overwrites_and_accumulates(tmp_path, fluorescence):
+    image, labels = fluorescence
+    ds = tmp_path / "dataset"
+    a = export_sample(ds, image, {"nucleus": labels}, "cells", provenance={"model": "unet"})
+    b = export_sample(ds, image, {"nucleus": labels[:, ::-1].copy()}, "cells")
+    assert a.name == "cells" and b.name == "cells-2"
+    assert np.array_equal(tifffile.imread(a / "labels.tif"), labels)   # first one intact
+    prov = json.loads((a / "provenance.json").read_text())
+    assert prov["model"] == "unet" and "exported" in prov
+    samples = list_samples(ds)
+    assert [s.id for s in samples] == ["cells", "cells-2"]
+    index = (ds / "index.csv").read_text().splitlines()
+    assert index[0].startswith("id,height,width,n_objects") and len(index) == 3
+    assert not [p for p in ds.iterdir() if p.name.startswith(".")]   # no temporary leftovers
+
+
+def test_coco_json_loads_in_pycocotools(tmp_path, fluorescence):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    image, labels = fluorescence
+    ds = tmp_path / "ds"
+    export_sample(ds, image, {"nucleus": labels}, "one")
+    coco = COCO(str(ds / "annotations.json"))
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) == len(np.unique(labels)) - 1
+    assert coco.loadCats(coco.getCatIds())[0]["name"] == "nucleus"
+    first = anns[0]
+    decoded = coco.annToMask(first)
+    assert decoded.sum() == first["area"] and len(first["rotated_box"]) == 5
+    assert mask_utils.area(first["segmentation"]) == first["area"]
+
+
+def test_failed_export_leaves_the_dataset_as_it_was(tmp_path, fluorescence):
+    image, labels = fluorescence
+    ds = tmp_path / "ds"
+    export_sample(ds, image, {"nucleus": labels}, "ok")
+    before = sorted(p.name for p in ds.iterdir())
+    with pytest.raises(DeepCeNSError, match="shape"):
+        export_sample(ds, image, {"nucleus": labels[:10]}, "bad")
+    assert sorted(p.name for p in ds.iterdir()) == before

@@ -1,0 +1,66 @@
+"""The bundled U-Net through the public API, on real validation images."""
+
+import numpy as np
+import pytest
+
+from napari_deepcens.errors import DeepCeNSError
+from napari_deepcens.evaluation.metrics import match_image
+from napari_deepcens.postprocess.watershed import WatershedParams
+
+
+def test_golden_metrics_on_validation_crops(predictor, dsb_samples):
+    """Regression guard for the shipped weights (val images, never trained on)."""
+    scores = {}
+    for sample_id, image, labels, modality in dsb_samples:
+        pred = predictor.segment(image)
+        scores[(sample_id[:6], modality)] = match_image(labels, pred).ap(0.5)
+    fluo = [v for (_i, m), v in scores.items() if m == "fluorescence"]
+    assert min(fluo) > 0.75, scores
+    assert np.mean(list(scores.values())) > 0.7, scores
+
+
+def test_cached_maps_give_the_same_labels_as_a_fresh_run(predictor, fluorescence):
+    image, _ = fluorescence
+    raw = predictor.predict(image)
+    params = WatershedParams(fg_threshold=0.5, seed_threshold=0.6, min_size=5)
+    np.testing.assert_array_equal(predictor.postprocess(raw, params),
+                                  predictor.segment(image, params=params))
+
+
+def test_tiled_equals_untiled(predictor, dsb_samples):
+    image, labels = next((img, lab) for _i, img, lab, _m in dsb_samples if img.shape[0] > 500)
+    whole = predictor.predict(image, tile=1024)
+    tiled = predictor.predict(image, tile=256, overlap=64)
+    fg_diff = np.abs(whole.maps["foreground"] - tiled.maps["foreground"])
+    assert np.percentile(fg_diff, 99) < 0.1
+    a, b = predictor.postprocess(whole), predictor.postprocess(tiled)
+    assert match_image(a, b).ap(0.5) > 0.95
+
+
+def test_diameter_rescales_and_returns_to_the_original_grid(predictor, fluorescence):
+    image, labels = fluorescence
+    train = predictor.info.median_diameter
+    big = np.kron(image, np.ones((2, 2), image.dtype))        # nuclei twice as large
+    raw = predictor.predict(big, diameter=2 * train)
+    assert raw.shape == big.shape and raw.scale == pytest.approx(0.5)
+    pred = predictor.postprocess(raw)
+    big_labels = np.kron(labels, np.ones((2, 2), labels.dtype))
+    assert match_image(big_labels, pred).ap(0.5) > 0.7
+
+
+def test_empty_image_region_gives_no_objects(predictor):
+    image = np.zeros((128, 128), np.uint8)
+    image[0, 0] = 1                                           # not constant, but no nuclei
+    assert predictor.segment(image).max() == 0
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    from napari_deepcens.inference.device import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(DeepCeNSError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
