@@ -19,14 +19,13 @@ from torch.nn import functional as F
 
 from napari_deepcens import Predictor
 from napari_deepcens.evaluation.metrics import match_image, summarize
-from napari_deepcens.io.images import read_labels, to_plane
+from napari_deepcens.io.images import read_image, read_labels, to_plane
 from napari_deepcens.io.layout import list_samples
-from napari_deepcens.io.images import read_image
 from napari_deepcens.training.dataset import object_diameters
 
 
 def rescale(plane: np.ndarray, labels: np.ndarray, factor: float):
-    size = (max(int(round(plane.shape[0] * factor)), 16), max(int(round(plane.shape[1] * factor)), 16))
+    size = (max(round(plane.shape[0] * factor), 16), max(round(plane.shape[1] * factor), 16))
     img = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear",
                         align_corners=False)[0, 0].numpy()
     lab = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,

@@ -22,7 +22,7 @@ def one_image(tmp_path):
 
 
 def test_segment_writes_labels_and_skips_existing(one_image, tmp_path, capsys):
-    image, src = one_image
+    image, _src = one_image
     out = tmp_path / "out"
     assert main(["segment", str(image), "-o", str(out), "--device", "cpu"]) == 0
     labels = tifffile.imread(out / "cells_labels.tif")
@@ -80,7 +80,7 @@ def test_train_then_finetune_with_init(tmp_path, capsys):
             "--batch-size", "2", "--crop", "64", "--base-channels", "4", "--depth", "2",
             "--device", "cpu"]
     assert main(args) == 0
-    model, info = load_weights(w1)
+    _model, info = load_weights(w1)
     assert info.config["base_channels"] == 4 and info.median_diameter > 5
     w2 = tmp_path / "b.safetensors"
     assert main([*args[:3], str(w2), *args[4:], "--init", str(w1)]) == 0

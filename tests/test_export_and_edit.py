@@ -27,7 +27,7 @@ def test_edit_operations():
     merged = edit.merge_labels(lab, 3, 7)
     assert 7 not in merged and (merged[10:18, 10:18] == 3).all()
     assert 3 not in edit.delete_label(lab, 3)
-    where, values = edit.changed_pixels(lab, edit.delete_label(lab, 9))
+    _where, values = edit.changed_pixels(lab, edit.delete_label(lab, 9))
     assert len(values) == 1 and values[0] == 0
     assert lab[0, 19] == 9                  # inputs are never modified
 

@@ -28,7 +28,7 @@ def test_cached_maps_give_the_same_labels_as_a_fresh_run(predictor, fluorescence
 
 
 def test_tiled_equals_untiled(predictor, dsb_samples):
-    image, labels = next((img, lab) for _i, img, lab, _m in dsb_samples if img.shape[0] > 500)
+    image, _labels = next((img, lab) for _i, img, lab, _m in dsb_samples if img.shape[0] > 500)
     whole = predictor.predict(image, tile=1024)
     tiled = predictor.predict(image, tile=256, overlap=64)
     fg_diff = np.abs(whole.maps["foreground"] - tiled.maps["foreground"])

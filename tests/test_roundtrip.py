@@ -94,7 +94,7 @@ def test_finetune_without_dataset_is_a_message(dock):
 
 
 def test_export_without_folder_keeps_everything(dock, qtbot):
-    viewer, dock, layer = dock
+    viewer, dock, _layer = dock
     dock.segment.run()
     qtbot.waitUntil(lambda: dock.segment._worker is None, timeout=60_000)
     labels = viewer.layers["nuclei labels"]

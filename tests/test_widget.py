@@ -86,7 +86,7 @@ def test_no_image_layer(make_napari_viewer):
 
 
 def test_estimated_diameter_is_shown_and_an_override_is_used(docked, qtbot):
-    viewer, widget, layer = docked
+    _viewer, widget, layer = docked
     run_and_wait(qtbot, widget)
     estimate = widget._diameter.value
     assert 10 < estimate < 40 and not widget._diameter.enabled  # read-only while automatic

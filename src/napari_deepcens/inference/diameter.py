@@ -11,6 +11,7 @@ size. Cost is bounded: every pass sees at most ``budget``² model pixels.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -52,8 +53,8 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 384) -> Diamet
     params = predictor.default_params()
     per_zoom: dict[float, tuple[float, int]] = {}
     for zoom in ZOOMS:
-        crop = _centre_crop(plane, int(math.ceil(budget / zoom)))
-        size = (max(int(round(crop.shape[0] * zoom)), 32), max(int(round(crop.shape[1] * zoom)), 32))
+        crop = _centre_crop(plane, math.ceil(budget / zoom))
+        size = (max(round(crop.shape[0] * zoom), 32), max(round(crop.shape[1] * zoom), 32))
         x = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
         work = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
         raw = predictor.predict(work, diameter=None, estimate=False, normalised=True)
@@ -62,7 +63,7 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 384) -> Diamet
             per_zoom[zoom] = (float(np.median(found)) / zoom, int(found.size))
     best: tuple[float, float] | None = None
     zooms = [z for z in ZOOMS if z in per_zoom]
-    for a, b in zip(zooms, zooms[1:], strict=False):
+    for a, b in itertools.pairwise(zooms):
         if a / b > 2.0 + 1e-6:  # only neighbours on the ladder
             continue
         da, db = per_zoom[a][0], per_zoom[b][0]
