@@ -63,7 +63,7 @@ def main() -> None:
     import torch
 
     from napari_deepcens import Predictor
-    from napari_deepcens.postprocess.watershed import WatershedParams
+    from napari_deepcens.postprocess.params import PostprocessParams
 
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_name(args.model, device="cpu")
@@ -81,7 +81,7 @@ def main() -> None:
     times = []
     for seed in (0.3, 0.4, 0.5, 0.6, 0.7):
         t0 = time.perf_counter()
-        predictor.postprocess(raw, WatershedParams(seed_threshold=seed))
+        predictor.postprocess(raw, PostprocessParams(seed_threshold=seed))
         times.append(time.perf_counter() - t0)
     print(f"live re-post-processing 1024x1024: median {np.median(times):.3f} s "
           f"(min {min(times):.3f}, max {max(times):.3f})")

@@ -5,7 +5,7 @@ import pytest
 
 from napari_deepcens.errors import DeepCeNSError
 from napari_deepcens.evaluation.metrics import match_image
-from napari_deepcens.postprocess.watershed import WatershedParams
+from napari_deepcens.postprocess.params import PostprocessParams
 
 
 def test_golden_metrics_on_validation_crops(predictor, dsb_samples):
@@ -22,7 +22,7 @@ def test_golden_metrics_on_validation_crops(predictor, dsb_samples):
 def test_cached_maps_give_the_same_labels_as_a_fresh_run(predictor, fluorescence):
     image, _ = fluorescence
     raw = predictor.predict(image)
-    params = WatershedParams(fg_threshold=0.5, seed_threshold=0.6, min_size=5)
+    params = PostprocessParams(fg_threshold=0.5, seed_threshold=0.6, min_size=5)
     np.testing.assert_array_equal(predictor.postprocess(raw, params),
                                   predictor.segment(image, params=params))
 

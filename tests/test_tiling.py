@@ -22,18 +22,23 @@ def test_tiles_cover_with_overlap(length, tile, overlap):
 
 def test_constant_field_stays_constant():
     plane = np.zeros((300, 470), np.float32)
-    _, out = drain(predict_tiled(plane, lambda t: np.full((2, *t.shape), 0.7, np.float32),
-                                 channels=2, tile=128, overlap=32, multiple=16))
-    assert out.shape == (2, 300, 470)
-    np.testing.assert_allclose(out, 0.7, rtol=1e-6)
+    def constant(t):
+        return {"a": np.full((2, *t.shape), 0.7, np.float32),
+                "b": np.full((1, t.shape[0] // 4, t.shape[1] // 4), 0.3, np.float32)}
+
+    _, out = drain(predict_tiled(plane, constant, {"a": 1, "b": 4}, tile=128, overlap=32,
+                                 multiple=16))
+    assert out["a"].shape == (2, 300, 470) and out["b"].shape == (1, 75, 118)
+    np.testing.assert_allclose(out["a"], 0.7, rtol=1e-6)
+    np.testing.assert_allclose(out["b"], 0.3, rtol=1e-6)
 
 
 def test_identity_is_seamless_and_unpadded():
     rng = np.random.default_rng(0)
     plane = rng.random((333, 401)).astype(np.float32)
-    progress, out = drain(predict_tiled(plane, lambda t: t[None], channels=1, tile=96,
+    progress, out = drain(predict_tiled(plane, lambda t: {"x": t[None]}, {"x": 1}, tile=96,
                                         overlap=32, multiple=16))
-    np.testing.assert_allclose(out[0], plane, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["x"][0], plane, rtol=1e-5, atol=1e-6)
     assert progress[0] == (0, len(progress) - 1) and progress[-1][0] == progress[-1][1]
 
 
@@ -49,4 +54,5 @@ def test_grid_counts():
 
 def test_tile_must_fit_multiple():
     with pytest.raises(ValueError, match="multiple"):
-        list(predict_tiled(np.zeros((64, 64), np.float32), lambda t: t[None], 1, tile=100))
+        list(predict_tiled(np.zeros((64, 64), np.float32), lambda t: {"x": t[None]}, {"x": 1},
+                           tile=100))

@@ -62,6 +62,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=Path, help="also write the metrics as JSON here")
 
 
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="choose post-processing thresholds on validation data")
+    p.add_argument("weights", type=Path, help="weights file to tune")
+    p.add_argument("val", type=Path, nargs="+", help="validation dataset folders")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="new weights file (the input is never modified)")
+    p.add_argument("--device", default="auto")
+
+
 def _add_napari(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("napari", help="open napari with the widget docked and an image loaded")
     p.add_argument("image", nargs="?", type=Path,
@@ -76,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_tune(sub)
     _add_napari(sub)
     return parser
 
@@ -94,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .commands import run_train
 
             return run_train(args)
+        if args.command == "tune":
+            from .commands import run_tune
+
+            return run_tune(args)
         if args.command == "napari":
             from .commands import run_napari
 

@@ -29,7 +29,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
     from .io.export import write_labels
     from .io.images import read_image
-    from .postprocess.watershed import WatershedParams
+    from .postprocess.params import PostprocessParams
 
     stems = [output_stem(p) for p in args.images]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
@@ -40,7 +40,7 @@ def run_segment(args: argparse.Namespace) -> int:
     overrides = {"fg_threshold": args.fg_threshold, "seed_threshold": args.seed_threshold,
                  "min_size": args.min_size}
     try:
-        params = WatershedParams(**{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
+        params = PostprocessParams(**{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
     except ValueError as exc:
         raise DeepCeNSError(str(exc)) from exc
     args.output.mkdir(parents=True, exist_ok=True)
@@ -105,6 +105,25 @@ def run_train(args: argparse.Namespace) -> int:
                       f"{progress.val['AP@0.5']:.3f} DSB {progress.val['DSB']:.3f}{kept}")
     bar.close()
     print(f"weights: {args.output}")
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .inference.device import resolve_device
+    from .models.weights import load_weights, save_weights
+    from .training.dataset import load_folder
+    from .training.loop import validate
+
+    if args.output.exists() or args.output.resolve() == args.weights.resolve():
+        raise DeepCeNSError(f"{args.output} exists: choose a new file name")
+    model, info = load_weights(args.weights)
+    items = [item for folder in args.val for item in load_folder(folder)]
+    metrics, params = validate(model, info, items, resolve_device(args.device))
+    info.thresholds = params.to_dict()
+    info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
+    save_weights(args.output, model, info)
+    print(f"thresholds {params.to_dict()}")
+    print(f"val AP@0.5 {metrics['AP@0.5']:.3f}, DSB {metrics['DSB']:.3f} -> {args.output}")
     return 0
 
 

@@ -26,7 +26,9 @@ from ..errors import DeepCeNSError
 from ..io.images import to_plane
 from ..models.registry import bundled_weights
 from ..models.weights import WeightsInfo, file_sha256, load_weights
-from ..postprocess.watershed import WatershedParams, instances_from_maps
+from ..postprocess.centers import Detections, decode_centers, seeded_instances
+from ..postprocess.params import PostprocessParams
+from ..postprocess.watershed import instances_from_maps
 from .device import resolve_device
 from .tiling import predict_tiled
 
@@ -43,20 +45,30 @@ Progress = tuple[int, int]
 
 @dataclass
 class RawOutput:
-    """Network maps on the original image grid, plus how they were made.
+    """Cached network maps, plus how they were made.
 
-    ``maps``: name → (H, W) float32 (``foreground`` probability, normalised ``distance``).
+    ``maps``: name → float32 array. Full-resolution maps are on the original image grid,
+    (H, W) for one channel, (C, H, W) otherwise (U-Net: ``foreground``, ``distance``;
+    CenterUNet: ``segmentation``). Coarser maps (CenterUNet's 1/4-resolution heads) stay on
+    the grid the network saw, zoomed by ``scale``; ``strides`` says which is which.
     """
 
     maps: dict[str, np.ndarray]
+    shape: tuple[int, int]
+    strides: dict[str, int] = field(default_factory=dict)
     scale: float = 1.0
     diameter: float | None = None
     estimated: bool = False
     meta: dict = field(default_factory=dict)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return next(iter(self.maps.values())).shape
+
+@dataclass
+class Segmentation:
+    """Post-processed result: instance labels and, for detection models, their boxes
+    (label ``i`` ↔ box ``i - 1``, pixels of the original grid)."""
+
+    labels: np.ndarray
+    boxes: Detections | None = None
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -100,10 +112,9 @@ class Predictor:
             self._weights_hash = file_sha256(self.weights_path)
         return self._weights_hash
 
-    def default_params(self) -> WatershedParams:
+    def default_params(self) -> PostprocessParams:
         """Thresholds tuned on validation data and stored with the weights."""
-        known = WatershedParams.__dataclass_fields__
-        return WatershedParams(**{k: v for k, v in self.info.thresholds.items() if k in known})
+        return PostprocessParams.from_dict(self.info.thresholds)
 
     def scale_for(self, diameter: float | None) -> float:
         """Zoom that brings objects of ``diameter`` px to the training median diameter."""
@@ -114,16 +125,20 @@ class Predictor:
             raise DeepCeNSError("these weights record no training object size; leave diameter unset")
         return float(train / diameter)
 
+    @property
+    def strides(self) -> dict[str, int]:
+        """Stride of each output map of the network."""
+        return dict(self.model.MAP_STRIDES)
+
     @torch.inference_mode()
-    def _predict_tile(self, tile: np.ndarray) -> np.ndarray:
+    def _predict_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(tile)[None, None].to(self.device)
         if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-            logits = self.model(x)
+            maps = self.model.maps(x.contiguous(memory_format=torch.channels_last))
         else:
             with torch.autocast(self.device.type, dtype=torch.float16):
-                logits = self.model(x)
-        return torch.sigmoid(logits.float())[0].cpu().numpy()
+                maps = self.model.maps(x)
+        return {name: m.float()[0].cpu().numpy() for name, m in maps.items()}
 
     def estimate_diameter(self, image: np.ndarray, normalised: bool = False):
         """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`."""
@@ -171,19 +186,22 @@ class Predictor:
                 f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece"
             )
         multiple = 2 ** getattr(self.model.config, "depth", 4)
-        gen = predict_tiled(work, self._predict_tile, channels=2, tile=tile, overlap=overlap,
-                            multiple=multiple)
-        maps = None
-        for item in gen:
-            if isinstance(item, np.ndarray):
+        strides = self.strides
+        maps: dict[str, np.ndarray] = {}
+        for item in predict_tiled(work, self._predict_tile, strides, tile=tile, overlap=overlap,
+                                  multiple=multiple):
+            if isinstance(item, dict):
                 maps = item
             else:
                 yield item
-        assert maps is not None
-        if scale != 1.0:
-            maps = _resize(torch.from_numpy(maps), shape).numpy()
+        for name, values in maps.items():
+            if strides[name] == 1 and scale != 1.0:
+                values = _resize(torch.from_numpy(values), shape).numpy()
+            maps[name] = values[0] if values.shape[0] == 1 else values
         return RawOutput(
-            maps={"foreground": maps[0], "distance": maps[1]},
+            maps=maps,
+            shape=shape,
+            strides=strides,
             scale=scale,
             diameter=diameter,
             estimated=estimated,
@@ -199,12 +217,21 @@ class Predictor:
             except StopIteration as stop:
                 return stop.value
 
-    def postprocess(self, raw: RawOutput, params: WatershedParams | None = None) -> np.ndarray:
-        """Instance labels from cached maps: cheap, never runs the network."""
-        return instances_from_maps(
-            raw.maps["foreground"], raw.maps["distance"], params or self.default_params()
-        )
+    def instances(self, raw: RawOutput, params: PostprocessParams | None = None) -> Segmentation:
+        """Labels (and boxes, for detection models) from cached maps; never runs the network."""
+        params = params or self.default_params()
+        if "heatmap" in raw.maps:
+            m = raw.maps
+            found = decode_centers(m["heatmap"], m["size"], m["offset"], m["angle2"],
+                                   params.score_threshold, stride=raw.strides["heatmap"])
+            labels, kept = seeded_instances(m["segmentation"], found.scaled(1.0 / raw.scale), params)
+            return Segmentation(labels, kept)
+        return Segmentation(instances_from_maps(raw.maps["foreground"], raw.maps["distance"], params))
 
-    def segment(self, image: np.ndarray, params: WatershedParams | None = None, **kwargs) -> np.ndarray:
+    def postprocess(self, raw: RawOutput, params: PostprocessParams | None = None) -> np.ndarray:
+        """Instance labels from cached maps: cheap, never runs the network."""
+        return self.instances(raw, params).labels
+
+    def segment(self, image: np.ndarray, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:
         """Image → (H, W) int32 instance labels in one call."""
         return self.postprocess(self.predict(image, **kwargs), params)

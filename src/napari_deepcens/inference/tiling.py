@@ -33,26 +33,30 @@ class Tile:
         return slice(self.y, self.y + self.height), slice(self.x, self.x + self.width)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of ``tile`` pixels covering ``length`` with ≥ ``overlap`` shared."""
+def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length``, sharing ≥ ``overlap``.
+
+    Starts are multiples of ``align`` (so lower-resolution outputs of stride ``align`` line up
+    between tiles); ``length`` and ``tile`` must then be multiples of ``align`` too.
+    """
     if tile >= length:
         return [0]
-    if not 0 <= overlap < tile:
+    if not 0 <= overlap < tile - align:
         raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
-    step = tile - overlap
+    step = tile - overlap - (align - 1)
     n = int(np.ceil((length - tile) / step)) + 1
-    starts = np.linspace(0, length - tile, n).round().astype(int)
-    return sorted(set(starts.tolist()))
+    starts = np.linspace(0, length - tile, n) / align
+    return sorted(set((starts.round().astype(int) * align).tolist()))
 
 
-def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
+def tile_grid(shape: tuple[int, int], tile: int, overlap: int, align: int = 1) -> list[Tile]:
     """All tiles covering an image of ``shape``."""
     h, w = shape
     th, tw = min(tile, h), min(tile, w)
     return [
         Tile(y, x, th, tw)
-        for y in tile_starts(h, th, overlap)
-        for x in tile_starts(w, tw, overlap)
+        for y in tile_starts(h, th, overlap, align)
+        for x in tile_starts(w, tw, overlap, align)
     ]
 
 
@@ -84,30 +88,44 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
 
 def predict_tiled(
     plane: np.ndarray,
-    predict_tile: Callable[[np.ndarray], np.ndarray],
-    channels: int,
+    predict_tile: Callable[[np.ndarray], dict[str, np.ndarray]],
+    strides: dict[str, int],
     tile: int = 1024,
     overlap: int = 64,
     multiple: int = 16,
-) -> Iterator[tuple[int, int] | np.ndarray]:
-    """Run ``predict_tile`` over overlapping tiles of ``plane`` and blend the outputs.
+) -> Iterator[tuple[int, int] | dict[str, np.ndarray]]:
+    """Run ``predict_tile`` over overlapping tiles of ``plane`` and blend its outputs.
 
-    A generator: yields ``(done, total)`` after every tile and finally the stitched
-    (channels, H, W) float32 maps. ``predict_tile`` maps a (h, w) float32 tile whose sides are
-    multiples of ``multiple`` to (channels, h, w) outputs.
+    A generator: yields ``(done, total)`` after every tile and finally the stitched maps,
+    name → float32 (C, ceil(H/stride), ceil(W/stride)). ``predict_tile`` maps a (h, w) float32
+    tile whose sides are multiples of ``multiple`` to name → (C, h/stride, w/stride) arrays,
+    with ``strides`` giving each output's stride (each dividing ``multiple``).
     """
     if tile % multiple:
         raise ValueError(f"tile size {tile} must be a multiple of {multiple}")
     padded, (h, w) = pad_to_multiple(plane, multiple)
-    tiles = tile_grid(padded.shape, tile, overlap)
-    out = np.zeros((channels, *padded.shape), np.float32)
-    weight = np.zeros(padded.shape, np.float32)
+    tiles = tile_grid(padded.shape, tile, overlap, align=multiple)
+    grids = {s: (padded.shape[0] // s, padded.shape[1] // s) for s in set(strides.values())}
+    weights = {s: np.zeros(g, np.float32) for s, g in grids.items()}
+    out: dict[str, np.ndarray] = {}
     yield 0, len(tiles)
     for i, t in enumerate(tiles, start=1):
-        window = blend_window(t.height, t.width, overlap)
         result = predict_tile(np.ascontiguousarray(padded[t.slices]))
-        out[(slice(None), *t.slices)] += result * window
-        weight[t.slices] += window
+        windows = {}
+        for s in grids:
+            windows[s] = blend_window(t.height // s, t.width // s, overlap // s)
+            sl = (slice(t.y // s, (t.y + t.height) // s), slice(t.x // s, (t.x + t.width) // s))
+            weights[s][sl] += windows[s]
+        for name, values in result.items():
+            s = strides[name]
+            if name not in out:
+                out[name] = np.zeros((values.shape[0], *grids[s]), np.float32)
+            sl = (slice(None), slice(t.y // s, (t.y + t.height) // s),
+                  slice(t.x // s, (t.x + t.width) // s))
+            out[name][sl] += values * windows[s]
         yield i, len(tiles)
-    out /= weight
-    yield out[:, :h, :w]
+    for name, values in out.items():
+        s = strides[name]
+        values /= weights[s]
+        out[name] = values[:, : -(-h // s), : -(-w // s)]
+    yield out

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import WeightsError
+from .centerunet import CenterUNet, CenterUNetConfig
 from .unet import UNet, UNetConfig
 
 
@@ -26,6 +27,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("unet", "U-Net + watershed", UNetConfig, UNet, "unet_dsb2018.safetensors"),
+    "centerunet": ModelSpec("centerunet", "CenterUNet (rotated boxes)", CenterUNetConfig, CenterUNet,
+                            "centerunet_dsb2018.safetensors"),
 }
 
 

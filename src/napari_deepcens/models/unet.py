@@ -78,12 +78,26 @@ class UNet(nn.Module):
             if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    #: Stride of each inference map (see :meth:`maps`).
+    MAP_STRIDES = {"foreground": 1, "distance": 1}
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder outputs from coarse to fine; the last one is at full resolution."""
         skips = []
         for i, encoder in enumerate(self.encoders):
             x = encoder(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
+        out = []
         for upsample, decoder in zip(self.upsamples, self.decoders, strict=True):
             x = decoder(torch.cat([skips.pop(), upsample(x)], dim=1))
-        return self.head(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[-1])
+
+    def maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Inference outputs as probabilities: name → FloatTensor[N, C, H/stride, W/stride]."""
+        logits = self(x)
+        return {"foreground": torch.sigmoid(logits[:, :1]), "distance": torch.sigmoid(logits[:, 1:2])}

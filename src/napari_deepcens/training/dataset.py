@@ -20,7 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..io.images import read_image, read_labels, to_plane
 from ..io.layout import list_samples
 from .augment import AugmentConfig, augment
-from .targets import make_targets
+from .targets import targets_for
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,13 @@ def median_diameter(items: list[AnnotatedImage]) -> float:
 
 
 class RandomCrops(IterableDataset):
-    """Endless stream of (image[1, S, S], targets[3, S, S]) tensors."""
+    """Endless stream of (image[1, S, S], {target name: tensor}) for ``model``."""
 
-    def __init__(self, items: list[AnnotatedImage], cfg: AugmentConfig, seed: int = 0) -> None:
+    def __init__(self, items: list[AnnotatedImage], cfg: AugmentConfig, seed: int = 0,
+                 model: str = "unet") -> None:
         if not items:
             raise ValueError("no training images")
-        self.items, self.cfg, self.seed = items, cfg, seed
+        self.items, self.cfg, self.seed, self.model = items, cfg, seed, model
         counts = Counter(item.modality for item in items)
         weights = np.asarray([1.0 / np.sqrt(counts[item.modality]) for item in items])
         self.probabilities = weights / weights.sum()
@@ -79,4 +80,5 @@ class RandomCrops(IterableDataset):
         while True:
             item = self.items[rng.choice(len(self.items), p=self.probabilities)]
             image, labels = augment(item.plane, item.labels, self.cfg, rng)
-            yield torch.from_numpy(image[None]), torch.from_numpy(make_targets(labels))
+            targets = targets_for(self.model, labels)
+            yield torch.from_numpy(image[None]), {k: torch.from_numpy(v) for k, v in targets.items()}

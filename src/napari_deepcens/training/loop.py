@@ -25,10 +25,10 @@ from ..inference.device import resolve_device
 from ..inference.predictor import Predictor
 from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
-from ..postprocess.watershed import WatershedParams
+from ..postprocess.params import PostprocessParams
 from .augment import AugmentConfig
 from .dataset import AnnotatedImage, RandomCrops, median_diameter
-from .losses import unet_loss
+from .losses import LOSSES
 from .triton_guard import block_triton_in_gui_process
 
 log = logging.getLogger(__name__)
@@ -63,25 +63,28 @@ class TrainProgress:
 
 
 #: Thresholds tried on validation after every epoch (cheap: the maps are computed once).
-SEARCH_FG = (0.4, 0.5, 0.6)
-SEARCH_SEED = (0.3, 0.45, 0.6)
+SEARCH = {
+    "unet": [PostprocessParams(fg_threshold=fg, seed_threshold=seed)
+             for fg in (0.4, 0.5, 0.6) for seed in (0.05, 0.1, 0.2)],
+    "centerunet": [PostprocessParams(fg_threshold=fg, score_threshold=score)
+                   for fg in (0.4, 0.5, 0.6) for score in (0.2, 0.3, 0.4)],
+}
 
 
-def _validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedImage],
-              device: torch.device) -> tuple[dict[str, float], WatershedParams]:
-    """Whole-pipeline metrics on ``items`` with the thresholds that score best on them."""
+def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedImage],
+              device: torch.device) -> tuple[dict[str, float], PostprocessParams]:
+    """Whole-pipeline metrics on ``items`` with the thresholds that score best on them
+    (best DSB score over :data:`SEARCH`; the network runs once per image)."""
     model.eval()
     predictor = Predictor(model, info, device=device)
     raws = [predictor.predict(item.plane, estimate=False, normalised=True) for item in items]
-    best: tuple[float, dict, WatershedParams] | None = None
-    for fg in SEARCH_FG:
-        for seed in SEARCH_SEED:
-            params = WatershedParams(fg_threshold=fg, seed_threshold=seed, min_size=10)
-            matches = [match_image(item.labels, predictor.postprocess(raw, params))
-                       for item, raw in zip(items, raws, strict=True)]
-            summary = summarize(matches)
-            if best is None or summary["DSB"] > best[0]:
-                best = (summary["DSB"], summary, params)
+    best: tuple[float, dict, PostprocessParams] | None = None
+    for params in SEARCH[info.model]:
+        matches = [match_image(item.labels, predictor.postprocess(raw, params))
+                   for item, raw in zip(items, raws, strict=True)]
+        summary = summarize(matches)
+        if best is None or summary["DSB"] > best[0]:
+            best = (summary["DSB"], summary, params)
     model.train().to(memory_format=torch.contiguous_format)
     assert best is not None
     return best[1], best[2]
@@ -117,7 +120,7 @@ def train_iter(
     else:
         model = build_model(model_name, model_config)
         model_config = model.config.to_dict()
-        thresholds = WatershedParams().to_dict()
+        thresholds = PostprocessParams().to_dict()
     model.to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
@@ -141,15 +144,16 @@ def train_iter(
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )
-    loader = iter(DataLoader(RandomCrops(train_items, config.augment, seed=config.seed + start_epoch),
-                             batch_size=config.batch_size, num_workers=0))
+    loss_fn = LOSSES[model_name]
+    crops = RandomCrops(train_items, config.augment, seed=config.seed + start_epoch, model=model_name)
+    loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=0))
     step = start_epoch * config.steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
         t0, losses = time.perf_counter(), []
         for _ in range(config.steps_per_epoch):
             images, targets = next(loader)
             outputs = model(images.to(dev))
-            loss, _parts = unet_loss(outputs, targets.to(dev))
+            loss, _parts = loss_fn(outputs, {k: v.to(dev) for k, v in targets.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -160,10 +164,10 @@ def train_iter(
         val = None
         best_path = None
         if val_items:
-            val, params = _validate(model, info, val_items, dev)
+            val, params = validate(model, info, val_items, dev)
             score = val["DSB"]
         else:
-            params, score = WatershedParams(**info.thresholds), float(epoch)
+            params, score = PostprocessParams(**info.thresholds), float(epoch)
         if score > best_score:
             best_score = score
             info.thresholds = params.to_dict()

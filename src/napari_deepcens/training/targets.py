@@ -64,3 +64,46 @@ def make_targets(labels: np.ndarray) -> np.ndarray:
             shape_aware_weights(labels),
         ]
     )
+
+
+def center_targets(labels: np.ndarray, stride: int = 4) -> dict[str, np.ndarray]:
+    """CenterUNet targets (seed 004) at 1/``stride`` resolution, plus the full-res mask.
+
+    For every object, its minimum rotated rectangle (shapely) gives the centre, the long and
+    short sides and the angle of the long side. The centre's cell gets a Gaussian peak of 1 in
+    ``heatmap`` (σ grows with the object), and ``size`` (cells), ``offset`` (sub-cell x, y)
+    and ``angle`` (θ/π in [0, 1)) are set at that cell, flagged in ``mask``.
+    """
+    from ..postprocess.rotated_boxes import rotated_boxes
+
+    h, w = labels.shape
+    gh, gw = h // stride, w // stride
+    heatmap = np.zeros((1, gh, gw), np.float32)
+    size = np.zeros((2, gh, gw), np.float32)
+    offset = np.zeros((2, gh, gw), np.float32)
+    angle = np.zeros((1, gh, gw), np.float32)
+    mask = np.zeros((1, gh, gw), np.float32)
+    yy, xx = np.mgrid[:gh, :gw]
+    for _label, cx, cy, bw, bh, deg in rotated_boxes(labels):
+        gx, gy = cx / stride, cy / stride
+        ix, iy = int(gx), int(gy)
+        if not (0 <= ix < gw and 0 <= iy < gh):
+            continue
+        sigma = max(0.5, float(np.sqrt(bw * bh)) / (6.0 * stride))
+        r = int(3 * sigma) + 1
+        y0, y1, x0, x1 = max(iy - r, 0), min(iy + r + 1, gh), max(ix - r, 0), min(ix + r + 1, gw)
+        g = np.exp(-((yy[y0:y1, x0:x1] - iy) ** 2 + (xx[y0:y1, x0:x1] - ix) ** 2) / (2 * sigma**2))
+        np.maximum(heatmap[0, y0:y1, x0:x1], g, out=heatmap[0, y0:y1, x0:x1])
+        size[:, iy, ix] = (bw / stride, bh / stride)
+        offset[:, iy, ix] = (gx - ix, gy - iy)
+        angle[0, iy, ix] = (deg % 180.0) / 180.0
+        mask[0, iy, ix] = 1.0
+    return {"segmentation": (labels > 0).astype(np.float32)[None], "heatmap": heatmap,
+            "size": size, "offset": offset, "angle": angle, "mask": mask}
+
+
+def targets_for(model: str, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The training targets of ``model`` for one crop's instance labels."""
+    if model == "centerunet":
+        return center_targets(labels)
+    return {"unet": make_targets(labels)}

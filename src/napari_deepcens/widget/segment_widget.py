@@ -117,8 +117,9 @@ class SegmentWidget(Container):
         self._status = Label(label="status", value="pick an image and press Run")
         self._fg = FloatSlider(label="foreground", value=0.5, min=0.05, max=0.95, step=0.01,
                                tooltip="probability above which a pixel is nucleus")
-        self._seed = FloatSlider(label="seed", value=0.5, min=0.05, max=0.95, step=0.01,
-                                 tooltip="higher splits touching nuclei more eagerly")
+        self._seed = FloatSlider(label="seed", value=0.1, min=0.01, max=0.9, step=0.01,
+                                 tooltip="lower splits touching nuclei more eagerly, "
+                                 "higher merges them")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
@@ -143,9 +144,9 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ helpers
     def _params(self):
-        from ..postprocess.watershed import WatershedParams
+        from ..postprocess.params import PostprocessParams
 
-        return WatershedParams(fg_threshold=float(self._fg.value),
+        return PostprocessParams(fg_threshold=float(self._fg.value),
                                seed_threshold=float(self._seed.value),
                                min_size=int(self._min_size.value))
 

@@ -1,0 +1,39 @@
+"""The post-processing knobs shared by every model (each model uses the ones it needs).
+
+* ``fg_threshold``: probability above which a pixel belongs to some object.
+* ``seed_threshold``: U-Net only — how far a peak of the distance map must rise above its
+  surroundings to seed an object of its own (lower splits more, higher merges more).
+* ``score_threshold``: CenterUNet/DeepCeNS — detections scoring below it are dropped.
+* ``min_size``: objects smaller than this many pixels are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Thresholds applied to cached network outputs (cheap to change)."""
+
+    fg_threshold: float = 0.5
+    seed_threshold: float = 0.1
+    min_size: int = 10
+    score_threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("fg_threshold", "seed_threshold", "score_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be ≥ 0, got {self.min_size}")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PostprocessParams:
+        """Build from a dict, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
