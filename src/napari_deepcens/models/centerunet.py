@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def _head(cin: int, width: int, cout: int, bias: float = 0.0) -> nn.Sequential:
 class CenterUNet(UNet):
     """``forward``: FloatTensor[N, 1, H, W] → dict of raw head outputs (see module doc)."""
 
-    MAP_STRIDES = {"segmentation": 1, "heatmap": HEAD_STRIDE, "size": HEAD_STRIDE,
+    MAP_STRIDES: ClassVar[dict[str, int]] = {"segmentation": 1, "heatmap": HEAD_STRIDE, "size": HEAD_STRIDE,
                    "offset": HEAD_STRIDE, "angle2": HEAD_STRIDE}
 
     def __init__(self, config: CenterUNetConfig | None = None) -> None:

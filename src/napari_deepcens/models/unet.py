@@ -14,6 +14,7 @@ CPU cores. Inputs must be multiples of ``2**depth`` pixels (the tiler pads for t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
 
     #: Stride of each inference map (see :meth:`maps`).
-    MAP_STRIDES = {"foreground": 1, "distance": 1}
+    MAP_STRIDES: ClassVar[dict[str, int]] = {"foreground": 1, "distance": 1}
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Decoder outputs from coarse to fine; the last one is at full resolution."""

@@ -96,8 +96,8 @@ def seeded_instances(
     h, w = mask.shape
     markers = np.zeros(mask.shape, np.int32)
     for i in range(len(detections)):
-        r = min(max(int(math.floor(detections.cy[i])), 0), h - 1)
-        c = min(max(int(math.floor(detections.cx[i])), 0), w - 1)
+        r = min(max(math.floor(detections.cy[i]), 0), h - 1)
+        c = min(max(math.floor(detections.cx[i]), 0), w - 1)
         if mask[r, c] and markers[r, c] == 0:  # higher scores claim a pixel first
             markers[r, c] = i + 1
     if not markers.any():
