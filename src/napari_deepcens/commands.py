@@ -27,7 +27,7 @@ def output_stem(path: Path) -> str:
 
 def run_segment(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
-    from .io.export import write_labels
+    from .io.export import write_boxes_csv, write_labels
     from .io.images import read_image
     from .postprocess.params import PostprocessParams
 
@@ -63,7 +63,10 @@ def run_segment(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.n = done
                     bar.refresh()
-            labels = predictor.postprocess(raw, params)
+            seg = predictor.instances(raw, params)
+            labels = seg.labels
+            if seg.boxes is not None:
+                write_boxes_csv(args.output / f"{stem}_boxes.csv", seg.boxes, args.overwrite)
             write_labels(target, labels, overwrite=args.overwrite)
             tqdm.write(f"{path.name}: {int(labels.max())} objects -> {target}")
         except DeepCeNSError as exc:

@@ -46,3 +46,22 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
     return atomic_write(
         Path(path), lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"), overwrite
     )
+
+
+def write_boxes_csv(path: str | Path, boxes, overwrite: bool = False) -> Path:
+    """Rotated boxes as CSV: label, score, cx, cy, width, height, angle_deg (pixels, x = column).
+
+    ``boxes``: :class:`~napari_deepcens.postprocess.centers.Detections`, box ``i`` ↔ label i+1.
+    """
+    import csv
+
+    from ..postprocess.centers import BOX_COLUMNS
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(BOX_COLUMNS)
+            for row in boxes.table():
+                writer.writerow([int(row[0]), *(f"{v:.4f}" for v in row[1:])])
+
+    return atomic_write(Path(path), write, overwrite)

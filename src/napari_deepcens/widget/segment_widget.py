@@ -35,6 +35,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
 from ..models.registry import MODELS
+from ..postprocess.rotated_boxes import box_corners
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -70,7 +71,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
         predictor = load()
         raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate)
         params = params or predictor.default_params()
-        return predictor, raw, params, predictor.postprocess(raw, params)
+        return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -78,7 +79,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
 @thread_worker
 def _postprocess_worker(predictor, raw, params):
     try:
-        return predictor.postprocess(raw, params)
+        return predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -120,12 +121,14 @@ class SegmentWidget(Container):
         self._seed = FloatSlider(label="seed", value=0.1, min=0.01, max=0.9, step=0.01,
                                  tooltip="lower splits touching nuclei more eagerly, "
                                  "higher merges them")
+        self._score = FloatSlider(label="score", value=0.3, min=0.01, max=0.99, step=0.01,
+                                  visible=False, tooltip="detections scoring below this are dropped")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
                      self._auto_diameter, self._diameter,
                      self._run, self._cancel, self._progress, self._status,
-                     self._fg, self._seed, self._min_size])
+                     self._fg, self._seed, self._score, self._min_size])
 
         self._predictors: dict[tuple, Predictor] = {}
         self._raw: dict[int, tuple[Predictor, RawOutput]] = {}  # image layer id -> cached maps
@@ -137,7 +140,7 @@ class SegmentWidget(Container):
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
-        for knob in (self._fg, self._seed, self._min_size):
+        for knob in (self._fg, self._seed, self._score, self._min_size):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
         self._auto_diameter.changed.connect(lambda auto: setattr(self._diameter, "enabled", not auto))
@@ -147,13 +150,14 @@ class SegmentWidget(Container):
         from ..postprocess.params import PostprocessParams
 
         return PostprocessParams(fg_threshold=float(self._fg.value),
-                               seed_threshold=float(self._seed.value),
-                               min_size=int(self._min_size.value))
+                                 seed_threshold=float(self._seed.value),
+                                 score_threshold=float(self._score.value),
+                                 min_size=int(self._min_size.value))
 
     def _set_knobs(self, params) -> None:
         """Show a model's tuned thresholds without triggering a post-processing per knob."""
         for knob, value in ((self._fg, params.fg_threshold), (self._seed, params.seed_threshold),
-                            (self._min_size, params.min_size)):
+                            (self._score, params.score_threshold), (self._min_size, params.min_size)):
             with knob.changed.blocked():
                 knob.value = value
 
@@ -234,10 +238,12 @@ class SegmentWidget(Container):
         if isinstance(result, _Failed):
             self._error(result.error)
             return
-        predictor, raw, params, labels = result
+        predictor, raw, params, seg = result
+        labels = seg.labels
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
         self._show_labels(layer, labels)
+        self._show_boxes(layer, seg.boxes)
         self._record_provenance(layer)
         if raw.estimated and raw.diameter:
             self._diameter.value = round(raw.diameter, 1)
@@ -249,6 +255,9 @@ class SegmentWidget(Container):
     def _on_model_change(self) -> None:
         self._weights.value = None
         self._user_knobs = False
+        detector = self._model.value != "unet"
+        self._seed.visible = not detector
+        self._score.visible = detector
 
     # ------------------------------------------------------------------ live thresholds
     def _on_knob(self) -> None:
@@ -271,13 +280,14 @@ class SegmentWidget(Container):
         self._post_worker = worker
         worker.start()
 
-    def _on_postprocessed(self, layer, labels) -> None:
-        if isinstance(labels, _Failed):
-            self._error(labels.error)
+    def _on_postprocessed(self, layer, seg) -> None:
+        if isinstance(seg, _Failed):
+            self._error(seg.error)
         else:
-            self._show_labels(layer, labels)
+            self._show_labels(layer, seg.labels)
+            self._show_boxes(layer, seg.boxes)
             self._record_provenance(layer)
-            self._status.value = f"{int(labels.max())} objects"
+            self._status.value = f"{int(seg.labels.max())} objects"
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -309,6 +319,35 @@ class SegmentWidget(Container):
             show_info(f"your edits were kept in the layer {kept.name!r}")
         layer.data = labels
         layer.metadata[EDITED_KEY] = False
+
+    def boxes_layer(self, image_layer) -> napari.layers.Shapes | None:
+        """The Shapes layer of rotated boxes this widget wrote for ``image_layer``."""
+        for layer in self._viewer.layers:
+            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Shapes":
+                return layer
+        return None
+
+    def _show_boxes(self, image_layer, boxes) -> None:
+        """Rotated boxes as rectangles coloured by score (replaced whole: they are derived)."""
+        old = self.boxes_layer(image_layer)
+        if boxes is None:
+            return
+        index = None
+        if old is not None:
+            index = self._viewer.layers.index(old)
+            self._viewer.layers.remove(old)
+        rows = boxes.table()
+        shapes = [box_corners(*r[2:7])[:, ::-1] for r in rows]  # napari wants (row, col)
+        features = {"label": rows[:, 0].astype(int), "score": rows[:, 1], "width": rows[:, 4],
+                    "height": rows[:, 5], "angle": rows[:, 6]}
+        layer = self._viewer.add_shapes(
+            shapes, shape_type="rectangle", name=f"{image_layer.name} boxes", features=features,
+            edge_color="score" if len(shapes) else "yellow", edge_colormap="plasma",
+            face_color="transparent", edge_width=1.5, scale=image_layer.scale[-2:],
+            translate=image_layer.translate[-2:], metadata={SOURCE_KEY: id(image_layer)},
+        )
+        if index is not None:
+            self._viewer.layers.move(self._viewer.layers.index(layer), index)
 
     def _record_provenance(self, image_layer) -> None:
         """What made the labels, for the export's provenance record."""
