@@ -20,5 +20,5 @@ def test_sample_data_are_real_images():
     from napari_deepcens import sample_data
 
     for loader in (sample_data.fluorescence, sample_data.histology, sample_data.brightfield):
-        (data, meta, kind), = loader()
+        (data, _meta, kind), = loader()
         assert kind == "image" and data.shape[0] >= 256 and data.std() > 5

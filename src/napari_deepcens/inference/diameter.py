@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
 #: Zooms tried, from upsampling ×4 (4 px nuclei → 16 px) to downsampling ×¼ (100 px → 25 px).
 ZOOMS = (4.0, 2.0, 1.0, 0.5, 0.25)
@@ -49,14 +47,15 @@ def _diameters(labels: np.ndarray) -> np.ndarray:
 
 def estimate_diameter(predictor, plane: np.ndarray, budget: int = 384) -> DiameterEstimate:
     """Estimate the typical object diameter (pixels) in a normalised ``plane``."""
+    from .predictor import resize
+
     train = predictor.info.median_diameter
     params = predictor.default_params()
     per_zoom: dict[float, tuple[float, int]] = {}
     for zoom in ZOOMS:
         crop = _centre_crop(plane, math.ceil(budget / zoom))
         size = (max(round(crop.shape[0] * zoom), 32), max(round(crop.shape[1] * zoom), 32))
-        x = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
-        work = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+        work = resize(crop, size)
         raw = predictor.predict(work, diameter=None, estimate=False, normalised=True)
         found = _diameters(predictor.postprocess(raw, params))
         if found.size >= MIN_OBJECTS:

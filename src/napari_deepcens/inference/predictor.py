@@ -71,9 +71,13 @@ class Segmentation:
     boxes: Detections | None = None
 
 
-def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (C, H, W) maps to ``size``, pixel centres aligned."""
-    return F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+def resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (H, W) or (C, H, W) float32 arrays to ``size``, pixel centres
+    aligned (so a round trip does not shift objects)."""
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t[None]
+    out = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0]
+    return (out[0] if maps.ndim == 2 else out).numpy()
 
 
 class Predictor:
@@ -180,7 +184,7 @@ class Predictor:
                     f"diameter {diameter:g} px would enlarge the image to {size[0]}×{size[1]} "
                     "pixels: give a larger diameter"
                 )
-            work = _resize(torch.from_numpy(plane)[None], size)[0].numpy()
+            work = resize(plane, size)
         if work.size > MAX_PIXELS:
             raise DeepCeNSError(
                 f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece"
@@ -196,7 +200,7 @@ class Predictor:
                 yield item
         for name, values in maps.items():
             if strides[name] == 1 and scale != 1.0:
-                values = _resize(torch.from_numpy(values), shape).numpy()
+                values = resize(values, shape)
             maps[name] = values[0] if values.shape[0] == 1 else values
         return RawOutput(
             maps=maps,

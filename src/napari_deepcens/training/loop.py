@@ -90,6 +90,16 @@ def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedIma
     return best[1], best[2]
 
 
+def transfer_matching(source: torch.nn.Module, target: torch.nn.Module) -> int:
+    """Copy every tensor whose name and shape match; returns how many were copied."""
+    src = source.state_dict()
+    state = target.state_dict()
+    matched = {k: v for k, v in src.items() if k in state and state[k].shape == v.shape}
+    state.update(matched)
+    target.load_state_dict(state)
+    return len(matched)
+
+
 def train_iter(
     train_items: list[AnnotatedImage],
     output: str | Path,
@@ -103,7 +113,8 @@ def train_iter(
 ) -> Iterator[TrainProgress]:
     """Train and write the best weights to ``output``; yields a :class:`TrainProgress` per step.
 
-    ``init``: weights to fine-tune from (their architecture is kept). A checkpoint
+    ``init``: weights to fine-tune from (their architecture is kept); weights of another model
+    initialise every tensor they share with this one (the U-Net body). A checkpoint
     ``<output>.ckpt`` is written every epoch; with ``resume`` an interrupted run continues
     from it.
     """
@@ -114,9 +125,17 @@ def train_iter(
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     if init is not None:
-        model, init_info = load_weights(init, expected_model=model_name)
-        model_config = init_info.config
-        thresholds = init_info.thresholds
+        source, init_info = load_weights(init)
+        if init_info.model == model_name:  # fine-tuning: keep the architecture
+            model, model_config, thresholds = source, init_info.config, init_info.thresholds
+        else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
+            body = {k: v for k, v in init_info.config.items() if k in ("base_channels", "depth",
+                                                                      "max_channels")}
+            model = build_model(model_name, {**(model_config or {}), **body})
+            model_config = model.config.to_dict()
+            thresholds = PostprocessParams().to_dict()
+            copied = transfer_matching(source, model)
+            log.info("initialised %d tensors of %s from %s", copied, model_name, init)
     else:
         model = build_model(model_name, model_config)
         model_config = model.config.to_dict()

@@ -88,10 +88,8 @@ class FineTuneWidget(Container):
 
         if self._segment is None:
             return "unet", bundled_weights("unet")
-        model, weights = self._segment._model.value, self._segment._weights.value
-        if weights is None or str(weights) in ("", ".") or Path(weights).is_dir():
-            weights = bundled_weights(model)
-        return model, Path(weights)
+        model = self._segment._model.value
+        return model, self._segment.chosen_weights() or bundled_weights(model)
 
     def start(self) -> None:
         if self._worker is not None:

@@ -161,10 +161,15 @@ class SegmentWidget(Container):
             with knob.changed.blocked():
                 knob.value = value
 
+    def chosen_weights(self) -> Path | None:
+        """The weights file in the field, or ``None`` for the bundled weights."""
+        weights = self._weights.value
+        if weights is None or str(weights) in ("", ".") or Path(weights).is_dir():
+            return None
+        return Path(weights)
+
     def _loader(self):
-        model, weights, device = self._model.value, self._weights.value, self._device.value
-        if weights is not None and (str(weights) in ("", ".") or Path(weights).is_dir()):
-            weights = None
+        model, weights, device = self._model.value, self.chosen_weights(), self._device.value
         key = _predictor_key(model, weights, device)
 
         def load():
