@@ -45,7 +45,7 @@ def _diameters(labels: np.ndarray) -> np.ndarray:
     return 2.0 * np.sqrt(areas[areas > 0] / np.pi)
 
 
-def estimate_diameter(predictor, plane: np.ndarray, budget: int = 384) -> DiameterEstimate:
+def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> DiameterEstimate:
     """Estimate the typical object diameter (pixels) in a normalised ``plane``."""
     from .predictor import resize
 
