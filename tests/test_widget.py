@@ -98,3 +98,22 @@ def test_estimated_diameter_is_shown_and_an_override_is_used(docked, qtbot):
     predictor, raw = widget._raw[id(layer)]
     assert not raw.estimated and raw.diameter == pytest.approx(2 * estimate)
     assert raw.scale == pytest.approx(predictor.info.median_diameter / (2 * estimate))
+
+
+def test_centerunet_boxes_follow_the_score_slider_and_select_labels(docked, qtbot):
+    viewer, widget, _layer = docked
+    widget.set_options(model="centerunet", device="cpu")
+    assert widget._score.visible and not widget._seed.visible
+    run_and_wait(qtbot, widget)
+    boxes, labels = viewer.layers["nuclei boxes"], viewer.layers["nuclei labels"]
+    n = len(boxes.data)
+    assert 35 <= n <= 70, widget.status                    # 53 annotated nuclei
+    assert {"label", "score", "width", "height", "angle"} <= set(boxes.features.columns)
+    assert int(labels.data.max()) == n                      # one label per box
+    boxes.selected_data = {3}
+    assert labels.selected_label == int(boxes.features["label"].iloc[3])
+    labels.selected_label = int(boxes.features["label"].iloc[5])
+    assert set(boxes.selected_data) == {5}
+    widget.set_options(score=0.9)
+    qtbot.waitUntil(lambda: len(viewer.layers["nuclei boxes"].data) < n, timeout=20_000)
+    assert int(viewer.layers["nuclei labels"].data.max()) == len(viewer.layers["nuclei boxes"].data)

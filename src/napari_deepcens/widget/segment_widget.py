@@ -353,6 +353,30 @@ class SegmentWidget(Container):
         )
         if index is not None:
             self._viewer.layers.move(self._viewer.layers.index(layer), index)
+        layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
+        labels = self.labels_layer(image_layer)
+        if labels is not None and not labels.metadata.get("deepcens_linked"):
+            labels.events.selected_label.connect(lambda _e, img=image_layer: self._label_selected(img))
+            labels.metadata["deepcens_linked"] = True
+
+    def _box_selected(self, image_layer) -> None:
+        """Selecting one box selects its object in the Labels layer."""
+        boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer)
+        chosen = sorted(boxes.selected_data) if boxes is not None else []
+        if labels is not None and len(chosen) == 1:
+            value = int(boxes.features["label"].iloc[chosen[0]])
+            if labels.selected_label != value:
+                labels.selected_label = value
+
+    def _label_selected(self, image_layer) -> None:
+        """Selecting a label selects its box."""
+        boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer)
+        if boxes is None or labels is None:
+            return
+        index = np.flatnonzero(boxes.features["label"].to_numpy() == labels.selected_label)
+        wanted = {int(index[0])} if index.size else set()
+        if set(boxes.selected_data) != wanted:
+            boxes.selected_data = wanted
 
     def _record_provenance(self, image_layer) -> None:
         """What made the labels, for the export's provenance record."""
