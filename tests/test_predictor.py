@@ -64,3 +64,16 @@ def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(DeepCeNSError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_reduced_precision_gives_the_same_objects(predictor, fluorescence):
+    from napari_deepcens import Predictor
+
+    image, _ = fluorescence
+    exact = Predictor.from_name("unet", device="cpu", precision="fp32")
+    a = exact.predict(image, estimate=False)
+    b = predictor.predict(image, estimate=False)       # auto: bf16 where the CPU has it
+    assert np.abs(a.maps["foreground"] - b.maps["foreground"]).max() < 0.05
+    assert match_image(exact.postprocess(a), predictor.postprocess(b)).ap(0.5) > 0.95
+    with pytest.raises(DeepCeNSError, match="precision"):
+        Predictor.from_name("unet", device="cpu", precision="int4")
