@@ -77,3 +77,13 @@ def test_reduced_precision_gives_the_same_objects(predictor, fluorescence):
     assert match_image(exact.postprocess(a), predictor.postprocess(b)).ap(0.5) > 0.95
     with pytest.raises(DeepCeNSError, match="precision"):
         Predictor.from_name("unet", device="cpu", precision="int4")
+
+
+def test_huge_images_are_refused_before_any_allocation(predictor):
+    huge = np.broadcast_to(np.zeros(1, np.uint8), (20_000, 20_000))   # a view: no memory
+    with pytest.raises(DeepCeNSError, match="too large"):
+        predictor.predict(huge)
+    small = np.zeros((64, 64), np.uint8)
+    small[10:20, 10:20] = 200
+    with pytest.raises(DeepCeNSError, match="larger diameter"):
+        predictor.predict(small, diameter=0.005)

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 #: Estimated sizes within this factor of the training size are used as they are: the network
 #: was trained with scale augmentation over a wider range, and resampling costs time.
 SNAP = 1.25
-#: Above this many pixels (after rescaling) an image is refused: 40k × 40k. Larger data needs
-#: the chunked path.
-MAX_PIXELS = 1_600_000_000
+#: Above this many pixels (after rescaling) an image is refused: ~16k × 16k. The maps and the
+#: watershed need ~40 bytes per pixel, so this stays within a 16 GB workstation.
+MAX_PIXELS = 256_000_000
 Progress = tuple[int, int]
 
 
@@ -164,6 +164,17 @@ class Predictor:
             maps = self.model.maps(x)
         return {name: m.float()[0].cpu().numpy() for name, m in maps.items()}
 
+    def _check_size(self, shape: tuple[int, int], diameter: float | None) -> None:
+        """Refuse, before allocating anything, images too large to segment in one piece."""
+        scale = self.scale_for(diameter)
+        pixels = shape[0] * shape[1] * scale * scale
+        if pixels > MAX_PIXELS:
+            raise DeepCeNSError(
+                f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece "
+                f"({pixels / 1e6:.0f} MP to process, limit {MAX_PIXELS / 1e6:.0f} MP): crop it, "
+                "or give the object diameter so that it can be downscaled"
+            )
+
     def estimate_diameter(self, image: np.ndarray, normalised: bool = False):
         """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`."""
         from .diameter import estimate_diameter
@@ -186,6 +197,7 @@ class Predictor:
         already through :func:`to_plane`). ``diameter``: typical object diameter in pixels;
         ``None`` estimates it (``estimate=False`` uses the image as it is).
         """
+        self._check_size(np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else to_plane(image, invert=invert)
         shape = plane.shape
         estimated = False
@@ -201,14 +213,10 @@ class Predictor:
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
             if size[0] * size[1] > MAX_PIXELS:
                 raise DeepCeNSError(
-                    f"diameter {diameter:g} px would enlarge the image to {size[0]}×{size[1]} "
-                    "pixels: give a larger diameter"
+                    f"a diameter of {diameter:.3g} px would enlarge the image to {size[0]}×{size[1]} "
+                    "pixels, too large to segment in one piece: give a larger diameter"
                 )
             work = resize(plane, size)
-        if work.size > MAX_PIXELS:
-            raise DeepCeNSError(
-                f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece"
-            )
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
