@@ -168,6 +168,11 @@ class Predictor:
         """Refuse, before allocating anything, images too large to segment in one piece."""
         scale = self.scale_for(diameter)
         pixels = shape[0] * shape[1] * scale * scale
+        if pixels > MAX_PIXELS and scale > 1.0:
+            raise DeepCeNSError(
+                f"a diameter of {diameter:.3g} px would enlarge the {shape[0]}×{shape[1]} image to "
+                f"{pixels / 1e6:.0f} MP, too large to segment in one piece: give a larger diameter"
+            )
         if pixels > MAX_PIXELS:
             raise DeepCeNSError(
                 f"image of {shape[0]}×{shape[1]} pixels is too large to segment in one piece "
@@ -210,12 +215,8 @@ class Predictor:
             scale = 1.0
         work = plane
         if scale != 1.0:
+            self._check_size(shape, diameter)  # an estimated diameter may enlarge the image
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
-            if size[0] * size[1] > MAX_PIXELS:
-                raise DeepCeNSError(
-                    f"a diameter of {diameter:.3g} px would enlarge the image to {size[0]}×{size[1]} "
-                    "pixels, too large to segment in one piece: give a larger diameter"
-                )
             work = resize(plane, size)
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
