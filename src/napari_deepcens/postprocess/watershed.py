@@ -26,6 +26,8 @@ from .params import PostprocessParams
 #: Gaussian σ (pixels) applied to the distance map before finding seeds: removes single-pixel
 #: ripples that would otherwise each seed a fragment.
 SMOOTHING = 1.0
+#: Seeds are searched on the distance map averaged over PEAK_BLOCK × PEAK_BLOCK pixels.
+PEAK_BLOCK = 4
 
 
 def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -41,14 +43,16 @@ def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
 def prominent_peaks(relief: np.ndarray, height: float) -> np.ndarray:
     """Peaks of ``relief`` rising at least ``height`` above their surroundings (h-maxima).
 
-    Computed on a 2×2-averaged copy and expanded back: the distance map is smooth at that
-    scale, and it makes the slowest step of a slider move four times cheaper.
+    Computed on a ``PEAK_BLOCK``²-averaged copy and expanded back: the distance map is smooth
+    at that scale and h-maxima is the slowest step of a slider move. On val, blocks of 4 vs 2
+    change DSB by < 0.002 and make this step four times cheaper.
     """
+    f = PEAK_BLOCK
     h, w = relief.shape
-    padded = np.pad(relief, ((0, h % 2), (0, w % 2)), mode="edge")
-    small = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2).mean(axis=(1, 3))
+    padded = np.pad(relief, ((0, (-h) % f), (0, (-w) % f)), mode="edge")
+    small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).mean(axis=(1, 3))
     peaks = h_maxima(small, max(height, 1e-3)).astype(bool)
-    return np.repeat(np.repeat(peaks, 2, axis=0), 2, axis=1)[:h, :w]
+    return np.repeat(np.repeat(peaks, f, axis=0), f, axis=1)[:h, :w]
 
 
 def instances_from_maps(

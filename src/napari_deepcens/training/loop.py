@@ -65,7 +65,7 @@ class TrainProgress:
 #: Thresholds tried on validation after every epoch (cheap: the maps are computed once).
 SEARCH = {
     "unet": [PostprocessParams(fg_threshold=fg, seed_threshold=seed)
-             for fg in (0.4, 0.5, 0.6, 0.7) for seed in (0.1, 0.2, 0.3)],
+             for fg in (0.5, 0.6, 0.7) for seed in (0.1, 0.15, 0.2, 0.3)],
     "centerunet": [PostprocessParams(fg_threshold=fg, score_threshold=score)
                    for fg in (0.4, 0.5, 0.6) for score in (0.2, 0.3, 0.4)],
 }
