@@ -103,7 +103,7 @@ def test_estimated_diameter_is_shown_and_an_override_is_used(docked, qtbot):
 def test_centerunet_boxes_follow_the_score_slider_and_select_labels(docked, qtbot):
     viewer, widget, _layer = docked
     widget.set_options(model="centerunet", device="cpu")
-    assert widget._score.visible and not widget._seed.visible
+    assert not widget._score.native.isHidden() and widget._seed.native.isHidden()
     run_and_wait(qtbot, widget)
     boxes, labels = viewer.layers["nuclei boxes"], viewer.layers["nuclei labels"]
     n = len(boxes.data)
