@@ -96,3 +96,26 @@ def test_unknown_model_is_a_clear_error(one_image, tmp_path, capsys):
     image, _ = one_image
     assert main(["segment", str(image), "-o", str(tmp_path), "--model", "nope"]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_centerunet_writes_boxes_csv_and_evaluate_reports_box_ap(tmp_path, capsys):
+    import csv
+
+    images = sorted(DSB_VAL.glob("*/image.png"))
+    out = tmp_path / "pred"
+    assert main(["segment", *map(str, images), "-o", str(out), "--model", "centerunet",
+                 "--device", "cpu"]) == 0
+    box_files = sorted(out.glob("*_boxes.csv"))
+    assert len(box_files) == len(images)
+    with box_files[0].open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["label", "score", "cx", "cy", "width", "height", "angle_deg"]
+    labels = tifffile.imread(str(box_files[0]).replace("_boxes.csv", "_labels.tif"))
+    assert len(rows) - 1 == labels.max()                     # one box per label
+    assert all(0 <= float(r[6]) < 180 and float(r[4]) >= float(r[5]) for r in rows[1:])
+    capsys.readouterr()
+    assert main(["evaluate", str(DSB_VAL), str(out)]) == 0
+    table = capsys.readouterr().out
+    header, overall = table.splitlines()[0].split(), table.splitlines()[1].split()
+    assert "box_AP@0.5" in header
+    assert float(overall[header.index("box_AP@0.5")]) > 0.5
