@@ -36,11 +36,11 @@ def run_segment(args: argparse.Namespace) -> int:
     if duplicates:
         raise DeepCeNSError(f"several inputs would write the same output name: {duplicates}")
     predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
-    defaults = predictor.default_params().to_dict()
-    overrides = {"fg_threshold": args.fg_threshold, "seed_threshold": args.seed_threshold,
-                 "min_size": args.min_size}
+    overrides = {k: v for k, v in {"fg_threshold": args.fg_threshold,
+                                   "seed_threshold": args.seed_threshold,
+                                   "min_size": args.min_size}.items() if v is not None}
     try:
-        params = PostprocessParams(**{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
+        PostprocessParams(**{**predictor.default_params().to_dict(), **overrides})
     except ValueError as exc:
         raise DeepCeNSError(str(exc)) from exc
     args.output.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,7 @@ def run_segment(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.n = done
                     bar.refresh()
+            params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **overrides})
             seg = predictor.instances(raw, params)
             labels = seg.labels
             if seg.boxes is not None:

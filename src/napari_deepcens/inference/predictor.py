@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +136,13 @@ class Predictor:
             self._weights_hash = file_sha256(self.weights_path)
         return self._weights_hash
 
-    def default_params(self) -> PostprocessParams:
-        """Thresholds tuned on validation data and stored with the weights."""
-        return PostprocessParams.from_dict(self.info.thresholds)
+    def default_params(self, scale: float = 1.0) -> PostprocessParams:
+        """Thresholds tuned on validation data and stored with the weights; ``min_size`` (tuned
+        at the training scale) converted to pixels of an image that ran at zoom ``scale``."""
+        params = PostprocessParams.from_dict(self.info.thresholds)
+        if scale != 1.0:
+            params = replace(params, min_size=max(1, round(params.min_size / scale**2)))
+        return params
 
     def scale_for(self, diameter: float | None) -> float:
         """Zoom that brings objects of ``diameter`` px to the training median diameter."""
@@ -252,14 +256,15 @@ class Predictor:
 
     def instances(self, raw: RawOutput, params: PostprocessParams | None = None) -> Segmentation:
         """Labels (and boxes, for detection models) from cached maps; never runs the network."""
-        params = params or self.default_params()
+        params = params or self.default_params(raw.scale)
         if "heatmap" in raw.maps:
             m = raw.maps
             found = decode_centers(m["heatmap"], m["size"], m["offset"], m["angle2"],
                                    params.score_threshold, stride=raw.strides["heatmap"])
             labels, kept = seeded_instances(m["segmentation"], found.scaled(1.0 / raw.scale), params)
             return Segmentation(labels, kept)
-        return Segmentation(instances_from_maps(raw.maps["foreground"], raw.maps["distance"], params))
+        return Segmentation(instances_from_maps(raw.maps["foreground"], raw.maps["distance"], params,
+                                                object_scale=1.0 / raw.scale))
 
     def postprocess(self, raw: RawOutput, params: PostprocessParams | None = None) -> np.ndarray:
         """Instance labels from cached maps: cheap, never runs the network."""

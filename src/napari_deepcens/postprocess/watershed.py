@@ -40,14 +40,14 @@ def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
     return lookup[labels]
 
 
-def prominent_peaks(relief: np.ndarray, height: float) -> np.ndarray:
+def prominent_peaks(relief: np.ndarray, height: float, block: int = 4) -> np.ndarray:
     """Peaks of ``relief`` rising at least ``height`` above their surroundings (h-maxima).
 
-    Computed on a ``PEAK_BLOCK``²-averaged copy and expanded back: the distance map is smooth
+    Computed on a ``block``²-averaged copy and expanded back: the distance map is smooth
     at that scale and h-maxima is the slowest step of a slider move. On val, blocks of 4 vs 2
     change DSB by < 0.002 and make this step four times cheaper.
     """
-    f = PEAK_BLOCK
+    f = max(int(block), 1)
     h, w = relief.shape
     padded = np.pad(relief, ((0, (-h) % f), (0, (-w) % f)), mode="edge")
     small = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).mean(axis=(1, 3))
@@ -56,7 +56,10 @@ def prominent_peaks(relief: np.ndarray, height: float) -> np.ndarray:
 
 
 def instances_from_maps(
-    foreground: np.ndarray, distance: np.ndarray, params: PostprocessParams | None = None
+    foreground: np.ndarray,
+    distance: np.ndarray,
+    params: PostprocessParams | None = None,
+    object_scale: float = 1.0,
 ) -> np.ndarray:
     """Instance labels (int32, 0 = background) from foreground and distance maps.
 
@@ -65,6 +68,9 @@ def instances_from_maps(
     foreground : (H, W) foreground probability in [0, 1].
     distance : (H, W) normalised distance in [0, 1] (1 at nucleus centres).
     params : thresholds; defaults when ``None``.
+    object_scale : size of the objects relative to the training size (the inverse of the zoom
+        the network ran at). Smoothing and the seed search block follow it, so 4-px nuclei are
+        not blurred together and 80-px nuclei do not seed twice.
     """
     params = params or PostprocessParams()
     if foreground.shape != distance.shape or foreground.ndim != 2:
@@ -74,9 +80,10 @@ def instances_from_maps(
     mask = foreground > params.fg_threshold
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    relief = ndi.gaussian_filter(distance.astype(np.float32, copy=False), SMOOTHING)
+    relief = ndi.gaussian_filter(distance.astype(np.float32, copy=False), SMOOTHING * object_scale)
     relief[~mask] = 0.0
-    seeds = prominent_peaks(relief, params.seed_threshold) & mask
+    block = round(PEAK_BLOCK * object_scale)
+    seeds = prominent_peaks(relief, params.seed_threshold, block) & mask
     markers, n_seeds = ndi.label(seeds)
     labels = watershed(-relief, markers, mask=mask) if n_seeds else np.zeros(mask.shape, np.int32)
     orphans, n_orphans = ndi.label(mask & (labels == 0))

@@ -70,7 +70,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
     try:
         predictor = load()
         raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate)
-        params = params or predictor.default_params()
+        params = params or predictor.default_params(raw.scale)
         return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
