@@ -68,7 +68,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_name(args.model, device="cpu")
     image = mosaic(2048)
-    predictor.segment(image[:512, :512], estimate=False)  # warm-up
+    predictor.segment(image[:1024, :1024], estimate=False)  # warm-up: oneDNN builds kernels per shape
     mp = image.size / 1e6
     for estimate in (False, True):
         t0 = time.perf_counter()
