@@ -117,3 +117,11 @@ def test_centerunet_boxes_follow_the_score_slider_and_select_labels(docked, qtbo
     widget.set_options(score=0.9)
     qtbot.waitUntil(lambda: len(viewer.layers["nuclei boxes"].data) < n, timeout=20_000)
     assert int(viewer.layers["nuclei labels"].data.max()) == len(viewer.layers["nuclei boxes"].data)
+
+
+def test_removing_the_image_frees_its_cached_maps(docked, qtbot):
+    viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    assert id(layer) in widget._raw
+    viewer.layers.remove(layer)
+    assert id(layer) not in widget._raw
