@@ -103,3 +103,21 @@ def test_export_without_folder_keeps_everything(dock, qtbot):
     assert dock.correct.export() is None
     assert "dataset folder" in str(dock.correct._status.value)
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_cancelled_finetune_leaves_no_checkpoint_and_keeps_the_segment_weights(dock, qtbot, tmp_path,
+                                                                              fluorescence):
+    from napari_deepcens.io.dataset_export import export_sample
+
+    _viewer, dock, _layer = dock
+    image, labels = fluorescence
+    export_sample(tmp_path / "ds", image, {"nucleus": labels}, "a")
+    dock.finetune._dataset.value = tmp_path / "ds"
+    dock.finetune._epochs.value = 50
+    dock.finetune.start()
+    qtbot.waitUntil(lambda: dock.finetune._progress.value >= 1, timeout=60_000)
+    dock.finetune.cancel()
+    qtbot.waitUntil(lambda: dock.finetune._worker is None, timeout=60_000)
+    assert "cancelled" in dock.finetune.status
+    assert dock.segment.chosen_weights() is None            # nothing saved: still the bundled
+    assert not list((tmp_path / "ds" / "models").glob("*.ckpt"))

@@ -46,18 +46,11 @@ def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: i
     try:
         items = load_folder(dataset)
         config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=5e-4)
-        last = None
-        for progress in train_iter(items, output, model_name=model, config=config, init=init,
-                                   resume=False):
-            last = progress
-            yield progress
-        return output if last is not None else None
+        yield from train_iter(items, output, model_name=model, config=config, init=init,
+                              resume=False)
+        return output
     except DeepCeNSError as exc:
-        return exc.args[0]
-    finally:
-        ckpt = output.with_name(output.name + ".ckpt")
-        if ckpt.exists():
-            ckpt.unlink()
+        return str(exc)
 
 
 class FineTuneWidget(Container):
@@ -141,6 +134,10 @@ class FineTuneWidget(Container):
         show_info(message)
 
     def _on_finished(self) -> None:
+        # the resume checkpoint is for the CLI; here a run is never resumed. Removed here, not
+        # in the worker: a cancelled generator is not closed until it is garbage-collected.
+        if self._output is not None:
+            self._output.with_name(self._output.name + ".ckpt").unlink(missing_ok=True)
         self._worker = None
         self._train.enabled, self._cancel.enabled = True, False
 
