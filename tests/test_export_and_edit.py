@@ -85,3 +85,16 @@ def test_failed_export_leaves_the_dataset_as_it_was(tmp_path, fluorescence):
     with pytest.raises(DeepCeNSError, match="shape"):
         export_sample(ds, image, {"nucleus": labels[:10]}, "bad")
     assert sorted(p.name for p in ds.iterdir()) == before
+
+
+def test_coco_from_saved_fragments_equals_coco_from_the_tiffs(tmp_path, fluorescence):
+    from napari_deepcens.io.dataset_export import SAMPLE_COCO, coco_dataset
+
+    image, labels = fluorescence
+    ds = tmp_path / "ds"
+    export_sample(ds, image, {"nucleus": labels}, "a")
+    export_sample(ds, image, {"nucleus": labels[::-1].copy()}, "b")
+    from_fragments = coco_dataset(ds)
+    for fragment in ds.glob(f"*/{SAMPLE_COCO}"):
+        fragment.unlink()                    # as in a folder made by hand
+    assert coco_dataset(ds) == json.loads(json.dumps(from_fragments))

@@ -5,6 +5,7 @@
     DATASET/<id>/image.tif         the image as it was in napari
     DATASET/<id>/labels.tif        instance labels (one class), or labels_<class>.tif (several)
     DATASET/<id>/provenance.json   source file, model, weights sha256, thresholds, time
+    DATASET/<id>/coco.json         this sample's COCO annotations (encoded once, at export)
     DATASET/index.csv              id,height,width,n_objects,modality,classes
     DATASET/annotations.json       COCO instances of the whole dataset (RLE masks, boxes,
                                    rotated boxes as the extra field ``rotated_box``)
@@ -87,6 +88,9 @@ def export_sample(
         record = {"name": name, "classes": list(labels), "exported": time.strftime(
             "%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})}
         (staging / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
+        coco = {"height": int(image.shape[0]), "width": int(image.shape[1]),
+                "annotations": sample_annotations({c: np.asarray(v) for c, v in labels.items()})}
+        (staging / SAMPLE_COCO).write_text(json.dumps(coco))
         sample_id = _free_id(dataset, name)
         target = dataset / sample_id
         os.rename(staging, target)  # atomic; fails rather than replace an existing folder
@@ -117,39 +121,69 @@ def _append_index(dataset: Path, row: dict) -> None:
     atomic_write(index, lambda tmp: Path(tmp).write_text(buffer.getvalue()), overwrite=True)
 
 
-def coco_dataset(dataset: str | Path) -> dict:
-    """COCO instances of every sample in ``dataset`` (categories from the label file names)."""
-    import tifffile
+SAMPLE_COCO = "coco.json"
+
+
+def _class_of(path: Path) -> str:
+    return path.stem[len("labels_"):] if path.stem.startswith("labels_") else "nucleus"
+
+
+def sample_annotations(labels_by_class: dict[str, np.ndarray]) -> list[dict]:
+    """COCO annotations (no ids yet) of one sample: RLE mask, bbox, area, rotated box, class."""
     from pycocotools import mask as mask_utils
 
+    out = []
+    for cls, labels in labels_by_class.items():
+        boxes = {row[0]: row[1:] for row in rotated_boxes(labels)}
+        for value in np.unique(labels):
+            if value == 0:
+                continue
+            mask = np.asfortranarray((labels == value).astype(np.uint8))
+            rle = mask_utils.encode(mask)
+            x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+            rle["counts"] = rle["counts"].decode("ascii")
+            out.append({"category": cls, "segmentation": rle, "area": float(mask.sum()),
+                        "bbox": [x, y, w, h], "iscrowd": 0,
+                        "rotated_box": list(boxes[int(value)])})
+    return out
+
+
+def _sample_record(folder: Path) -> dict | None:
+    """The sample's COCO fragment: saved at export, computed for hand-made folders."""
+    import tifffile
+
+    label_files = sorted(folder.glob("labels*.tif"))
+    if not label_files or not (folder / "image.tif").is_file():
+        return None
+    saved = folder / SAMPLE_COCO
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    labels = {_class_of(p): tifffile.imread(p) for p in label_files}
+    shape = next(iter(labels.values())).shape
+    return {"height": int(shape[0]), "width": int(shape[1]),
+            "annotations": sample_annotations(labels)}
+
+
+def coco_dataset(dataset: str | Path) -> dict:
+    """COCO instances of every sample in ``dataset`` (categories from the label file names).
+
+    Each sample's annotations are encoded once, at export (``<id>/coco.json``), so adding a
+    sample to a large dataset does not re-read and re-encode all the others.
+    """
     dataset = Path(dataset)
     images, annotations, categories = [], [], {}
-    for image_id, folder in enumerate(sorted(p for p in dataset.iterdir() if p.is_dir()
-                                             and not p.name.startswith(".")), start=1):
-        label_files = sorted(folder.glob("labels*.tif"))
-        image_file = folder / "image.tif"
-        if not label_files or not image_file.is_file():
+    folders = sorted(p for p in dataset.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for image_id, folder in enumerate(folders, start=1):
+        record = _sample_record(folder)
+        if record is None:
             continue
-        first = tifffile.imread(label_files[0])
         images.append({"id": image_id, "file_name": f"{folder.name}/image.tif",
-                       "height": int(first.shape[0]), "width": int(first.shape[1])})
-        for path in label_files:
-            cls = path.stem[len("labels_"):] if path.stem.startswith("labels_") else "nucleus"
-            cat = categories.setdefault(cls, len(categories) + 1)
-            labels = first if path == label_files[0] else tifffile.imread(path)
-            boxes = {row[0]: row[1:] for row in rotated_boxes(labels)}
-            for value in np.unique(labels):
-                if value == 0:
-                    continue
-                mask = np.asfortranarray((labels == value).astype(np.uint8))
-                rle = mask_utils.encode(mask)
-                x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-                rle["counts"] = rle["counts"].decode("ascii")
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": image_id, "category_id": cat,
-                    "segmentation": rle, "area": float(mask.sum()), "bbox": [x, y, w, h],
-                    "iscrowd": 0, "rotated_box": list(boxes[int(value)]),
-                })
+                       "height": record["height"], "width": record["width"]})
+        for ann in record["annotations"]:
+            cat = categories.setdefault(ann["category"], len(categories) + 1)
+            fields = {k: v for k, v in ann.items() if k != "category"}
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": cat, **fields})
     return {
         "info": {"description": "exported by napari-deepcens",
                  "rotated_box": "[cx, cy, width, height, angle_deg], pixels, x = column"},
