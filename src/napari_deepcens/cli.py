@@ -28,6 +28,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="typical object diameter in pixels (default: use the image as it is)")
     p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
     p.add_argument("--seed-threshold", type=float, help="watershed seed threshold")
+    p.add_argument("--score-threshold", type=float,
+                   help="detection score threshold (centerunet, deepcens)")
     p.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
     p.add_argument("--tile", type=int, default=1024, help="tile size in pixels (default 1024)")
     p.add_argument("--overwrite", action="store_true",
@@ -37,7 +39,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model on annotated folders")
     p.add_argument("data", nargs="+", type=Path,
-                   help="dataset folders of <id>/image.* + <id>/labels.*")
+                   help="dataset folders of <id>/image.* + <id>/labels.*, or COCO instance JSON "
+                        "files (several classes; DeepCeNS)")
     p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write")
     p.add_argument("--model", default="unet", help="model name (default: unet)")
     p.add_argument("--val", type=Path, nargs="*", default=[],
@@ -50,6 +53,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=int, default=160, help="training crop size in pixels")
     p.add_argument("--base-channels", type=int, default=12, help="U-Net width (new models)")
     p.add_argument("--depth", type=int, default=4, help="U-Net depth (new models)")
+    p.add_argument("--backbone", default="resnest14d",
+                   help="DeepCeNS backbone, a timm ResNeSt name (new models; default resnest14d)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="DeepCeNS input channels: 1 grey, 3 colour stains (default: 3 for COCO data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

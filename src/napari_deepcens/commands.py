@@ -27,7 +27,7 @@ def output_stem(path: Path) -> str:
 
 def run_segment(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
-    from .io.export import write_boxes_csv, write_labels
+    from .io.export import write_segmentation
     from .io.images import read_image
     from .postprocess.params import PostprocessParams
 
@@ -38,6 +38,7 @@ def run_segment(args: argparse.Namespace) -> int:
     predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
     overrides = {k: v for k, v in {"fg_threshold": args.fg_threshold,
                                    "seed_threshold": args.seed_threshold,
+                                   "score_threshold": args.score_threshold,
                                    "min_size": args.min_size}.items() if v is not None}
     try:
         PostprocessParams(**{**predictor.default_params().to_dict(), **overrides})
@@ -46,8 +47,11 @@ def run_segment(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[Path, str]] = []
     for path, stem in zip(args.images, stems, strict=True):
-        target = args.output / f"{stem}_labels.tif"
-        if target.exists() and not args.overwrite:
+        names = predictor.class_names
+        targets = [args.output / (f"{stem}_{n}_labels.tif" if len(names) > 1 else f"{stem}_labels.tif")
+                   for n in names]
+        target = targets[-1]
+        if all(t.exists() for t in targets) and not args.overwrite:
             tqdm.write(f"skip {path.name}: {target.name} exists (--overwrite to redo)")
             continue
         try:
@@ -65,11 +69,9 @@ def run_segment(args: argparse.Namespace) -> int:
                     bar.refresh()
             params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **overrides})
             seg = predictor.instances(raw, params)
-            labels = seg.labels
-            if seg.boxes is not None:
-                write_boxes_csv(args.output / f"{stem}_boxes.csv", seg.boxes, args.overwrite)
-            write_labels(target, labels, overwrite=args.overwrite)
-            tqdm.write(f"{path.name}: {int(labels.max())} objects -> {target}")
+            written = write_segmentation(args.output, stem, seg, overwrite=args.overwrite)
+            counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
+            tqdm.write(f"{path.name}: {counts} -> {written[-1].parent}")
         except DeepCeNSError as exc:
             failures.append((path, str(exc)))
             tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
@@ -81,19 +83,45 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_training_data(paths: list[Path], channels: int) -> list:
+    """Annotated images from dataset folders (one class) and COCO instance JSON files."""
+    from .training.dataset import load_coco, load_folder
+
+    items = []
+    for path in paths:
+        if path.suffix.lower() == ".json":
+            items.extend(load_coco(path, channels=channels))
+        else:
+            items.extend(load_folder(path, channels=channels))
+    return items
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from .models.weights import read_info
     from .training.augment import AugmentConfig
-    from .training.dataset import load_folder
     from .training.loop import TrainConfig, train_iter
 
-    train_items = [item for folder in args.data for item in load_folder(folder)]
-    val_items = [item for folder in args.val for item in load_folder(folder)]
+    if args.init is not None:
+        init_config = read_info(args.init).config
+        channels = int(init_config.get("in_channels", 1)) if read_info(args.init).model == args.model else 1
+    else:
+        coco = any(p.suffix.lower() == ".json" for p in [*args.data, *args.val])
+        channels = args.channels or (3 if coco and args.model == "deepcens" else 1)
+    if channels != 1 and args.model != "deepcens":
+        raise DeepCeNSError(f"the {args.model} model takes one grey channel; use --model deepcens")
+    train_items = load_training_data(args.data, channels)
+    val_items = load_training_data(args.val, channels)
     if args.output.exists() and args.init and args.output.resolve() == args.init.resolve():
         raise DeepCeNSError("--output must differ from --init: weights are never overwritten")
+    if len({item.classes for item in train_items + val_items}) > 1:
+        raise DeepCeNSError("the training and validation data have different classes")
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          augment=AugmentConfig(crop=args.crop))
-    model_config = {"base_channels": args.base_channels, "depth": args.depth}
+    if args.model == "deepcens":
+        model_config = {"backbone": args.backbone}
+    else:
+        model_config = {"base_channels": args.base_channels, "depth": args.depth}
     print(f"training {args.model} on {len(train_items)} images"
           + (f", validating on {len(val_items)}" if val_items else ""))
     bar = tqdm(total=config.epochs * config.steps_per_epoch, unit="step")

@@ -20,49 +20,78 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("images", "AP@0.5", "AP@0.75", "DSB", "F1", "pixel_IoU")
 BOX_COLUMNS = ("box_AP@0.5", "box_AP@0.75", "box_AP")
+COCO_COLUMNS = ("mask_mAP", "mask_mAP@0.5", "box_mAP", "box_mAP@0.5")
 
 
-def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path) -> dict[str, dict[str, float]]:
+def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path,
+                    coco: bool = True) -> dict[str, dict[str, float]]:
     """Metrics for every sample of ``gt_dir`` whose prediction is in ``pred_dir``.
 
-    Returns ``{"overall": {...}, "<modality>": {...}, ...}``. A ground-truth image with no
-    prediction is an error (silently skipping it would inflate the score).
+    Returns ``{"overall": {...}, "<modality>": {...}, ...}``, and a group per class when the
+    data has several classes (``<id>/labels_<class>.*`` against ``<id>_<class>_labels.tif``).
+    With ``coco``, COCO mask/box mAP are added (scores from ``_boxes.csv`` where there is
+    one). A ground-truth image with no prediction is an error (silently skipping it would
+    inflate the score).
     """
+    from .coco import coco_map
+
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DeepCeNSError(f"prediction folder not found: {pred_dir}")
-    by_modality: dict[str, list[ImageMatch]] = defaultdict(list)
+    groups: dict[str, list[ImageMatch]] = defaultdict(list)
     boxes_gt: dict[str, list[np.ndarray]] = defaultdict(list)
     boxes_pred: dict[str, list[np.ndarray]] = defaultdict(list)
+    coco_images: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = defaultdict(list)
     missing = []
-    for sample in list_samples(gt_dir):
-        pred_path = find_prediction(pred_dir, sample.id)
-        if pred_path is None:
-            missing.append(sample.id)
-            continue
-        gt, pred = read_labels(sample.labels), read_labels(pred_path)
-        if gt.shape != pred.shape:
-            raise DeepCeNSError(
-                f"{sample.id}: prediction {pred.shape} and ground truth {gt.shape} differ in shape"
-            )
-        by_modality[sample.modality].append(match_image(gt, pred))
-        box_file = pred_path.with_name(pred_path.name.replace("_labels", "_boxes")).with_suffix(".csv")
-        if box_file.is_file():
-            boxes_gt[sample.modality].append(np.asarray([r[1:] for r in rotated_boxes(gt)]).reshape(-1, 5))
-            boxes_pred[sample.modality].append(read_boxes_csv(box_file))
+    samples = list_samples(gt_dir)
+    multi = any(len(sample.classes) > 1 for sample in samples)
+    for sample in samples:
+        for cls, gt_path in sample.classes.items():
+            pred_path = find_prediction(pred_dir, sample.id, cls if multi else None)
+            if pred_path is None:
+                missing.append(f"{sample.id}_{cls}" if multi else sample.id)
+                continue
+            gt, pred = read_labels(gt_path), read_labels(pred_path)
+            if gt.shape != pred.shape:
+                raise DeepCeNSError(
+                    f"{sample.id}: prediction {pred.shape} and ground truth {gt.shape} differ in shape"
+                )
+            match = match_image(gt, pred)
+            keys = [sample.modality] + ([cls] if multi else [])
+            box_file = pred_path.with_name(pred_path.name.replace("_labels", "_boxes")).with_suffix(".csv")
+            scores = None
+            if box_file.is_file():
+                table = read_boxes_csv(box_file)
+                scores = table[:, 5]
+                gt_boxes = np.asarray([r[1:] for r in rotated_boxes(gt)]).reshape(-1, 5)
+            for key in keys:
+                groups[key].append(match)
+                if box_file.is_file():
+                    boxes_gt[key].append(gt_boxes)
+                    boxes_pred[key].append(table)
+                if coco:
+                    coco_images[key].append((gt, pred, scores))
     if missing:
+        expected = "<id>_<class>_labels.tif" if multi else "<id>_labels.tif"
         raise DeepCeNSError(
             f"{len(missing)} ground-truth images have no prediction in {pred_dir} "
-            f"(expected <id>_labels.tif), e.g. {missing[0]}"
+            f"(expected {expected}), e.g. {missing[0]}"
         )
-    results = {"overall": summarize([m for ms in by_modality.values() for m in ms])}
-    for modality in sorted(by_modality):
-        results[modality] = summarize(by_modality[modality])
+    # overall pools every image once (and every class of it, for multi-class data)
+    modalities = sorted({s.modality for s in samples} & set(groups))
+    results = {"overall": summarize([m for key in modalities for m in groups[key]])}
+    for key in [*modalities, *sorted(set(groups) - set(modalities))]:
+        results[key] = summarize(groups[key])
     if boxes_pred:
-        results["overall"].update(rotated_box_ap(
-            [b for bs in boxes_gt.values() for b in bs], [b for bs in boxes_pred.values() for b in bs]))
-        for modality in boxes_pred:
-            results[modality].update(rotated_box_ap(boxes_gt[modality], boxes_pred[modality]))
+        results["overall"].update(rotated_box_ap([b for key in modalities for b in boxes_gt[key]],
+                                                 [b for key in modalities for b in boxes_pred[key]]))
+        for key in boxes_pred:
+            results[key].update(rotated_box_ap(boxes_gt[key], boxes_pred[key]))
+    if coco:
+        everything = [item for key in modalities for item in coco_images[key]]
+        results["overall"].update(coco_map(*map(list, zip(*everything, strict=True))))
+        for key, items in coco_images.items():
+            results[key].update(coco_map(*map(list, zip(*items, strict=True))))
     return results
 
 
@@ -76,11 +105,11 @@ def read_boxes_csv(path: Path) -> np.ndarray:
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A plain-text table, one row per group."""
-    columns = COLUMNS + tuple(c for c in BOX_COLUMNS if c in results.get("overall", {}))
-    lines = [f"{'group':<14}" + "".join(f"{c:>12}" for c in columns)]
+    columns = COLUMNS + tuple(c for c in BOX_COLUMNS + COCO_COLUMNS if c in results.get("overall", {}))
+    lines = [f"{'group':<14}" + "".join(f"{c:>13}" for c in columns)]
     for group, metrics in results.items():
         cells = "".join(
-            f"{metrics[c]:>12d}" if c == "images" else f"{metrics.get(c, float('nan')):>12.3f}"
+            f"{metrics[c]:>13d}" if c == "images" else f"{metrics.get(c, float('nan')):>13.3f}"
             for c in columns
         )
         lines.append(f"{group:<14}{cells}")

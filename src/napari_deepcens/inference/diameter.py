@@ -31,9 +31,9 @@ class DiameterEstimate:
 
 
 def _centre_crop(plane: np.ndarray, side: int) -> np.ndarray:
-    h, w = plane.shape
+    h, w = plane.shape[-2:]
     y0, x0 = max((h - side) // 2, 0), max((w - side) // 2, 0)
-    return plane[y0 : y0 + side, x0 : x0 + side]
+    return plane[..., y0 : y0 + side, x0 : x0 + side]
 
 
 def _diameters(labels: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
     per_zoom: dict[float, tuple[float, int]] = {}
     for zoom in ZOOMS:
         crop = _centre_crop(plane, math.ceil(budget / zoom))
-        size = (max(round(crop.shape[0] * zoom), 32), max(round(crop.shape[1] * zoom), 32))
+        size = (max(round(crop.shape[-2] * zoom), 32), max(round(crop.shape[-1] * zoom), 32))
         work = resize(crop, size)
         raw = predictor.predict(work, diameter=None, estimate=False, normalised=True)
         found = _diameters(predictor.postprocess(raw, params))

@@ -23,12 +23,14 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DeepCeNSError
-from ..io.images import to_plane
+from ..io.images import to_channels
 from ..models.registry import bundled_weights
 from ..models.weights import WeightsInfo, file_sha256, load_weights
 from ..postprocess.centers import Detections, decode_centers, seeded_instances
+from ..postprocess.masks import class_instances
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
+from .detection import detect_tiled
 from .device import resolve_device
 from .tiling import predict_tiled
 
@@ -51,6 +53,8 @@ class RawOutput:
     (H, W) for one channel, (C, H, W) otherwise (U-Net: ``foreground``, ``distance``;
     CenterUNet: ``segmentation``). Coarser maps (CenterUNet's 1/4-resolution heads) stay on
     the grid the network saw, zoomed by ``scale``; ``strides`` says which is which.
+    Detection models (DeepCeNS) cache their detections instead: ``boxes`` (N, 4) xyxy in
+    pixels of the original grid, ``scores``, ``classes`` (1..K) and ``masks`` (N, M, M).
     """
 
     maps: dict[str, np.ndarray]
@@ -65,10 +69,20 @@ class RawOutput:
 @dataclass
 class Segmentation:
     """Post-processed result: instance labels and, for detection models, their boxes
-    (label ``i`` ↔ box ``i - 1``, pixels of the original grid)."""
+    (label ``i`` ↔ box ``i - 1``, pixels of the original grid).
+
+    Multi-class models put their main class (nuclei where they have them) in ``labels`` /
+    ``boxes`` under ``name`` and the other classes in ``others``.
+    """
 
     labels: np.ndarray
     boxes: Detections | None = None
+    name: str = "nucleus"
+    others: dict[str, Segmentation] = field(default_factory=dict)
+
+    def by_class(self) -> dict[str, Segmentation]:
+        """Every class, in the model's class order where it has one."""
+        return {self.name: self, **self.others}
 
 
 def resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -105,6 +119,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = model.to(self.device).eval()
+        self.kind = getattr(model, "kind", "dense")
+        self.in_channels = int(getattr(model.config, "in_channels", 1))
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info
@@ -155,8 +171,27 @@ class Predictor:
 
     @property
     def strides(self) -> dict[str, int]:
-        """Stride of each output map of the network."""
-        return dict(self.model.MAP_STRIDES)
+        """Stride of each output map of the network (none for detection models)."""
+        return dict(getattr(self.model, "MAP_STRIDES", {}))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes the model segments."""
+        return tuple(getattr(self.model.config, "classes", ("nucleus",)))
+
+    def prepare(self, image: np.ndarray, invert: bool | None = None) -> np.ndarray:
+        """The network input for ``image``: (H, W) for grey models, (C, H, W) otherwise."""
+        return to_channels(image, self.in_channels, invert=invert)
+
+    @torch.inference_mode()
+    def _detect_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(tile)[None].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            (dets,) = self.model(x)
+        return {"boxes": dets["boxes"].float().cpu().numpy(), "scores": dets["scores"].float().cpu().numpy(),
+                "classes": dets["classes"].cpu().numpy(),
+                "masks": dets["masks"].cpu().numpy().astype(np.float16)}
 
     @torch.inference_mode()
     def _predict_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
@@ -188,7 +223,7 @@ class Predictor:
         """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`."""
         from .diameter import estimate_diameter
 
-        return estimate_diameter(self, image if normalised else to_plane(image))
+        return estimate_diameter(self, image if normalised else self.prepare(image))
 
     def predict_iter(
         self,
@@ -202,13 +237,13 @@ class Predictor:
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
-        ``image``: (H, W) or (H, W, 3) of any numeric type (or, with ``normalised``, a plane
-        already through :func:`to_plane`). ``diameter``: typical object diameter in pixels;
+        ``image``: (H, W) or (H, W, 3) of any numeric type (or, with ``normalised``, the
+        output of :meth:`prepare`). ``diameter``: typical object diameter in pixels;
         ``None`` estimates it (``estimate=False`` uses the image as it is).
         """
-        self._check_size(np.shape(image)[:2], diameter)
-        plane = image.astype(np.float32, copy=False) if normalised else to_plane(image, invert=invert)
-        shape = plane.shape
+        self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
+        plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
+        shape = plane.shape[-2:]
         estimated = False
         if diameter is None and estimate and self.info.median_diameter > 0:
             found = self.estimate_diameter(plane, normalised=True).diameter
@@ -222,6 +257,20 @@ class Predictor:
             self._check_size(shape, diameter)  # an estimated diameter may enlarge the image
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
             work = resize(plane, size)
+        if self.kind == "detection":
+            dets: dict[str, np.ndarray] = {}
+            work = work if work.ndim == 3 else work[None]
+            for item in detect_tiled(work, self._detect_tile, tile=tile, overlap=max(overlap, 128),
+                                     multiple=self.model.SIZE_MULTIPLE,
+                                     nms_iou=self.model.config.nms_threshold):
+                if isinstance(item, dict):
+                    dets = item
+                else:
+                    yield item
+            if scale != 1.0:
+                dets["boxes"] = dets["boxes"] / np.float32(scale)
+            return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
+                             estimated=estimated, meta={"model": self.model_name, "kind": "detection"})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -257,6 +306,14 @@ class Predictor:
     def instances(self, raw: RawOutput, params: PostprocessParams | None = None) -> Segmentation:
         """Labels (and boxes, for detection models) from cached maps; never runs the network."""
         params = params or self.default_params(raw.scale)
+        if raw.meta.get("kind") == "detection":
+            found = class_instances(raw.maps, raw.shape, self.class_names, params)
+            names = list(found)
+            main = "nucleus" if "nucleus" in found else names[0]
+            parts = {n: Segmentation(labels, boxes, n) for n, (labels, boxes) in found.items()}
+            primary = parts.pop(main)
+            primary.others = parts
+            return primary
         if "heatmap" in raw.maps:
             m = raw.maps
             found = decode_centers(m["heatmap"], m["size"], m["offset"], m["angle2"],

@@ -48,8 +48,9 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
     )
 
 
-def write_boxes_csv(path: str | Path, boxes, overwrite: bool = False) -> Path:
-    """Rotated boxes as CSV: label, score, cx, cy, width, height, angle_deg (pixels, x = column).
+def write_boxes_csv(path: str | Path, boxes, overwrite: bool = False, cls: str | None = None) -> Path:
+    """Rotated boxes as CSV: label, score, cx, cy, width, height, angle_deg (pixels, x = column),
+    and a ``class`` column when ``cls`` is given.
 
     ``boxes``: :class:`~napari_deepcens.postprocess.centers.Detections`, box ``i`` ↔ label i+1.
     """
@@ -60,8 +61,24 @@ def write_boxes_csv(path: str | Path, boxes, overwrite: bool = False) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(BOX_COLUMNS)
+            writer.writerow(BOX_COLUMNS + (("class",) if cls else ()))
             for row in boxes.table():
-                writer.writerow([int(row[0]), *(f"{v:.4f}" for v in row[1:])])
+                writer.writerow([int(row[0]), *(f"{v:.4f}" for v in row[1:]), *((cls,) if cls else ())])
 
     return atomic_write(Path(path), write, overwrite)
+
+
+def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = False) -> list[Path]:
+    """Write a :class:`~napari_deepcens.inference.predictor.Segmentation` as ``deepcens
+    segment`` does: ``<stem>_labels.tif`` (+ ``<stem>_boxes.csv`` for detection models); for
+    multi-class models one ``<stem>_<class>_labels.tif`` (+ ``_boxes.csv``) per class."""
+    folder = Path(folder)
+    parts = seg.by_class()
+    written = []
+    for name, part in parts.items():
+        prefix = f"{stem}_{name}" if len(parts) > 1 else stem
+        if part.boxes is not None:
+            written.append(write_boxes_csv(folder / f"{prefix}_boxes.csv", part.boxes, overwrite,
+                                           cls=name if len(parts) > 1 else None))
+        written.append(write_labels(folder / f"{prefix}_labels.tif", part.labels, overwrite))
+    return written

@@ -142,3 +142,33 @@ def to_plane(image: np.ndarray, invert: bool | None = None) -> np.ndarray:
             out[~finite] = 0.0
     np.clip(out, -0.5, 1.5, out=out)
     return out.astype(np.float32, copy=False)
+
+
+def to_channels(image: np.ndarray, channels: int = 1, invert: bool | None = None) -> np.ndarray:
+    """The network input for a model taking ``channels`` planes.
+
+    One channel: :func:`to_plane`, (H, W). Three: each colour channel percentile-normalised
+    on its own (a grey image repeated), (3, H, W) — what multi-stain models such as a
+    cells + nuclei DeepCeNS need, since luminance would mix the stains.
+    """
+    if channels == 1:
+        return to_plane(image, invert=invert)
+    image = validate_image(image)
+    rgb = image[..., :3] if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+    planes = []
+    for c in range(channels):
+        channel = rgb[..., min(c, rgb.shape[-1] - 1)].astype(np.float32)
+        if not np.isfinite(channel).all():
+            finite = np.isfinite(channel)
+            if not finite.any():
+                raise ImageError("image contains no finite values (all NaN or infinite)")
+            channel = np.where(finite, channel, np.nanmin(np.where(finite, channel, np.inf)))
+        lo, hi = _percentiles(channel, None)
+        if hi <= lo:
+            lo, hi = float(channel.min()), float(channel.max())
+        plane = (channel - lo) / (hi - lo) if hi > lo else np.zeros_like(channel)
+        planes.append(np.clip(plane, -0.5, 1.5))
+    out = np.stack(planes).astype(np.float32)
+    if not np.any(out.max(axis=(1, 2)) > out.min(axis=(1, 2))):
+        raise ImageError("image has the same value everywhere: nothing to segment")
+    return out

@@ -5,9 +5,10 @@
     DATA_DIR/index.csv            id,...,modality (optional; columns beyond id are optional)
     DATA_DIR/<id>/image.<ext>     the image
     DATA_DIR/<id>/labels.<ext>    instance labels, 0 = background
+    DATA_DIR/<id>/labels_<class>.<ext>   or one label image per class (several classes)
 
-Prediction folders written by ``deepcens segment`` (``<stem>_labels.tif``) are read by
-:func:`find_prediction`.
+Prediction folders written by ``deepcens segment`` (``<stem>_labels.tif``, or
+``<stem>_<class>_labels.tif`` for multi-class models) are read by :func:`find_prediction`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ class Sample:
     image: Path
     labels: Path
     modality: str = "unknown"
+    #: Several classes: class name → label image (``labels`` is then the first of them).
+    class_labels: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def classes(self) -> dict[str, Path]:
+        """Label file of each class (one-class samples: ``{"nucleus": labels}``)."""
+        return dict(self.class_labels) if self.class_labels else {"nucleus": self.labels}
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -56,10 +64,15 @@ def list_samples(data_dir: str | Path) -> list[Sample]:
     samples = []
     for sub in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         image, labels = _find(sub, "image"), _find(sub, "labels")
-        if image is None or labels is None:
+        per_class = tuple(sorted((p.stem[len("labels_"):], p) for p in sub.glob("labels_*")
+                                 if p.suffix.lower() in IMAGE_SUFFIXES))
+        if image is None or (labels is None and not per_class):
             continue
         modality = index.get(sub.name, {}).get("modality") or "unknown"
-        samples.append(Sample(sub.name, image, labels, modality))
+        if labels is not None:
+            samples.append(Sample(sub.name, image, labels, modality))
+        else:
+            samples.append(Sample(sub.name, image, per_class[0][1], modality, per_class))
     if not samples:
         raise DeepCeNSError(
             f"no samples in {data_dir}: expected sub-folders <id>/image.png (or .tif) "
@@ -68,8 +81,15 @@ def list_samples(data_dir: str | Path) -> list[Sample]:
     return samples
 
 
-def find_prediction(pred_dir: Path, sample_id: str) -> Path | None:
-    """The predicted label file for ``sample_id`` in a ``deepcens segment`` output folder."""
+def find_prediction(pred_dir: Path, sample_id: str, cls: str | None = None) -> Path | None:
+    """The predicted label file for ``sample_id`` (and class ``cls`` of a multi-class model)
+    in a ``deepcens segment`` output folder."""
+    if cls is not None:
+        for suffix in (".tif", ".tiff", ".png"):
+            candidate = pred_dir / f"{sample_id}_{cls}_labels{suffix}"
+            if candidate.is_file():
+                return candidate
+        return None
     for candidate in (
         pred_dir / f"{sample_id}_labels.tif",
         pred_dir / f"{sample_id}_labels.tiff",

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import WeightsError
 from .centerunet import CenterUNet, CenterUNetConfig
+from .deepcens import DeepCeNS, DeepCeNSConfig
 from .unet import UNet, UNetConfig
 
 
@@ -29,6 +30,8 @@ MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("unet", "U-Net + watershed", UNetConfig, UNet, "unet_dsb2018.safetensors"),
     "centerunet": ModelSpec("centerunet", "CenterUNet (rotated boxes)", CenterUNetConfig, CenterUNet,
                             "centerunet_dsb2018.safetensors"),
+    "deepcens": ModelSpec("deepcens", "DeepCeNS (Cascade Mask R-CNN)", DeepCeNSConfig, DeepCeNS,
+                          "deepcens_dsb2018.safetensors"),
 }
 
 

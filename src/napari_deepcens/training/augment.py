@@ -34,36 +34,38 @@ def random_scaled_crop(
 
     The source window is ``size/scale`` pixels wide; images smaller than the window are padded
     with background (0 in a normalised plane, label 0), never with mirrored unlabelled nuclei.
+    Leading axes (channels of a multi-channel image, classes of per-class labels) ride along.
     """
     window = max(round(size / scale), 8)
-    h, w = labels.shape
+    h, w = labels.shape[-2:]
     pad_h, pad_w = max(window - h, 0), max(window - w, 0)
     if pad_h or pad_w:
         pads = ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2))
-        image = np.pad(image, pads, mode="constant")
-        labels = np.pad(labels, pads, mode="constant")
-        h, w = labels.shape
+        image = np.pad(image, ((0, 0),) * (image.ndim - 2) + pads, mode="constant")
+        labels = np.pad(labels, ((0, 0),) * (labels.ndim - 2) + pads, mode="constant")
+        h, w = labels.shape[-2:]
     y = int(rng.integers(0, h - window + 1))
     x = int(rng.integers(0, w - window + 1))
-    img = image[y : y + window, x : x + window]
-    lab = labels[y : y + window, x : x + window]
+    img = image[..., y : y + window, x : x + window]
+    lab = labels[..., y : y + window, x : x + window]
     if window != size:
         zoom = size / window
-        img = ndi.zoom(img, zoom, order=1, mode="nearest", grid_mode=True)
-        lab = ndi.zoom(lab, zoom, order=0, mode="nearest", grid_mode=True)
-        img, lab = img[:size, :size], lab[:size, :size]
-        if img.shape != (size, size):  # rounding left us a pixel short
-            extra = ((0, size - img.shape[0]), (0, size - img.shape[1]))
-            img, lab = np.pad(img, extra, mode="edge"), np.pad(lab, extra, mode="edge")
+        img = ndi.zoom(img, (1,) * (img.ndim - 2) + (zoom, zoom), order=1, mode="nearest", grid_mode=True)
+        lab = ndi.zoom(lab, (1,) * (lab.ndim - 2) + (zoom, zoom), order=0, mode="nearest", grid_mode=True)
+        img, lab = img[..., :size, :size], lab[..., :size, :size]
+        if img.shape[-2:] != (size, size):  # rounding left us a pixel short
+            extra = ((0, size - img.shape[-2]), (0, size - img.shape[-1]))
+            img = np.pad(img, ((0, 0),) * (img.ndim - 2) + extra, mode="edge")
+            lab = np.pad(lab, ((0, 0),) * (lab.ndim - 2) + extra, mode="edge")
     return img, lab
 
 
 def dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     """One of the 8 flips/90° rotations, the same for image and labels."""
     k = int(rng.integers(4))
-    image, labels = np.rot90(image, k), np.rot90(labels, k)
+    image, labels = np.rot90(image, k, axes=(-2, -1)), np.rot90(labels, k, axes=(-2, -1))
     if rng.random() < 0.5:
-        image, labels = image[:, ::-1], labels[:, ::-1]
+        image, labels = image[..., ::-1], labels[..., ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
@@ -72,7 +74,8 @@ def intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -
     out = np.clip(image, 0.0, None) ** rng.uniform(*cfg.gamma)
     out = out * rng.uniform(*cfg.contrast) + rng.uniform(-cfg.brightness, cfg.brightness)
     if rng.random() < cfg.blur_probability:
-        out = ndi.gaussian_filter(out, rng.uniform(0.5, 1.5))
+        sigma = rng.uniform(0.5, 1.5)
+        out = ndi.gaussian_filter(out, (0,) * (out.ndim - 2) + (sigma, sigma))
     if cfg.noise_max > 0:
         out = out + rng.normal(0.0, rng.uniform(0, cfg.noise_max), out.shape)
     return out.astype(np.float32)

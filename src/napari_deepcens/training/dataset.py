@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..io.images import read_image, read_labels, to_plane
+from ..errors import DeepCeNSError
+from ..io.images import read_image, read_labels, to_channels
 from ..io.layout import list_samples
 from .augment import AugmentConfig, augment
 from .targets import targets_for
@@ -27,25 +28,91 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AnnotatedImage:
-    """A normalised plane with its instance labels."""
+    """A normalised plane with its instance labels.
+
+    ``plane``: (H, W), or (C, H, W) for multi-channel models. ``labels``: (H, W) instance
+    labels, or (K, H, W), one label image per class of ``classes``.
+    """
 
     id: str
     plane: np.ndarray
     labels: np.ndarray
     modality: str = "unknown"
+    classes: tuple[str, ...] = ("nucleus",)
+
+    def class_labels(self) -> dict[str, np.ndarray]:
+        """Label image of each class."""
+        per_class = self.labels[None] if self.labels.ndim == 2 else self.labels
+        return dict(zip(self.classes, per_class, strict=True))
 
 
-def load_folder(data_dir: str | Path) -> list[AnnotatedImage]:
-    """Read and normalise every sample of a dataset folder."""
+def load_folder(data_dir: str | Path, channels: int = 1) -> list[AnnotatedImage]:
+    """Read and normalise every sample of a dataset folder (one class)."""
     items = []
     for sample in list_samples(data_dir):
-        plane = to_plane(read_image(sample.image))
+        plane = to_channels(read_image(sample.image), channels)
         labels = read_labels(sample.labels)
-        if labels.shape != plane.shape:
+        if labels.shape != plane.shape[-2:]:
             log.warning("%s: labels %s do not match image %s; skipped",
                         sample.id, labels.shape, plane.shape)
             continue
         items.append(AnnotatedImage(sample.id, plane, labels, sample.modality))
+    return items
+
+
+def load_coco(annotations: str | Path, channels: int = 3,
+              classes: tuple[str, ...] | None = None) -> list[AnnotatedImage]:
+    """Images and instance masks of a COCO instances JSON, one label image per category.
+
+    Image paths are relative to the JSON's folder. ``classes`` picks and orders categories by
+    name (default: all, in category-id order). Overlapping masks of one class (rare in
+    microscopy) are resolved in favour of the later annotation.
+    """
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    annotations = Path(annotations)
+    try:
+        data = json.loads(annotations.read_text())
+        categories = {c["id"]: c["name"] for c in data["categories"]}
+        images, anns = data["images"], data["annotations"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DeepCeNSError(f"{annotations}: not a readable COCO instances file ({exc})") from exc
+    names = tuple(classes) if classes else tuple(categories[k] for k in sorted(categories))
+    unknown = set(names) - set(categories.values())
+    if unknown:
+        raise DeepCeNSError(f"{annotations}: no categories named {', '.join(sorted(unknown))}; "
+                            f"it has {', '.join(categories.values())}")
+    by_image: dict[int, list[dict]] = {}
+    for ann in anns:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    items = []
+    for info in images:
+        path = annotations.parent / info["file_name"]
+        plane = to_channels(read_image(path), channels)
+        h, w = plane.shape[-2:]
+        labels = np.zeros((len(names), h, w), np.int32)
+        counts = [0] * len(names)
+        for ann in by_image.get(info["id"], []):
+            name = categories.get(ann["category_id"])
+            if name not in names or ann.get("iscrowd", 0):
+                continue
+            seg = ann["segmentation"]
+            if isinstance(seg, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = seg
+            mask = mask_utils.decode(rle).astype(bool)
+            k = names.index(name)
+            counts[k] += 1
+            labels[k][mask] = counts[k]
+        sample_id = Path(info["file_name"]).parent.name or Path(info["file_name"]).stem
+        items.append(AnnotatedImage(sample_id, plane, labels, "fluorescence", names))
+    if not items:
+        raise DeepCeNSError(f"{annotations}: no images")
     return items
 
 
@@ -57,8 +124,16 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
 
 
 def median_diameter(items: list[AnnotatedImage]) -> float:
-    """Median object diameter over a whole collection (the model's training scale)."""
-    diameters = np.concatenate([object_diameters(item.labels) for item in items] or [np.zeros(0)])
+    """Median object diameter over a whole collection (the model's training scale).
+
+    With several classes, the nuclei set the scale (the first class otherwise), so the
+    diameter knob means "nucleus diameter" for every model that has nuclei.
+    """
+    def reference(item: AnnotatedImage) -> np.ndarray:
+        per_class = item.class_labels()
+        return per_class.get("nucleus", next(iter(per_class.values())))
+
+    diameters = np.concatenate([object_diameters(reference(item)) for item in items] or [np.zeros(0)])
     return float(np.median(diameters)) if diameters.size else 0.0
 
 
@@ -81,4 +156,10 @@ class RandomCrops(IterableDataset):
             item = self.items[rng.choice(len(self.items), p=self.probabilities)]
             image, labels = augment(item.plane, item.labels, self.cfg, rng)
             targets = targets_for(self.model, labels)
-            yield torch.from_numpy(image[None]), {k: torch.from_numpy(v) for k, v in targets.items()}
+            image = image if image.ndim == 3 else image[None]
+            yield torch.from_numpy(image), {k: torch.from_numpy(v) for k, v in targets.items()}
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    """Stack the images; keep the per-image targets (their object counts differ) as a list."""
+    return torch.stack([image for image, _ in batch]), [targets for _, targets in batch]

@@ -27,7 +27,7 @@ from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
 from ..postprocess.params import PostprocessParams
 from .augment import AugmentConfig
-from .dataset import AnnotatedImage, RandomCrops, median_diameter
+from .dataset import AnnotatedImage, RandomCrops, collate_detection, median_diameter
 from .losses import LOSSES
 from .triton_guard import block_triton_in_gui_process
 
@@ -68,26 +68,59 @@ SEARCH = {
              for fg in (0.5, 0.6, 0.7) for seed in (0.1, 0.15, 0.2, 0.3)],
     "centerunet": [PostprocessParams(fg_threshold=fg, score_threshold=score)
                    for fg in (0.4, 0.5, 0.6) for score in (0.2, 0.3, 0.4)],
+    "deepcens": [PostprocessParams(fg_threshold=fg, score_threshold=score, min_size=10)
+                 for fg in (0.4, 0.5) for score in (0.3, 0.4, 0.5, 0.6, 0.7)],
 }
+
+
+def _matches(item: AnnotatedImage, seg) -> list:
+    """Matches of every class of ``item`` against the same class of a segmentation."""
+    predicted = {name: part.labels for name, part in seg.by_class().items()}
+    return [match_image(labels, predicted[name]) for name, labels in item.class_labels().items()
+            if name in predicted]
 
 
 def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedImage],
               device: torch.device) -> tuple[dict[str, float], PostprocessParams]:
     """Whole-pipeline metrics on ``items`` with the thresholds that score best on them
-    (best DSB score over :data:`SEARCH`; the network runs once per image)."""
+    (best DSB score over :data:`SEARCH`; the network runs once per image). With several
+    classes, each image's classes are matched class by class and pooled."""
     model.eval()
     predictor = Predictor(model, info, device=device)
     raws = [predictor.predict(item.plane, estimate=False, normalised=True) for item in items]
     best: tuple[float, dict, PostprocessParams] | None = None
     for params in SEARCH[info.model]:
-        matches = [match_image(item.labels, predictor.postprocess(raw, params))
-                   for item, raw in zip(items, raws, strict=True)]
+        matches = [m for item, raw in zip(items, raws, strict=True)
+                   for m in _matches(item, predictor.instances(raw, params))]
         summary = summarize(matches)
         if best is None or summary["DSB"] > best[0]:
             best = (summary["DSB"], summary, params)
     model.train().to(memory_format=torch.contiguous_format)
     assert best is not None
     return best[1], best[2]
+
+
+def detection_data_config(items: list[AnnotatedImage]) -> dict:
+    """What a new DeepCeNS takes from its data: class names, input channels and the
+    per-channel mean and standard deviation used to normalise its input (as in the paper)."""
+    planes = [item.plane if item.plane.ndim == 3 else item.plane[None] for item in items]
+    channels = planes[0].shape[0]
+    if any(p.shape[0] != channels for p in planes):
+        raise ValueError("training images mix grey and colour inputs")
+    sample = np.concatenate([p.reshape(channels, -1)[:, ::97] for p in planes], axis=1)
+    std = np.maximum(sample.std(axis=1), 1e-3)
+    return {"classes": tuple(items[0].classes), "in_channels": int(channels),
+            "pixel_mean": tuple(float(v) for v in sample.mean(axis=1)),
+            "pixel_std": tuple(float(v) for v in std)}
+
+
+def _check_classes(model: torch.nn.Module, items: list[AnnotatedImage]) -> None:
+    """Data and model must agree on the classes (fine-tuning a nucleus model on cell data)."""
+    names = tuple(model.config.classes)
+    for item in items:
+        if tuple(item.classes) != names:
+            raise ValueError(f"{item.id}: classes {', '.join(item.classes)} do not match the "
+                             f"model's {', '.join(names)}")
 
 
 def transfer_matching(source: torch.nn.Module, target: torch.nn.Module) -> int:
@@ -137,9 +170,14 @@ def train_iter(
             copied = transfer_matching(source, model)
             log.info("initialised %d tensors of %s from %s", copied, model_name, init)
     else:
+        if model_name == "deepcens":
+            model_config = {**(model_config or {}), **detection_data_config(train_items)}
         model = build_model(model_name, model_config)
         model_config = model.config.to_dict()
         thresholds = PostprocessParams().to_dict()
+    detection = getattr(model, "kind", "dense") == "detection"
+    if detection:
+        _check_classes(model, train_items + list(val_items or []))
     model.to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * config.steps_per_epoch
@@ -163,18 +201,25 @@ def train_iter(
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )
-    loss_fn = LOSSES[model_name]
+    loss_fn = LOSSES.get(model_name)
     crops = RandomCrops(train_items, config.augment, seed=config.seed + start_epoch, model=model_name)
-    loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=0))
+    loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=0,
+                             collate_fn=collate_detection if detection else None))
     step = start_epoch * config.steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
         t0, losses = time.perf_counter(), []
         for _ in range(config.steps_per_epoch):
             images, targets = next(loader)
-            outputs = model(images.to(dev))
-            loss, _parts = loss_fn(outputs, {k: v.to(dev) for k, v in targets.items()})
+            if detection:  # the detector computes its own losses from the targets
+                parts = model(images.to(dev), [{k: v.to(dev) for k, v in t.items()} for t in targets])
+                loss = sum(parts.values())
+            else:
+                outputs = model(images.to(dev))
+                loss, _parts = loss_fn(outputs, {k: v.to(dev) for k, v in targets.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if detection:  # early RPN/cascade losses spike on a network trained from scratch
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
             scheduler.step()
             step += 1

@@ -102,8 +102,38 @@ def center_targets(labels: np.ndarray, stride: int = 4) -> dict[str, np.ndarray]
             "size": size, "offset": offset, "angle": angle, "mask": mask}
 
 
+def detection_targets(labels: np.ndarray, min_area: int = 4) -> dict[str, np.ndarray]:
+    """Mask R-CNN targets of one crop: ``boxes`` (N, 4) xyxy, ``labels`` (N,) classes 1..K,
+    ``masks`` (N, H, W) uint8. ``labels`` is (H, W) for one class or (K, H, W) per class.
+
+    Slivers below ``min_area`` pixels (objects barely inside the crop) are left out: they
+    cannot be told from background and would only teach the network noise.
+    """
+    per_class = labels[None] if labels.ndim == 2 else labels
+    boxes, classes, masks = [], [], []
+    for k, lab in enumerate(per_class, start=1):
+        for index, slices in enumerate(ndi.find_objects(lab), start=1):
+            if slices is None:
+                continue
+            mask = lab == index
+            if mask[slices].sum() < min_area:
+                continue
+            rows, cols = slices
+            boxes.append((cols.start, rows.start, cols.stop, rows.stop))
+            classes.append(k)
+            masks.append(mask)
+    h, w = per_class.shape[-2:]
+    return {
+        "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+        "labels": np.asarray(classes, np.int64),
+        "masks": np.asarray(masks, np.uint8).reshape(-1, h, w),
+    }
+
+
 def targets_for(model: str, labels: np.ndarray) -> dict[str, np.ndarray]:
     """The training targets of ``model`` for one crop's instance labels."""
+    if model == "deepcens":
+        return detection_targets(labels)
     if model == "centerunet":
         return center_targets(labels)
     return {"unet": make_targets(labels)}

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 EDITED_KEY = "deepcens_edited"
 PROVENANCE_KEY = "deepcens_provenance"
 SOURCE_KEY = "deepcens_source"
+CLASS_KEY = "deepcens_class"
 
 
 def _predictor_key(model: str, weights: Path | None, device: str) -> tuple:
@@ -137,6 +138,7 @@ class SegmentWidget(Container):
         self._post_pending = False
         self._user_knobs = False  # until the user moves a knob, each model's tuned values apply
         self._started = 0.0
+        self._box_classes_multi = False
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -245,18 +247,15 @@ class SegmentWidget(Container):
             self._error(result.error)
             return
         predictor, raw, params, seg = result
-        labels = seg.labels
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
-        self._show_labels(layer, labels)
-        self._show_boxes(layer, seg.boxes)
-        self._record_provenance(layer)
+        self._show_segmentation(layer, seg)
         if raw.estimated and raw.diameter:
             self._diameter.value = round(raw.diameter, 1)
         seconds = time.perf_counter() - self._started
         size = f", diameter {raw.diameter:.1f} px{' (estimated)' if raw.estimated else ''}" if (
             raw.diameter) else ""
-        self._status.value = f"{int(labels.max())} objects in {seconds:.1f} s{size}"
+        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{size}"
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
@@ -268,6 +267,7 @@ class SegmentWidget(Container):
         detector = self._model.value != "unet"
         self._seed.visible = not detector
         self._score.visible = detector
+        self._fg.label = "mask" if self._model.value == "deepcens" else "foreground"
 
     # ------------------------------------------------------------------ live thresholds
     def _on_knob(self) -> None:
@@ -294,10 +294,8 @@ class SegmentWidget(Container):
         if isinstance(seg, _Failed):
             self._error(seg.error)
         else:
-            self._show_labels(layer, seg.labels)
-            self._show_boxes(layer, seg.boxes)
-            self._record_provenance(layer)
-            self._status.value = f"{int(seg.labels.max())} objects"
+            self._show_segmentation(layer, seg)
+            self._status.value = self._count(seg)
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -306,20 +304,40 @@ class SegmentWidget(Container):
             self._on_knob()
 
     # ------------------------------------------------------------------ output layers
-    def labels_layer(self, image_layer) -> napari.layers.Labels | None:
-        """The Labels layer this widget wrote for ``image_layer``, if it is still there."""
+    @staticmethod
+    def _count(seg) -> str:
+        parts = seg.by_class()
+        if len(parts) == 1:
+            return f"{int(seg.labels.max())} objects"
+        return ", ".join(f"{int(p.labels.max())} {name}" for name, p in parts.items())
+
+    def _show_segmentation(self, image_layer, seg) -> None:
+        """One Labels layer per class (just "<image> labels" for one-class models) and one
+        Shapes layer with every class's rotated boxes."""
+        parts = seg.by_class()
+        multi = len(parts) > 1
+        for name, part in parts.items():
+            self._show_labels(image_layer, part.labels, name if multi else None)
+        if seg.boxes is not None:
+            self._show_boxes(image_layer, {name: part.boxes for name, part in parts.items()}, multi)
+        self._record_provenance(image_layer)
+
+    def labels_layer(self, image_layer, cls: str | None = None) -> napari.layers.Labels | None:
+        """The Labels layer this widget wrote for ``image_layer`` (and class ``cls`` of a
+        multi-class model), if it is still there."""
         for layer in self._viewer.layers:
-            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels":
+            if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels"
+                    and layer.metadata.get(CLASS_KEY) == cls):
                 return layer
         return None
 
-    def _show_labels(self, image_layer, labels: np.ndarray) -> None:
-        layer = self.labels_layer(image_layer)
-        name = f"{image_layer.name} labels"
+    def _show_labels(self, image_layer, labels: np.ndarray, cls: str | None = None) -> None:
+        layer = self.labels_layer(image_layer, cls)
+        name = f"{image_layer.name} {cls} labels" if cls else f"{image_layer.name} labels"
         if layer is None:
             layer = self._viewer.add_labels(
                 labels, name=name, scale=image_layer.scale[-2:], translate=image_layer.translate[-2:],
-                metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
+                metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, CLASS_KEY: cls},
             )
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
             return
@@ -337,15 +355,19 @@ class SegmentWidget(Container):
                 return layer
         return None
 
-    def _show_boxes(self, image_layer, boxes) -> None:
+    def _show_boxes(self, image_layer, boxes: dict, multi: bool = False) -> None:
         """Rotated boxes as rectangles coloured by score, updated in place on slider moves
-        (twice as fast as a new layer, and the user's layer settings stay)."""
-        if boxes is None:
-            return
-        rows = boxes.table()
+        (twice as fast as a new layer, and the user's layer settings stay). ``boxes``: class
+        name → :class:`Detections`; the ``label`` feature is the object's label in its
+        class's Labels layer."""
+        tables = {name: b.table() for name, b in boxes.items() if b is not None}
+        rows = np.concatenate(list(tables.values())) if tables else np.zeros((0, 7))
+        classes = np.concatenate([np.full(len(t), name, dtype=object) for name, t in tables.items()]
+                                 ) if tables else np.zeros(0, dtype=object)
         shapes = [box_corners(*r[2:7])[:, ::-1] for r in rows]  # napari wants (row, col)
-        features = {"label": rows[:, 0].astype(int), "score": rows[:, 1], "width": rows[:, 4],
-                    "height": rows[:, 5], "angle": rows[:, 6]}
+        features = {"label": rows[:, 0].astype(int), "class": classes, "score": rows[:, 1],
+                    "width": rows[:, 4], "height": rows[:, 5], "angle": rows[:, 6]}
+        self._box_classes_multi = multi
         layer = self.boxes_layer(image_layer)
         if layer is not None:
             layer.selected_data = set()
@@ -361,38 +383,53 @@ class SegmentWidget(Container):
             translate=image_layer.translate[-2:], metadata={SOURCE_KEY: id(image_layer)},
         )
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
-        labels = self.labels_layer(image_layer)
-        if labels is not None and not labels.metadata.get("deepcens_linked"):
-            labels.events.selected_label.connect(lambda _e, img=image_layer: self._label_selected(img))
-            labels.metadata["deepcens_linked"] = True
+        for cls in (list(boxes) if multi else [None]):
+            labels = self.labels_layer(image_layer, cls)
+            if labels is not None and not labels.metadata.get("deepcens_linked"):
+                labels.events.selected_label.connect(
+                    lambda _e, img=image_layer, cls=cls: self._label_selected(img, cls))
+                labels.metadata["deepcens_linked"] = True
 
     def _box_selected(self, image_layer) -> None:
-        """Selecting one box selects its object in the Labels layer."""
-        boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer)
+        """Selecting one box selects its object in its class's Labels layer."""
+        boxes = self.boxes_layer(image_layer)
         chosen = sorted(boxes.selected_data) if boxes is not None else []
-        if labels is not None and len(chosen) == 1:
+        if len(chosen) != 1:
+            return
+        cls = boxes.features["class"].iloc[chosen[0]] if self._box_classes_multi else None
+        labels = self.labels_layer(image_layer, cls)
+        if labels is not None:
             value = int(boxes.features["label"].iloc[chosen[0]])
             if labels.selected_label != value:
                 labels.selected_label = value
 
-    def _label_selected(self, image_layer) -> None:
+    def _label_selected(self, image_layer, cls: str | None = None) -> None:
         """Selecting a label selects its box."""
-        boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer)
+        boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer, cls)
         if boxes is None or labels is None:
             return
-        index = np.flatnonzero(boxes.features["label"].to_numpy() == labels.selected_label)
+        same = boxes.features["label"].to_numpy() == labels.selected_label
+        if cls is not None:
+            same &= boxes.features["class"].to_numpy() == cls
+        index = np.flatnonzero(same)
         wanted = {int(index[0])} if index.size else set()
         if set(boxes.selected_data) != wanted:
             boxes.selected_data = wanted
 
     def _record_provenance(self, image_layer) -> None:
         """What made the labels, for the export's provenance record."""
-        layer = self.labels_layer(image_layer)
-        if layer is None or id(image_layer) not in self._raw:
+        if id(image_layer) not in self._raw:
             return
         predictor, raw = self._raw[id(image_layer)]
         source = getattr(getattr(image_layer, "source", None), "path", None)
-        layer.metadata[PROVENANCE_KEY] = {
+        for layer in self._viewer.layers:
+            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels":
+                layer.metadata[PROVENANCE_KEY] = self._provenance(predictor, raw, source, image_layer,
+                                                                  layer.metadata.get(CLASS_KEY))
+
+    def _provenance(self, predictor, raw, source, image_layer, cls: str | None) -> dict:
+        return {
+            "class": cls or (predictor.class_names[0] if len(predictor.class_names) == 1 else None),
             "source": str(source) if source else image_layer.name,
             "model": predictor.model_name,
             "weights": str(predictor.weights_path),
