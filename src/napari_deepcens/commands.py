@@ -96,6 +96,15 @@ def load_training_data(paths: list[Path], channels: int) -> list:
     return items
 
 
+def _several_classes(paths: list[Path]) -> bool:
+    """Whether training data has several classes (COCO JSON or ``labels_<class>`` folders):
+    such data (cells + nuclei) needs the colour channels, which grey conversion would mix."""
+    from .io.layout import list_samples
+
+    return any(p.suffix.lower() == ".json" or any(len(s.classes) > 1 for s in list_samples(p))
+               for p in paths)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .models.weights import read_info
     from .training.augment import AugmentConfig
@@ -105,8 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
         init_config = read_info(args.init).config
         channels = int(init_config.get("in_channels", 1)) if read_info(args.init).model == args.model else 1
     else:
-        coco = any(p.suffix.lower() == ".json" for p in [*args.data, *args.val])
-        channels = args.channels or (3 if coco and args.model == "deepcens" else 1)
+        channels = args.channels or (3 if args.model == "deepcens" and _several_classes(args.data) else 1)
     if channels != 1 and args.model != "deepcens":
         raise DeepCeNSError(f"the {args.model} model takes one grey channel; use --model deepcens")
     train_items = load_training_data(args.data, channels)

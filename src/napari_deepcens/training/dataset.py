@@ -51,12 +51,16 @@ def load_folder(data_dir: str | Path, channels: int = 1) -> list[AnnotatedImage]
     items = []
     for sample in list_samples(data_dir):
         plane = to_channels(read_image(sample.image), channels)
-        labels = read_labels(sample.labels)
-        if labels.shape != plane.shape[-2:]:
+        classes = tuple(sample.classes)
+        if len(classes) > 1:  # <id>/labels_<class>.* : one label image per class
+            labels = np.stack([read_labels(path) for path in sample.classes.values()])
+        else:
+            labels = read_labels(sample.labels)
+        if labels.shape[-2:] != plane.shape[-2:]:
             log.warning("%s: labels %s do not match image %s; skipped",
                         sample.id, labels.shape, plane.shape)
             continue
-        items.append(AnnotatedImage(sample.id, plane, labels, sample.modality))
+        items.append(AnnotatedImage(sample.id, plane, labels, sample.modality, classes))
     return items
 
 

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +201,10 @@ def train_iter(
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )
+    if detection and config.batch_size < 2:
+        # ResNeSt's split attention batch-normalises pooled (1×1) features: it needs 2 images
+        log.info("batch size raised from %d to 2 for %s", config.batch_size, model_name)
+        config = replace(config, batch_size=2)
     loss_fn = LOSSES.get(model_name)
     crops = RandomCrops(train_items, config.augment, seed=config.seed + start_epoch, model=model_name)
     loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=0,
