@@ -127,7 +127,7 @@ def test_masks_are_pasted_per_class_and_the_more_confident_wins():
     strict = class_instances(dets, (80, 80), ("cell", "nucleus"), PostprocessParams(score_threshold=0.85))
     assert strict["cell"][0].max() == 1 and strict["nucleus"][0].max() == 0
     labels, source = paste_masks(dets["boxes"][:2], dets["scores"][:2], dets["masks"][:2], (80, 80), 0.5)
-    assert source.tolist() == [1, 0]
+    assert source.tolist() == [1, 0] and labels.max() == 2  # label 1 ↔ detection 1 (score 0.9)
 
 
 def test_tiled_detection_keeps_every_object_once_and_whole():
