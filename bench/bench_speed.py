@@ -6,7 +6,7 @@ Prints:
 * the live re-post-processing time on a 1024×1024 image (what a slider move costs),
 * peak resident memory of a whole 4096×4096 segmentation, measured in a fresh process.
 
-    python bench/bench_speed.py [--threads 2] [--model unet]
+    python bench/bench_speed.py [--threads 2] [--model unet] [--weights FILE] [--device cpu]
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ def mosaic(side: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(rows, 0)[:side, :side])
 
 
-def peak_memory_child(model: str, side: int, threads: int) -> None:
+def peak_memory_child(model: str, side: int, threads: int, weights: str | None, device: str) -> None:
     import torch
 
     from napari_deepcens import Predictor
 
     torch.set_num_threads(threads)
     image = mosaic(side)
-    predictor = Predictor.from_name(model, device="cpu")
+    predictor = Predictor.from_name(model, weights=weights, device=device)
     t0 = time.perf_counter()
     labels = predictor.segment(image, estimate=False)
     seconds = time.perf_counter() - t0
@@ -52,12 +52,14 @@ def peak_memory_child(model: str, side: int, threads: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="unet")
+    parser.add_argument("--weights", default=None, help="weights file (default: the bundled ones)")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-side", type=int, default=4096)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_memory_child(args.model, args.memory_side, args.threads)
+        peak_memory_child(args.model, args.memory_side, args.threads, args.weights, args.device)
         return
 
     import torch
@@ -66,7 +68,8 @@ def main() -> None:
     from napari_deepcens.postprocess.params import PostprocessParams
 
     torch.set_num_threads(args.threads)
-    predictor = Predictor.from_name(args.model, device="cpu")
+    predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
+    print(f"{args.model} on {predictor.device}, {args.threads} threads")
     image = mosaic(2048)
     predictor.segment(image[:1024, :1024], estimate=False)  # warm-up: oneDNN builds kernels per shape
     mp = image.size / 1e6
@@ -79,15 +82,18 @@ def main() -> None:
 
     raw = predictor.predict(image[:1024, :1024], estimate=False)
     times = []
-    for seed in (0.3, 0.4, 0.5, 0.6, 0.7):
+    base = predictor.default_params()
+    for value in (0.3, 0.4, 0.5, 0.6, 0.7):  # the slider of the model: seed, or detection score
+        knob = "seed_threshold" if args.model == "unet" else "score_threshold"
         t0 = time.perf_counter()
-        predictor.postprocess(raw, PostprocessParams(seed_threshold=seed))
+        predictor.postprocess(raw, PostprocessParams(**{**base.to_dict(), knob: value}))
         times.append(time.perf_counter() - t0)
     print(f"live re-post-processing 1024x1024: median {np.median(times):.3f} s "
           f"(min {min(times):.3f}, max {max(times):.3f})")
 
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                          "--model", args.model, "--threads", str(args.threads),
+                          "--model", args.model, "--threads", str(args.threads), "--device", args.device,
+                          *(["--weights", args.weights] if args.weights else []),
                           "--memory-side", str(args.memory_side)],
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import DeepCeNSError
 from ..evaluation.metrics import match_image, summarize
 from ..inference.device import resolve_device
 from ..inference.predictor import Predictor
@@ -106,7 +107,7 @@ def detection_data_config(items: list[AnnotatedImage]) -> dict:
     planes = [item.plane if item.plane.ndim == 3 else item.plane[None] for item in items]
     channels = planes[0].shape[0]
     if any(p.shape[0] != channels for p in planes):
-        raise ValueError("training images mix grey and colour inputs")
+        raise DeepCeNSError("training images mix grey and colour inputs")
     sample = np.concatenate([p.reshape(channels, -1)[:, ::97] for p in planes], axis=1)
     std = np.maximum(sample.std(axis=1), 1e-3)
     return {"classes": tuple(items[0].classes), "in_channels": int(channels),
@@ -119,8 +120,8 @@ def _check_classes(model: torch.nn.Module, items: list[AnnotatedImage]) -> None:
     names = tuple(model.config.classes)
     for item in items:
         if tuple(item.classes) != names:
-            raise ValueError(f"{item.id}: classes {', '.join(item.classes)} do not match the "
-                             f"model's {', '.join(names)}")
+            raise DeepCeNSError(f"{item.id}: classes {', '.join(item.classes)} do not match the "
+                                f"model's {', '.join(names)}")
 
 
 def transfer_matching(source: torch.nn.Module, target: torch.nn.Module) -> int:

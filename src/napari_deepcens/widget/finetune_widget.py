@@ -40,12 +40,19 @@ def default_output(dataset: Path, model: str) -> Path:
 
 @thread_worker
 def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: int, steps: int):
+    from ..models.weights import read_info
+    from ..training.augment import AugmentConfig
     from ..training.dataset import load_folder
     from ..training.loop import TrainConfig, train_iter
 
     try:
-        items = load_folder(dataset)
-        config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=5e-4)
+        channels = int(read_info(init).config.get("in_channels", 1))
+        items = load_folder(dataset, channels=channels)
+        if model == "deepcens":  # a detector: fewer, larger crops and a gentler step
+            config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=1e-4, batch_size=2,
+                                 augment=AugmentConfig(crop=256))
+        else:
+            config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=5e-4)
         yield from train_iter(items, output, model_name=model, config=config, init=init,
                               resume=False)
         return output
