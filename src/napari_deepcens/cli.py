@@ -18,8 +18,10 @@ log = logging.getLogger("napari_deepcens")
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images into instance label TIFFs")
-    p.add_argument("images", nargs="+", type=Path, help="image files (TIFF, PNG, JPEG)")
+    p = sub.add_parser("segment", help="segment images into instance label TIFFs (large images "
+                       "and OME-Zarr: chunked, into OME-Zarr labels + an object table)")
+    p.add_argument("images", nargs="+", type=Path,
+                   help="image files (TIFF, PNG, JPEG), OME-Zarr stores, folders or glob patterns")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", default="unet", help="model name (default: unet)")
     p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
@@ -34,6 +36,16 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=1024, help="tile size in pixels (default 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images whose output exists (default: skip them)")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on an existing dask.distributed cluster (e.g. tcp://host:8786; "
+                        "default: a local cluster on this machine)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="local cluster: this many worker processes (default: threads in this process)")
+    p.add_argument("--chunk", type=int, default=1024, help="chunk size of the chunked path (default 1024)")
+    p.add_argument("--halo", type=int, default=None,
+                   help="pixels of context around each chunk (default: 4 object diameters, ≥ 128)")
+    p.add_argument("--chunked-above", type=float, default=64.0, metavar="MP",
+                   help="images above this many megapixels, and Zarr stores, go chunked (default 64)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -25,13 +25,20 @@ def output_stem(path: Path) -> str:
     return path.parent.name if path.stem == "image" and path.parent.name else path.stem
 
 
+def _output_paths(outdir: Path, stem: str, names: tuple[str, ...], chunked: bool) -> list[Path]:
+    """What segmenting one image writes; all of them existing means it is done."""
+    if chunked:
+        return [outdir / f"{stem}_objects.csv", outdir / f"{stem}.zarr"]
+    return [outdir / (f"{stem}_{n}_labels.tif" if len(names) > 1 else f"{stem}_labels.tif") for n in names]
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
-    from .io.export import write_segmentation
-    from .io.images import read_image
     from .postprocess.params import PostprocessParams
+    from .scale.fanout import expand_inputs, needs_chunks
 
-    stems = [output_stem(p) for p in args.images]
+    images = expand_inputs(args.images)
+    stems = [output_stem(p) for p in images]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise DeepCeNSError(f"several inputs would write the same output name: {duplicates}")
@@ -45,15 +52,36 @@ def run_segment(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise DeepCeNSError(str(exc)) from exc
     args.output.mkdir(parents=True, exist_ok=True)
+    above = int(getattr(args, "chunked_above", 64.0) * 1e6)
     failures: list[tuple[Path, str]] = []
-    for path, stem in zip(args.images, stems, strict=True):
-        names = predictor.class_names
-        targets = [args.output / (f"{stem}_{n}_labels.tif" if len(names) > 1 else f"{stem}_labels.tif")
-                   for n in names]
-        target = targets[-1]
+    small, large = [], []
+    for path, stem in zip(images, stems, strict=True):
+        chunked = needs_chunks(path, above)
+        targets = _output_paths(args.output, stem, predictor.class_names, chunked)
         if all(t.exists() for t in targets) and not args.overwrite:
-            tqdm.write(f"skip {path.name}: {target.name} exists (--overwrite to redo)")
+            tqdm.write(f"skip {path.name}: {targets[-1].name} exists (--overwrite to redo)")
             continue
+        (large if chunked else small).append((path, stem))
+    scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", 0)
+    if small and not (scheduler or workers > 1 or large):
+        _segment_here(args, predictor, overrides, small, failures)
+    elif small or large:
+        _segment_on_dask(args, predictor, overrides, small, large, failures)
+    if failures:
+        print(f"{len(failures)} of {len(images)} images failed:", file=sys.stderr)
+        for path, why in failures:
+            print(f"  {path}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) -> None:
+    """Small images one after the other in this process, with a progress bar per image."""
+    from .io.export import write_segmentation
+    from .io.images import read_image
+    from .postprocess.params import PostprocessParams
+
+    for path, stem in jobs:
         try:
             image = read_image(path)
             gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile)
@@ -75,12 +103,54 @@ def run_segment(args: argparse.Namespace) -> int:
         except DeepCeNSError as exc:
             failures.append((path, str(exc)))
             tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} of {len(args.images)} images failed:", file=sys.stderr)
-        for path, why in failures:
-            print(f"  {path}: {why}", file=sys.stderr)
-        return 1
-    return 0
+
+
+def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list, failures: list) -> None:
+    """Small files fanned out one task each, then large ones chunked, on one Dask client."""
+    from .scale.chunked import ModelSpec, segment_chunked_iter
+    from .scale.cluster import dask_client
+    from .scale.fanout import FileJob, run_files
+    from .scale.lazy import open_lazy
+
+    spec = ModelSpec(args.model, str(args.weights) if args.weights else None, args.device)
+    spec.share(predictor)
+    with dask_client(args.scheduler, args.workers) as client:
+        if small:
+            jobs = [FileJob(str(p), stem, str(args.output), args.diameter, args.tile,
+                            tuple(overrides.items()), args.overwrite) for p, stem in small]
+            with tqdm(total=len(jobs), desc="images", unit="image", leave=False) as bar:
+                for path, ok, message in run_files(client, spec, jobs):
+                    bar.update()
+                    if ok:
+                        tqdm.write(message)
+                    else:
+                        failures.append((Path(path), message))
+                        tqdm.write(f"error: {Path(path).name}: {message}", file=sys.stderr)
+        for path, stem in large:
+            try:
+                image = open_lazy(path)
+                image.name = stem
+                gen = segment_chunked_iter(
+                    client, image, args.output / f"{stem}.zarr", spec, predictor=predictor,
+                    chunk=args.chunk, halo=args.halo, diameter=args.diameter,
+                    params=overrides,
+                    table=args.output / f"{stem}_objects.csv", overwrite=args.overwrite)
+                with tqdm(desc=path.name, unit="task", leave=False) as bar:
+                    while True:
+                        try:
+                            done, total = next(gen)
+                        except StopIteration as stop:
+                            result = stop.value
+                            break
+                        bar.total, bar.n = total, done
+                        bar.refresh()
+                counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
+                tqdm.write(f"{path.name}: {counts} in {result.seconds:.0f} s ({image.shape[0]}×"
+                           f"{image.shape[1]}, chunks of {result.chunk} + {result.halo} px halo) "
+                           f"-> {result.output}")
+            except DeepCeNSError as exc:
+                failures.append((path, str(exc)))
+                tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
 
 
 def load_training_data(paths: list[Path], channels: int) -> list:

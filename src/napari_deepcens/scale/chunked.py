@@ -1,0 +1,691 @@
+"""Chunked segmentation of images of any size on Dask, with no object cut or duplicated.
+
+The image is split into a grid of square cores (``chunk`` pixels). Four kinds of tasks run
+on a ``dask.distributed`` client (an in-process local cluster by default, or any scheduler
+address: SLURM/Kubernetes clusters made with dask-jobqueue/dask-kubernetes need nothing more):
+
+1. **segment**: each core grown by a ``halo`` (larger than the largest object plus the
+   network's context) is normalised with *global* percentiles, run through the network and
+   post-processed in one piece; its labels (local numbers 1..n) go to a scratch Zarr.
+2. **match**: for each pair of neighbouring blocks (8-connectivity), the labels of the two
+   versions are compared where their grown regions overlap; two objects that overlap by more
+   than half of the smaller one are the same object.
+3. Union-find (``scipy.sparse.csgraph.connected_components``) over those pairs, on the client,
+   gives every object one label unique in the whole image (1..N, in raster order of first
+   appearance); only object versions present in a block's own core take part, so a version
+   that a block saw only in its halo (with less context) can never join two objects.
+4. **relabel**: each block writes its own core, renumbered, to the OME-Zarr output. An object
+   crossing a seam is the union of the parts of its versions in each core: each part was
+   segmented with ≥ ``halo`` pixels of context on both sides of the seam.
+5. **measure**: the object table (centroid, area, bbox, rotated box, score, class) is computed
+   from the written labels; each object is measured by the block holding its top-left pixel,
+   reading the core plus a halo to the bottom and right.
+
+Normalisation and object size are global decisions: percentiles are sampled once from a
+coarse pyramid level (or a strided sample of level 0), and the diameter estimated once on a
+central crop, so neighbouring chunks see the same intensities and the same zoom.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepCeNSError, ImageError
+from .lazy import LazyImage, Source
+from .zarr_out import (
+    TABLE_COLUMNS,
+    assemble_table,
+    create_store,
+    downsample_chunk,
+    downsample_tasks,
+    open_array,
+    write_image_region,
+    write_table_part,
+)
+
+log = logging.getLogger(__name__)
+
+#: Pixels read for the global percentiles (as the in-memory path samples).
+SAMPLE_PIXELS = 4_000_000
+#: Side of the central crop the object size is estimated on.
+ESTIMATE_CROP = 1024
+#: Largest network input side for one block (bounds the memory of a worker).
+MAX_TILE = 2048
+#: Two versions of an object are the same when they overlap by more than this fraction of the
+#: smaller one (inside the region both blocks segmented).
+MATCH_FRACTION = 0.5
+Progress = tuple[int, int]
+
+
+
+class Cancelled(DeepCeNSError):
+    """The user cancelled a chunked run; nothing was written."""
+
+
+_PREDICTORS: dict = {}
+_PREDICTORS_LOCK = threading.Lock()
+_THREADS_SET = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to load the network itself (a path, not a torch module)."""
+
+    model: str = "unet"
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+    def load(self):
+        """The predictor, loaded once per worker process and shared by its threads."""
+        with _PREDICTORS_LOCK:
+            if self not in _PREDICTORS:
+                from ..inference.predictor import Predictor
+
+                _PREDICTORS[self] = Predictor.from_name(self.model, weights=self.weights,
+                                                        device=self.device, precision=self.precision)
+            return _PREDICTORS[self]
+
+    def share(self, predictor) -> None:
+        """Make an already loaded predictor the one in-process workers use."""
+        with _PREDICTORS_LOCK:
+            _PREDICTORS.setdefault(self, predictor)
+
+
+def _limit_torch_threads() -> None:
+    """One torch thread pool per worker thread would oversubscribe the cores: split them."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    _THREADS_SET = True
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // max(nthreads, 1)))
+
+
+# ---------------------------------------------------------------------------- normalisation
+@dataclass(frozen=True)
+class Normalisation:
+    """Global intensity mapping, identical for every chunk (what ``to_plane`` does per image)."""
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    invert: bool = False
+    channels: int = 1
+    luminance: bool = False
+
+    def _grey(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim == 2:
+            return pixels.astype(np.float32, copy=False)
+        rgb = pixels[..., :3].astype(np.float32, copy=False)
+        if not self.luminance:
+            return np.ascontiguousarray(rgb[..., 0])
+        return rgb @ np.asarray([0.299, 0.587, 0.114], np.float32)
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """(h, w[, c]) pixels → the network input, (h, w) or (C, h, w) float32."""
+        if self.channels == 1:
+            plane = self._grey(pixels)
+            bad = ~np.isfinite(plane) if np.issubdtype(plane.dtype, np.floating) else None
+            out = (plane - np.float32(self.lo[0])) * np.float32(1.0 / (self.hi[0] - self.lo[0]))
+            if self.invert:
+                out = np.float32(1.0) - out
+            if bad is not None and bad.any():
+                out[bad] = 0.0
+            return np.clip(out, -0.5, 1.5).astype(np.float32, copy=False)
+        rgb = pixels[..., :3] if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=-1)
+        planes = []
+        for c in range(self.channels):
+            ch = rgb[..., min(c, rgb.shape[-1] - 1)].astype(np.float32)
+            ch = np.where(np.isfinite(ch), ch, np.float32(self.lo[c]))
+            span = self.hi[c] - self.lo[c]
+            planes.append(np.clip((ch - self.lo[c]) / span, -0.5, 1.5) if span > 0 else np.zeros_like(ch))
+        return np.stack(planes).astype(np.float32)
+
+
+def _sample(image: LazyImage) -> np.ndarray:
+    """A strided sample of ≤ ~SAMPLE_PIXELS pixels, from the coarsest level that still has
+    that many (a pyramid's coarse level is cheap to read; level 0 is read strided)."""
+    level = image.levels[0]
+    for candidate in image.levels[1:]:
+        if candidate.shape[0] * candidate.shape[1] >= SAMPLE_PIXELS:
+            level = candidate
+    step = max(1, math.ceil(math.sqrt(level.shape[0] * level.shape[1] / SAMPLE_PIXELS)))
+    return np.asarray(level[::step, ::step].compute(scheduler="threads"))
+
+
+def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | None = None) -> Normalisation:
+    """Percentiles (and whether objects are dark) for the whole image, from one sample."""
+    from ..io.images import PERCENTILES
+
+    sample = _sample(image)
+    if channels == 1:
+        same = sample.ndim == 3 and np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(
+            sample[..., 1], sample[..., 2])
+        luminance = bool(sample.ndim == 3 and not same)
+        norm = Normalisation((0.0,), (1.0,), False, 1, luminance)
+        plane = norm._grey(sample)
+        values = plane[np.isfinite(plane)]
+        if values.size == 0:
+            raise ImageError("image contains no finite values (all NaN or infinite)")
+        lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+        if hi <= lo:
+            lo, hi = float(values.min()), float(values.max())
+            if hi <= lo:
+                raise ImageError(f"image has the same value ({lo:g}) everywhere: nothing to segment")
+        norm = Normalisation((lo,), (hi,), False, 1, luminance)
+        if invert is None:
+            out = norm.apply(sample)
+            invert = bool(np.median(out[:: max(1, out.shape[0] // 512), :: max(1, out.shape[1] // 512)])
+                          > 0.5)
+        return Normalisation((lo,), (hi,), bool(invert), 1, luminance)
+    rgb = sample[..., :3] if sample.ndim == 3 else np.repeat(sample[..., None], 3, axis=-1)
+    los, his = [], []
+    for c in range(channels):
+        ch = rgb[..., min(c, rgb.shape[-1] - 1)].astype(np.float32)
+        ch = ch[np.isfinite(ch)]
+        if ch.size == 0:
+            raise ImageError("image contains no finite values (all NaN or infinite)")
+        lo, hi = (float(v) for v in np.percentile(ch, PERCENTILES))
+        if hi <= lo:
+            lo, hi = float(ch.min()), float(ch.max())
+        los.append(lo)
+        his.append(hi)
+    if all(h <= lo for lo, h in zip(los, his, strict=True)):
+        raise ImageError("image has the same value everywhere: nothing to segment")
+    return Normalisation(tuple(los), tuple(his), False, channels, False)
+
+
+def global_diameter(predictor, image: LazyImage, norm: Normalisation, diameter: float | None,
+                    estimate: bool) -> tuple[float | None, float | None, bool]:
+    """(diameter the network runs at — ``None`` for as is —, diameter to report, estimated).
+
+    Estimated once on a central crop, with the same snapping as the in-memory path: an
+    estimate within ×1.25 of the training size runs the image as it is.
+    """
+    from ..inference.predictor import SNAP
+
+    if diameter is not None and diameter > 0:
+        return diameter, diameter, False
+    if not estimate or predictor.info.median_diameter <= 0:
+        return None, None, False
+    h, w = image.shape[:2]
+    side = min(ESTIMATE_CROP, h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    crop = image.sources[0].region(slice(y0, y0 + side), slice(x0, x0 + side))
+    found = predictor.estimate_diameter(norm.apply(crop), normalised=True).diameter
+    if found is None:
+        return None, None, False
+    scale = predictor.scale_for(found)
+    return (None if abs(math.log(scale)) < math.log(SNAP) else found), found, True
+
+
+# ---------------------------------------------------------------------------- the grid
+@dataclass(frozen=True)
+class Plan:
+    """Everything a task needs, small and picklable."""
+
+    shape: tuple[int, int]
+    chunk: int
+    halo: int
+    norm: Normalisation
+    diameter: float | None
+    params: dict
+    classes: tuple[str, ...]
+    scratch: str
+    output: str
+    copy_image: bool = True
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.shape[0] // self.chunk), -(-self.shape[1] // self.chunk)
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        ny, nx = self.grid
+        return [(by, bx) for by in range(ny) for bx in range(nx)]
+
+    def core(self, b: tuple[int, int]) -> tuple[slice, slice]:
+        (by, bx), c = b, self.chunk
+        return (slice(by * c, min((by + 1) * c, self.shape[0])),
+                slice(bx * c, min((bx + 1) * c, self.shape[1])))
+
+    def ext(self, b: tuple[int, int]) -> tuple[slice, slice]:
+        ys, xs = self.core(b)
+        return (slice(max(ys.start - self.halo, 0), min(ys.stop + self.halo, self.shape[0])),
+                slice(max(xs.start - self.halo, 0), min(xs.stop + self.halo, self.shape[1])))
+
+    @property
+    def ext_side(self) -> int:
+        return self.chunk + 2 * self.halo
+
+    def scratch_array(self, cls: str, mode: str = "r+"):
+        import zarr
+
+        return zarr.open_array(os.path.join(self.scratch, f"ext_{cls}.zarr"), mode=mode)
+
+    def read_ext(self, cls: str, b: tuple[int, int]) -> np.ndarray:
+        ys, xs = self.ext(b)
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        return np.asarray(self.scratch_array(cls, "r")[b[0], b[1], :h, :w])
+
+
+def default_halo(predictor, diameter: float | None, chunk: int) -> int:
+    """A halo of 4 object diameters (≥ 128 px of network context), at most half a chunk."""
+    size = diameter or predictor.info.median_diameter or 32.0
+    halo = max(128, math.ceil(4 * size / 32.0) * 32)
+    return min(halo, chunk // 2)
+
+
+# ---------------------------------------------------------------------------- tasks
+@dataclass
+class BlockResult:
+    """Per class: number of local labels, the labels present in the core, their core areas
+    and scores."""
+
+    n: dict[str, int] = field(default_factory=dict)
+    present: dict[str, np.ndarray] = field(default_factory=dict)
+    area: dict[str, np.ndarray] = field(default_factory=dict)
+    score: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _scores(seg_part, raw, labels: np.ndarray, n: int) -> np.ndarray:
+    """Score of each local label 1..n (index 0 unused): the detection score of its box, or
+    for the U-Net the mean foreground probability over the object."""
+    from scipy import ndimage as ndi
+
+    out = np.full(n + 1, np.nan, np.float32)
+    if n == 0:
+        return out
+    if seg_part.boxes is not None and len(seg_part.boxes) >= n:
+        out[1:] = seg_part.boxes.score[:n]
+    elif "foreground" in raw.maps:
+        out[1:] = ndi.mean(raw.maps["foreground"], labels, index=np.arange(1, n + 1))
+    return out
+
+
+def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int]) -> BlockResult:
+    """Task 1: segment one core + halo in one piece; labels to scratch, a summary back."""
+    from ..postprocess.params import PostprocessParams
+
+    _limit_torch_threads()
+    started = time.perf_counter()
+    predictor = spec.load()
+    ys, xs = plan.ext(b)
+    pixels = source.region(ys, xs)
+    plane = plan.norm.apply(pixels)
+    scale = predictor.scale_for(plan.diameter)
+    side = max(plane.shape[-2:]) * scale
+    tile = min(math.ceil(side / 32.0) * 32, MAX_TILE)
+    raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
+                            tile=max(tile, 64), overlap=64)
+    params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
+    seg = predictor.instances(raw, params)
+    cy, cx = plan.core(b)
+    core = (slice(cy.start - ys.start, cy.stop - ys.start), slice(cx.start - xs.start, cx.stop - xs.start))
+    result = BlockResult()
+    for cls, part in seg.by_class().items():
+        if cls not in plan.classes:
+            continue
+        labels = part.labels.astype(np.int32, copy=False)
+        n = int(labels.max(initial=0))
+        plan.scratch_array(cls)[b[0], b[1], : labels.shape[0], : labels.shape[1]] = labels
+        counts = np.bincount(labels[core].ravel(), minlength=n + 1)
+        present = np.flatnonzero(counts[1:]) + 1
+        result.n[cls] = n
+        result.present[cls] = present.astype(np.int32)
+        result.area[cls] = counts[present].astype(np.int64)
+        result.score[cls] = _scores(part, raw, labels, n)[present]
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+#: Neighbours compared by each block (the other half are compared by the neighbour).
+_FORWARD = ((0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def match_block(plan: Plan, b: tuple[int, int]) -> dict[str, list[tuple]]:
+    """Task 2: overlapping label pairs between block ``b`` and its forward neighbours.
+
+    Returns per class a list of (neighbour, labels in b, labels in neighbour, overlap,
+    area in b, area in neighbour) arrays, areas counted in the shared region only.
+    """
+    ny, nx = plan.grid
+    out: dict[str, list[tuple]] = {cls: [] for cls in plan.classes}
+    for cls in plan.classes:
+        mine = plan.read_ext(cls, b)
+        eys, exs = plan.ext(b)
+        for dy, dx in _FORWARD:
+            nb = (b[0] + dy, b[1] + dx)
+            if not (0 <= nb[0] < ny and 0 <= nb[1] < nx):
+                continue
+            nys, nxs = plan.ext(nb)
+            y0, y1 = max(eys.start, nys.start), min(eys.stop, nys.stop)
+            x0, x1 = max(exs.start, nxs.start), min(exs.stop, nxs.stop)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            a = mine[y0 - eys.start : y1 - eys.start, x0 - exs.start : x1 - exs.start].ravel()
+            theirs = plan.read_ext(cls, nb)
+            c = theirs[y0 - nys.start : y1 - nys.start, x0 - nxs.start : x1 - nxs.start].ravel()
+            both = (a > 0) & (c > 0)
+            if not both.any():
+                continue
+            width = np.int64(c.max()) + 1
+            keys, overlap = np.unique(a[both].astype(np.int64) * width + c[both], return_counts=True)
+            la, lc = keys // width, keys % width
+            area_a, area_c = np.bincount(a), np.bincount(c)
+            out[cls].append((nb, la.astype(np.int32), lc.astype(np.int32), overlap.astype(np.int64),
+                             area_a[la].astype(np.int64), area_c[lc].astype(np.int64)))
+    return out
+
+
+def relabel_block(source: Source, plan: Plan, b: tuple[int, int], lookups: dict[str, np.ndarray]) -> None:
+    """Task 3: this block's core, renumbered with the global labels, into the output (and the
+    image pixels, copied into the output's image pyramid)."""
+    ys, xs = plan.core(b)
+    eys, exs = plan.ext(b)
+    core = (slice(ys.start - eys.start, ys.stop - eys.start),
+            slice(xs.start - exs.start, xs.stop - exs.start))
+    for cls, lookup in lookups.items():
+        local = plan.read_ext(cls, b)[core]
+        open_array(plan.output, f"labels/{cls}/0")[ys, xs] = lookup[local]
+    if plan.copy_image:
+        write_image_region(plan.output, source.region(ys, xs), ys, xs)
+
+
+def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
+    """Task 5: object table rows for the objects whose top-left pixel is in this core."""
+    from skimage.measure import regionprops_table
+    from skimage.segmentation import relabel_sequential
+
+    from ..postprocess.rotated_boxes import rotated_boxes
+
+    ys, xs = plan.core(b)
+    rows: list[tuple] = []
+    # one pixel above and left of the core, so objects starting there are seen as such
+    oy, ox = min(ys.start, 1), min(xs.start, 1)
+    region = (slice(ys.start - oy, min(ys.stop + plan.halo, plan.shape[0])),
+              slice(xs.start - ox, min(xs.stop + plan.halo, plan.shape[1])))
+    y0, x0 = region[0].start, region[1].start
+    for cls in plan.classes:
+        labels = np.asarray(open_array(plan.output, f"labels/{cls}/0", mode="r")[region])
+        if not labels.any():
+            continue
+        seq, _fw, inverse = relabel_sequential(labels)
+        props = regionprops_table(seq, properties=("label", "area", "centroid", "bbox"))
+        owned = ((props["bbox-0"] >= oy) & (props["bbox-0"] < oy + ys.stop - ys.start)
+                 & (props["bbox-1"] >= ox) & (props["bbox-1"] < ox + xs.stop - xs.start))
+        if not owned.any():
+            continue
+        keep = props["label"][owned]
+        boxes = {r[0]: r[1:] for r in rotated_boxes(np.where(np.isin(seq, keep), seq, 0))}
+        scores = np.load(os.path.join(plan.scratch, f"scores_{cls}.npy"), mmap_mode="r")
+        for i in np.flatnonzero(owned):
+            s = int(props["label"][i])
+            g = int(inverse[s])
+            cxb, cyb, bw, bh, angle = boxes[s]
+            rows.append((g, cls, f"{float(scores[g]):.4f}", int(props["area"][i]),
+                         f"{props['centroid-0'][i] + y0:.2f}", f"{props['centroid-1'][i] + x0:.2f}",
+                         int(props["bbox-0"][i] + y0), int(props["bbox-1"][i] + x0),
+                         int(props["bbox-2"][i] + y0), int(props["bbox-3"][i] + x0),
+                         f"{cxb + x0:.2f}", f"{cyb + y0:.2f}", f"{bw:.2f}", f"{bh:.2f}", f"{angle:.2f}"))
+    write_table_part(Path(part_path), rows)
+    return len(rows)
+
+
+# ---------------------------------------------------------------------------- union-find
+def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
+                   matches: list[dict[str, list[tuple]]]) -> tuple[dict, dict, dict]:
+    """Global labels from the per-block summaries and the overlap pairs (union-find).
+
+    Returns per class: per-block lookup tables (local → global), the score of every global
+    label (index = label) and the number of objects.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    blocks = plan.blocks
+    lookups: dict[tuple[int, int], dict[str, np.ndarray]] = {b: {} for b in blocks}
+    scores: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for cls in plan.classes:
+        sizes = np.array([results[b].n.get(cls, 0) + 1 for b in blocks], np.int64)
+        offsets = dict(zip(blocks, np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist(), strict=True))
+        total = int(sizes.sum())
+        present_mask = np.zeros(total, bool)
+        for b in blocks:
+            present_mask[offsets[b] + results[b].present.get(cls, np.zeros(0, np.int64))] = True
+        src, dst = [], []
+        for per_block, b in zip(matches, blocks, strict=True):
+            for nb, la, lc, overlap, area_a, area_c in per_block.get(cls, []):
+                na, nc = offsets[b] + la, offsets[nb] + lc
+                same = ((overlap > MATCH_FRACTION * np.minimum(area_a, area_c))
+                        & present_mask[na] & present_mask[nc])
+                src.append(na[same])
+                dst.append(nc[same])
+        src_a = np.concatenate(src) if src else np.zeros(0, np.int64)
+        dst_a = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+        graph = coo_matrix((np.ones(src_a.size, np.int8), (src_a, dst_a)), shape=(total, total))
+        _n, component = connected_components(graph, directed=False)
+        nodes = np.flatnonzero(present_mask)  # raster order of blocks, then local label
+        uniq, first = np.unique(component[nodes], return_index=True)
+        rank = np.empty(uniq.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(1, uniq.size + 1)
+        final_of_node = np.zeros(total, np.int32)
+        final_of_node[nodes] = rank[np.searchsorted(uniq, component[nodes])]
+        if uniq.size >= 2**31 - 1:
+            raise DeepCeNSError("more than 2^31 objects: too many for int32 labels")
+        node_area = np.zeros(total, np.int64)
+        node_score = np.full(total, np.nan, np.float32)
+        for i, b in enumerate(blocks):
+            present = results[b].present.get(cls, np.zeros(0, np.int64))
+            if present.size:
+                node_area[offsets[b] + present] = results[b].area[cls]
+                node_score[offsets[b] + present] = results[b].score[cls]
+            lookups[b][cls] = final_of_node[offsets[b] : offsets[b] + sizes[i]].copy()
+        # score of an object: that of its version with the largest part in its own core
+        order = np.lexsort((-node_area[nodes], final_of_node[nodes]))
+        ids = final_of_node[nodes][order]
+        firsts = np.r_[True, ids[1:] != ids[:-1]]
+        per_label = np.full(uniq.size + 1, np.nan, np.float32)
+        per_label[ids[firsts]] = node_score[nodes][order][firsts]
+        scores[cls] = per_label
+        counts[cls] = int(uniq.size)
+    return lookups, scores, counts
+
+
+# ---------------------------------------------------------------------------- the driver
+@dataclass
+class ChunkedResult:
+    """Where the output went and what it holds."""
+
+    output: Path
+    table: Path | None
+    counts: dict[str, int]
+    shape: tuple[int, int]
+    chunk: int
+    halo: int
+    diameter: float | None
+    estimated: bool
+    seconds: float
+    block_seconds: float = 0.0
+
+
+def _run(client, func, items: list, *args,
+         cancel: threading.Event | None = None) -> Generator[int, None, list]:
+    """Submit ``func(*args, item)`` per item; yield after each completion; results in order."""
+    import uuid
+
+    from distributed import as_completed
+
+    key = getattr(func, "__name__", "task").strip("_").replace("_", "-")
+    token = uuid.uuid4().hex[:8]
+    futures = [client.submit(func, *args, item, pure=False, key=f"{key}-{i}-{token}")
+               for i, item in enumerate(items)]
+    index = {f.key: i for i, f in enumerate(futures)}
+    results: list = [None] * len(futures)
+    try:
+        for future in as_completed(futures):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled: nothing written")
+            results[index[future.key]] = future.result()
+            yield 1
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return results
+
+
+def segment_chunked_iter(
+    client,
+    image: LazyImage,
+    output: str | Path,
+    spec: ModelSpec,
+    predictor=None,
+    chunk: int = 1024,
+    halo: int | None = None,
+    diameter: float | None = None,
+    estimate: bool = True,
+    params: dict | None = None,
+    table: str | Path | None = None,
+    overwrite: bool = False,
+    copy_image: bool = True,
+    cancel: threading.Event | None = None,
+) -> Generator[Progress, None, ChunkedResult]:
+    """Segment ``image`` chunk by chunk on ``client``; yield (tasks done, tasks total).
+
+    Writes the OME-Zarr ``output`` (image + ``labels/<class>``) and, when ``table`` is given,
+    the per-object CSV table. Both appear atomically at the end (written under a temporary
+    name and renamed), so an interrupted run leaves no half output.
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise DeepCeNSError(f"{output} exists already; not overwritten")
+    if chunk < 64 or chunk % 32:
+        raise DeepCeNSError(f"chunk size must be a multiple of 32 and ≥ 64, got {chunk}")
+    predictor = predictor or spec.load()
+    spec.share(predictor)  # in-process workers use it; other workers load their own copy
+    norm = global_normalisation(image, predictor.in_channels)
+    run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate)
+    halo = default_halo(predictor, shown_d, chunk) if halo is None else int(halo)
+    if not 0 <= halo <= chunk:
+        raise DeepCeNSError(f"halo must lie in [0, chunk]; got halo {halo}, chunk {chunk}")
+    classes = tuple(predictor.class_names)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{int(time.time())}")
+    scratch = tmp / ".scratch"
+    plan = Plan(tuple(image.shape[:2]), chunk, halo, norm, run_d, dict(params or {}), classes,
+                str(scratch), str(tmp), copy_image)
+    blocks = plan.blocks
+    levels = downsample_tasks(plan.shape, chunk, [*(f"labels/{c}" for c in classes),
+                                                   *([""] if copy_image else [])])
+    total = 4 * len(blocks) + sum(len(lvl) for lvl in levels)
+    done = 0
+    try:
+        create_store(tmp, image.shape, image.levels[0].dtype, classes, chunk, image.name)
+        import zarr
+
+        ny, nx = plan.grid
+        for cls in classes:
+            zarr.open_array(os.path.join(plan.scratch, f"ext_{cls}.zarr"), mode="w", zarr_format=2,
+                            shape=(ny, nx, plan.ext_side, plan.ext_side),
+                            chunks=(1, 1, plan.ext_side, plan.ext_side), dtype=np.int32, fill_value=0)
+        source = client.scatter(image.sources[0], broadcast=False)
+        yield done, total
+        gen = _run(client, segment_block, blocks, spec, source, plan, cancel=cancel)
+        while True:
+            try:
+                done += next(gen)
+                yield done, total
+            except StopIteration as stop:
+                results = dict(zip(blocks, stop.value, strict=True))
+                break
+        matches = yield from _counted(_run(client, match_block, blocks, plan, cancel=cancel), total, done)
+        done += len(blocks)
+        lookups, scores, counts = resolve_labels(plan, results, matches)
+        for cls, values in scores.items():
+            np.save(os.path.join(plan.scratch, f"scores_{cls}.npy"), values)
+        futures_lookups = [(b, lookups[b]) for b in blocks]
+        yield from _counted(_run_pairs(client, relabel_block, source, plan, futures_lookups, cancel),
+                            total, done)
+        done += len(blocks)
+        parts = [os.path.join(plan.scratch, f"part_{by}_{bx}.csv") for by, bx in blocks]
+        yield from _counted(_run_pairs(client, measure_block, None, plan,
+                                       list(zip(blocks, parts, strict=True)), cancel), total, done)
+        done += len(blocks)
+        for tasks in levels:
+            yield from _counted(_run(client, _downsample, tasks, str(tmp), chunk, cancel=cancel), total, done)
+            done += len(tasks)
+        table_path = None
+        if table is not None:
+            table_path = assemble_table([Path(p) for p in parts], Path(table), overwrite=overwrite)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if output.exists() and overwrite:
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ChunkedResult(output, table_path, counts, plan.shape, chunk, halo, shown_d, estimated,
+                         time.perf_counter() - started, sum(r.seconds for r in results.values()))
+
+
+def _downsample(path: str, chunk: int, task: tuple) -> None:
+    group, level, iy, ix = task
+    downsample_chunk(path, group, level, iy, ix, chunk)
+
+
+def _relabel_task(source, plan, item):
+    b, lookups = item
+    relabel_block(source, plan, b, lookups)
+
+
+def _measure_task(_source, plan, item):
+    b, part = item
+    return measure_block(plan, b, part)
+
+
+def _run_pairs(client, func, source, plan, items, cancel):
+    task = _relabel_task if func is relabel_block else _measure_task
+    return _run(client, task, items, source, plan, cancel=cancel)
+
+
+def _counted(gen, total: int, done: int) -> Generator[Progress, None, list]:
+    """Re-yield a task generator's completions as (done, total); return its results."""
+    while True:
+        try:
+            done += next(gen)
+            yield done, total
+        except StopIteration as stop:
+            return stop.value
+
+
+def segment_chunked(client, image: LazyImage, output, spec: ModelSpec, **kwargs) -> ChunkedResult:
+    """:func:`segment_chunked_iter` drained, for scripts."""
+    gen = segment_chunked_iter(client, image, output, spec, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+__all__ = ["TABLE_COLUMNS", "ChunkedResult", "ModelSpec", "Normalisation", "Plan",
+           "global_normalisation", "resolve_labels", "segment_chunked", "segment_chunked_iter"]

@@ -1,0 +1,126 @@
+"""``deepcens segment`` over folders, globs and thousands of files, one task per file.
+
+Every file is one task on the Dask client (the same local cluster or scheduler the chunked
+path uses); large images and Zarr stores go through :mod:`.chunked` instead, one after the
+other, each spread over the whole cluster. Outputs are written atomically and existing ones
+skipped, so a killed run started again resumes where it stopped; a file that cannot be read
+is reported and the run goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DeepCeNSError
+from ..io.images import IMAGE_SUFFIXES
+
+#: Images with more pixels than this go through the chunked path (64 MP: 8k × 8k).
+CHUNKED_ABOVE = 64_000_000
+
+
+def _is_input(path: Path) -> bool:
+    """An image to segment: not a label image nor one of our own outputs."""
+    stem = path.name.split(".")[0].lower()
+    return not (stem == "labels" or stem.startswith("labels_") or stem.endswith("_labels"))
+
+
+def expand_inputs(items: Iterable[Path]) -> list[Path]:
+    """Files, folders (searched recursively; ``.zarr`` stores count as one image) and glob
+    patterns → the images, sorted, each once. A pattern or folder matching nothing is an error."""
+    from .lazy import is_zarr
+
+    found: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir() and not is_zarr(item):
+            hits = [p for p in sorted(item.rglob("*"))
+                    if not any(part.endswith(".zarr") for part in p.relative_to(item).parts[:-1])
+                    and ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(p))
+                    and _is_input(p)]
+            if not hits:
+                raise DeepCeNSError(f"no images in folder {item}")
+            found.extend(hits)
+        elif not item.exists() and any(ch in str(item) for ch in "*?["):
+            hits = [Path(p) for p in sorted(glob.glob(str(item), recursive=True))]
+            hits = [p for p in hits if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(p)]
+            if not hits:
+                raise DeepCeNSError(f"no images match {item}")
+            found.extend(hits)
+        else:
+            found.append(item)
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p, None)
+    return list(unique)
+
+
+def needs_chunks(path: Path, above: int = CHUNKED_ABOVE) -> bool:
+    """Whether ``path`` goes through the chunked path: a Zarr store, or a TIFF above ``above``
+    pixels (read from its header only). Unreadable files answer False and fail later, alone."""
+    from .lazy import is_zarr, open_tiff
+
+    if is_zarr(path):
+        return True
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        try:
+            return open_tiff(path).pixels > above
+        except DeepCeNSError:
+            return False
+    return False
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One small file for a worker."""
+
+    path: str
+    stem: str
+    output: str
+    diameter: float | None
+    tile: int
+    overrides: tuple[tuple[str, float], ...]
+    overwrite: bool
+
+
+def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
+    """Task: read, segment and write one file. Returns (path, ok, message); user errors come
+    back as messages (the run goes on), so workers log no tracebacks for a corrupt file."""
+    from ..io.export import write_segmentation
+    from ..io.images import read_image
+    from ..postprocess.params import PostprocessParams
+    from .chunked import _limit_torch_threads
+
+    name = Path(job.path).name
+    try:
+        _limit_torch_threads()
+        predictor = spec.load()
+        image = read_image(job.path)
+        raw = predictor.predict(image, diameter=job.diameter, tile=job.tile)
+        params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **dict(job.overrides)})
+        seg = predictor.instances(raw, params)
+        written = write_segmentation(job.output, job.stem, seg, overwrite=job.overwrite)
+        counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
+        return job.path, True, f"{name}: {counts} -> {written[-1].parent}"
+    except DeepCeNSError as exc:
+        return job.path, False, str(exc)
+    except MemoryError:
+        return job.path, False, "out of memory: segment it alone, or it goes through the chunked path"
+
+
+def run_files(client, spec, jobs: list[FileJob]):
+    """Submit every job; yield (path, ok, message) as they finish (any order)."""
+    from distributed import as_completed
+
+    futures = {client.submit(segment_file, spec, job, pure=False): job for job in jobs}
+    try:
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                yield future.result()
+            except Exception as exc:  # a worker died, or a bug: report it, keep going
+                yield job.path, False, f"unexpected error ({type(exc).__name__}): {exc}"
+    finally:
+        client.cancel([f for f in futures if not f.done()])

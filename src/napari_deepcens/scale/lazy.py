@@ -1,0 +1,284 @@
+"""Lazy image input: OME-Zarr and large or pyramidal TIFF as Dask arrays, never loaded whole.
+
+Two views of one image are kept apart on purpose:
+
+* :class:`LazyImage` holds Dask arrays (every pyramid level) for the client side: napari shows
+  them as a multiscale layer, global statistics are sampled from them.
+* :class:`Source` is a small, picklable description (path, pyramid level, or an in-memory
+  array) that a worker — a thread here or a process on a ``dask.distributed`` cluster — opens
+  itself and reads one region from. An open TIFF store cannot be pickled; a path can, so the
+  same graph runs on a laptop and on a SLURM/Kubernetes cluster sharing the file system.
+
+Images are (H, W) grey or (H, W, C) colour, as everywhere else in the plugin; OME-Zarr
+(c, y, x) images are moved to channels-last, singleton t/z axes dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ImageError
+
+#: Suffixes read lazily (TIFF through tifffile's zarr store, OME-Zarr directories).
+LAZY_SUFFIXES = (".zarr", ".tif", ".tiff")
+
+_OPEN: dict[tuple[str, str], object] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a Zarr store (a directory with Zarr metadata)."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).exists() for m in (".zattrs", ".zgroup", ".zarray", "zarr.json"))
+
+
+def _zarr_attrs(group) -> dict:
+    """Group attributes, NGFF 0.5 (under ``ome``) or 0.4."""
+    attrs = dict(group.attrs)
+    return dict(attrs.get("ome", attrs))
+
+
+def _axes_order(multiscale: dict, ndim: int) -> list[str]:
+    axes = multiscale.get("axes")
+    if not axes:
+        return ["t", "c", "z", "y", "x"][-ndim:] if ndim > 2 else ["y", "x"]
+    return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+
+
+def _open_array(path: str, level: str):
+    """The zarr array of ``level`` inside ``path`` (a TIFF or a Zarr store), cached per process."""
+    key = (path, level)
+    with _OPEN_LOCK:
+        if key not in _OPEN:
+            import zarr
+
+            if path.lower().endswith((".tif", ".tiff")):
+                import tifffile
+
+                node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+            else:
+                node = zarr.open(path, mode="r")
+            _OPEN[key] = node[level] if level else node
+        return _OPEN[key]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a worker reads pixels from: a lazily opened file or an in-memory array.
+
+    ``axes`` names the stored axes (OME-Zarr ``t``, ``c``, ``z``, ``y``, ``x``) when they are
+    not already (y, x[, c]); singleton axes are dropped and a channel axis moved last.
+    """
+
+    path: str | None = None
+    level: str = ""
+    shape: tuple[int, ...] = ()
+    axes: tuple[str, ...] | None = None
+    array: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def region(self, ys: slice, xs: slice) -> np.ndarray:
+        """Pixels of rows ``ys`` and columns ``xs`` as an (h, w[, c]) numpy array."""
+        if self.array is not None:
+            return np.asarray(self.array[ys, xs])
+        arr = _open_array(self.path, self.level)
+        if self.axes is None:
+            return np.asarray(arr[ys, xs])
+        return np.asarray(_reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+
+
+def _reorder(arr, axes: tuple[str, ...], has_c: bool, ys: slice = slice(None), xs: slice = slice(None)):
+    """``arr`` (numpy, zarr or Dask) with stored ``axes`` viewed as (y, x[, c])."""
+    sl = tuple(ys if a == "y" else xs if a == "x" else slice(None) if (a == "c" and has_c) else 0
+               for a in axes)
+    kept = [a for a in axes if a in ("y", "x") or (a == "c" and has_c)]
+    data = arr[sl]
+    order = [kept.index(a) for a in ("y", "x", "c") if a in kept]
+    return data.transpose(order) if order != list(range(len(order))) else data
+
+
+@dataclass
+class LazyImage:
+    """An image as Dask arrays, finest level first, each (H, W) or (H, W, C)."""
+
+    levels: list
+    sources: list[Source]
+    name: str = "image"
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.levels[0].shape)
+
+    @property
+    def rgb(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def pixels(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+    @property
+    def multiscale(self) -> bool:
+        return len(self.levels) > 1
+
+
+def _check(shape: tuple[int, ...], dtype, name: str) -> None:
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+            or np.issubdtype(dtype, np.bool_)):
+        raise ImageError(f"{name}: unsupported pixel type {dtype}: expected integer or float pixels")
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))):
+        raise ImageError(f"{name}: image has shape {shape}: expected (height, width) or "
+                         "(height, width, 3); pick one plane or channel of a stack first")
+    if shape[0] < 8 or shape[1] < 8:
+        raise ImageError(f"{name}: image of {shape[0]}×{shape[1]} pixels is too small (≥ 8×8)")
+
+
+def _yx_view(shape: tuple[int, ...], axes: list[str], name: str) -> tuple[tuple[int, ...], bool]:
+    """The (y, x[, c]) shape of stored ``axes``, and whether a colour axis is kept."""
+    if "y" not in axes or "x" not in axes or len(axes) != len(shape):
+        raise ImageError(f"{name}: OME-Zarr axes {axes} do not describe a y/x image of shape {shape}")
+    for i, a in enumerate(axes):
+        if a not in ("y", "x", "c") and shape[i] != 1:
+            raise ImageError(f"{name}: axis {a!r} has {shape[i]} planes; only 2-D images "
+                             "(one t, one z) can be segmented: pick one plane first")
+    has_c = "c" in axes and shape[axes.index("c")] != 1
+    view = (shape[axes.index("y")], shape[axes.index("x")]) + ((shape[axes.index("c")],) if has_c else ())
+    return view, has_c
+
+
+def _dask_view(arr, axes: tuple[str, ...] | None, has_c: bool):
+    import dask.array as da
+
+    d = da.from_zarr(arr)
+    return d if axes is None else _reorder(d, axes, has_c)
+
+
+def open_zarr(path: Path) -> LazyImage:
+    """An OME-Zarr image (every multiscale level) or a plain Zarr array."""
+    import zarr
+
+    name = path.name
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise ImageError(f"cannot read {name}: not a readable Zarr store ({exc})") from exc
+    if isinstance(node, zarr.Array):
+        _check(node.shape, node.dtype, name)
+        src = Source(str(path), "", tuple(node.shape))
+        return LazyImage([_dask_view(node, None, False)], [src], path.stem, path)
+    multiscales = _zarr_attrs(node).get("multiscales")
+    if not multiscales:
+        raise ImageError(f"cannot read {name}: a Zarr group without OME-Zarr 'multiscales' metadata")
+    ms = multiscales[0]
+    levels, sources = [], []
+    for ds in ms["datasets"]:
+        arr = node[ds["path"]]
+        axes = _axes_order(ms, arr.ndim)
+        view, has_c = _yx_view(tuple(arr.shape), axes, name)
+        plain = axes in (["y", "x"], ["y", "x", "c"])
+        _check(view, arr.dtype, name)
+        sources.append(Source(str(path), ds["path"], view, None if plain else tuple(axes)))
+        levels.append(_dask_view(arr, None if plain else tuple(axes), has_c))
+    return LazyImage(levels, sources, path.stem, path)
+
+
+def open_tiff(path: Path) -> LazyImage:
+    """A TIFF through tifffile's zarr store: every pyramid level, read chunk by chunk."""
+    import tifffile
+    import zarr
+
+    name = path.name
+    try:
+        node = zarr.open(tifffile.imread(str(path), aszarr=True), mode="r")
+    except Exception as exc:
+        raise ImageError(f"cannot read {name}: not a readable TIFF ({exc})") from exc
+    keys = [d["path"] for d in _zarr_attrs(node)["multiscales"][0]["datasets"]] if (
+        isinstance(node, zarr.Group)) else [""]
+    levels, sources = [], []
+    for key in keys:
+        arr = node[key] if key else node
+        shape = tuple(arr.shape)
+        if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
+            raise ImageError(f"{name}: image has shape {shape}: channels first is not supported, "
+                             "expected (height, width) or (height, width, 3)")
+        _check(shape, arr.dtype, name)
+        sources.append(Source(str(path), key, shape))
+        levels.append(_dask_view(arr, None, False))
+    return LazyImage(levels, sources, path.stem, path)
+
+
+def from_array(image, name: str = "image") -> LazyImage:
+    """An in-memory (numpy or Dask) image, or a list of pyramid levels (napari multiscale)."""
+    import dask.array as da
+
+    levels = list(image) if isinstance(image, (list, tuple)) else [image]
+    _check(tuple(levels[0].shape), levels[0].dtype, name)
+    base = levels[0]
+    src = Source(None, "", tuple(base.shape), array=base)
+    return LazyImage([lvl if isinstance(lvl, da.Array) else da.from_array(lvl, chunks=2048)
+                      for lvl in levels], [src], name)
+
+
+def open_lazy(path: str | Path) -> LazyImage:
+    """Open an image file without reading its pixels: OME-Zarr, TIFF, or (read in memory)
+    PNG/JPEG. Raises :class:`ImageError` naming the file when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"image file not found: {path}")
+    if path.is_dir():
+        if not is_zarr(path):
+            raise ImageError(f"{path} is a folder but not a Zarr store")
+        return open_zarr(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return open_tiff(path)
+    from ..io.images import read_image
+
+    return from_array(read_image(path), path.stem)
+
+
+def read_ome_labels(path: str | Path) -> dict[str, list]:
+    """Label pyramids of an OME-Zarr image (``labels/<name>``) as lists of Dask arrays."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open(str(path), mode="r")
+    if "labels" not in root:
+        return {}
+    out = {}
+    for name in _zarr_attrs(root["labels"]).get("labels", []):
+        group = root["labels"][name]
+        ms = _zarr_attrs(group)["multiscales"][0]
+        out[name] = [da.from_zarr(group[d["path"]]) for d in ms["datasets"]]
+    return out
+
+
+def napari_get_reader(path):
+    """npe2 reader: OME-Zarr folders (and their labels) as lazy multiscale layers."""
+    if isinstance(path, list) or not str(path).rstrip("/").endswith(".zarr"):
+        return None
+    if not is_zarr(Path(path)):
+        return None
+    return read_for_napari
+
+
+def read_for_napari(path) -> list[tuple]:
+    """Layer data for napari: the image (multiscale when the store has levels) and any labels."""
+    path = Path(path)
+    image = open_zarr(path)
+    layers: list[tuple] = [(image.levels if image.multiscale else image.levels[0],
+                            {"name": image.name, "multiscale": image.multiscale, "rgb": image.rgb},
+                            "image")]
+    for name, levels in read_ome_labels(path).items():
+        layers.append((levels if len(levels) > 1 else levels[0],
+                       {"name": f"{image.name} {name}", "multiscale": len(levels) > 1}, "labels"))
+    return layers
+
+
+def describe(image: LazyImage) -> str:
+    """One line for logs: size and levels."""
+    return json.dumps({"shape": image.shape, "levels": len(image.levels)})

@@ -1,0 +1,156 @@
+"""OME-Zarr output written chunk by chunk, and the per-object table written in parts.
+
+The output is one OME-Zarr image (NGFF 0.4, Zarr format 2: what napari-ome-zarr, Fiji/MoBIE,
+QuPath and ome-zarr-py all read) holding a copy of the image pyramid and, in the spec's
+``labels`` group beside it, one label pyramid per class (``labels/nucleus/0``, ``/1``, …).
+Every array is created empty up front; workers then fill disjoint chunks, so several
+processes can write the same store without locks and no array is ever held whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..io.export import atomic_write
+
+NGFF_VERSION = "0.4"
+#: Columns of the object table.
+TABLE_COLUMNS = ("label", "class", "score", "area", "centroid_y", "centroid_x",
+                 "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
+                 "box_cx", "box_cy", "box_width", "box_height", "box_angle_deg")
+
+
+def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
+    """(H, W) of each level, halving until the image fits in one chunk."""
+    shapes = [tuple(shape[:2])]
+    while max(shapes[-1]) > chunk:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _multiscales(name: str, axes: list[dict], n_levels: int) -> list[dict]:
+    ndim = len(axes)
+    datasets = []
+    for level in range(n_levels):
+        scale = [1.0] * (ndim - 2) + [float(2**level)] * 2
+        translate = [0.0] * (ndim - 2) + [(2**level - 1) / 2.0] * 2
+        datasets.append({"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": scale}, {"type": "translation", "translation": translate}]})
+    return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets,
+             "type": "nearest" if name else "gaussian"}]
+
+
+def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[str], chunk: int,
+                 name: str = "image") -> None:
+    """Create the empty OME-Zarr image (image pyramid + one label pyramid per class)."""
+    import zarr
+
+    path = Path(path)
+    rgb = len(shape) == 3
+    levels = pyramid_shapes(shape[:2], chunk)
+    space = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "space", "unit": "pixel"}]
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for i, (h, w) in enumerate(levels):
+        full = (shape[2], h, w) if rgb else (h, w)
+        chunks = (shape[2], chunk, chunk) if rgb else (chunk, chunk)
+        root.create_array(str(i), shape=full, chunks=chunks, dtype=dtype, fill_value=0)
+    axes = ([{"name": "c", "type": "channel"}] if rgb else []) + space
+    multiscales = _multiscales(name, axes, len(levels))
+    multiscales[0].pop("type")
+    root.attrs["multiscales"] = multiscales
+    labels = root.create_group("labels")
+    classes = list(classes)
+    labels.attrs["labels"] = classes
+    for cls in classes:
+        group = labels.create_group(cls)
+        for i, (h, w) in enumerate(levels):
+            group.create_array(str(i), shape=(h, w), chunks=(chunk, chunk), dtype=np.int32,
+                               fill_value=0)
+        group.attrs["multiscales"] = _multiscales(cls, space, len(levels))
+        group.attrs["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
+
+
+def open_array(path: Path | str, component: str, mode: str = "r+"):
+    """One array of the output store (opened by path in each worker)."""
+    import zarr
+
+    return zarr.open_array(str(path), path=component, mode=mode)
+
+
+def write_image_region(path: Path | str, pixels: np.ndarray, ys: slice, xs: slice) -> None:
+    """Copy input pixels (h, w[, c]) into level 0 of the image (c, y, x for colour)."""
+    arr = open_array(path, "0")
+    arr[(slice(None), ys, xs) if pixels.ndim == 3 else (ys, xs)] = (
+        np.moveaxis(pixels, -1, 0) if pixels.ndim == 3 else pixels)
+
+
+def downsample_chunk(path: Path | str, group: str, level: int, iy: int, ix: int, chunk: int) -> None:
+    """Chunk (iy, ix) of ``level`` from level - 1 by taking every other pixel (labels stay
+    labels; for the image preview this is as good as averaging)."""
+    prefix = f"{group}/" if group else ""
+    src = open_array(path, f"{prefix}{level - 1}", mode="r")
+    dst = open_array(path, f"{prefix}{level}")
+    ys = slice(2 * iy * chunk, 2 * (iy + 1) * chunk, 2)
+    xs = slice(2 * ix * chunk, 2 * (ix + 1) * chunk, 2)
+    lead = (slice(None),) * (src.ndim - 2)
+    data = src[(*lead, slice(ys.start, ys.stop), slice(xs.start, xs.stop))][..., ::2, ::2]
+    dst[(*lead, slice(iy * chunk, iy * chunk + data.shape[-2]),
+         slice(ix * chunk, ix * chunk + data.shape[-1]))] = data
+
+
+def downsample_tasks(shape: tuple[int, int], chunk: int, groups: list[str]) -> list[list[tuple]]:
+    """Per level ≥ 1, the (group, level, iy, ix) chunk tasks (a level needs the previous one)."""
+    levels = pyramid_shapes(shape, chunk)
+    out = []
+    for level in range(1, len(levels)):
+        h, w = levels[level]
+        out.append([(g, level, iy, ix) for g in groups
+                    for iy in range(-(-h // chunk)) for ix in range(-(-w // chunk))])
+    return out
+
+
+def write_table_part(path: Path, rows: list[tuple]) -> None:
+    """One block's rows of the object table (no header)."""
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+def assemble_table(parts: list[Path], target: Path, overwrite: bool = False) -> Path:
+    """Concatenate the parts under one header into ``target``, atomically, streaming."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as out:
+            csv.writer(out).writerow(TABLE_COLUMNS)
+            for part in parts:
+                if part.exists():
+                    with open(part, newline="") as fh:
+                        shutil.copyfileobj(fh, out)
+
+    return atomic_write(target, write, overwrite)
+
+
+def table_to_parquet(csv_path: Path, target: Path, overwrite: bool = False) -> Path:
+    """Parquet copy of the table (needs pyarrow), converted in row groups via Dask."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        from ..errors import DeepCeNSError
+
+        raise DeepCeNSError("Parquet output needs pyarrow (pip install pyarrow); "
+                            "the CSV table was written") from exc
+    import dask.dataframe as dd
+
+    frame = dd.read_csv(str(csv_path), dtype={"class": "string"}, blocksize="64MB")
+
+    def write(tmp: str) -> None:
+        frame.to_parquet(tmp + ".d", write_index=False)
+        Path(tmp).unlink(missing_ok=True)
+        shutil.move(tmp + ".d", tmp)
+
+    return atomic_write(target, write, overwrite)
