@@ -251,6 +251,8 @@ def run_napari(args: argparse.Namespace) -> int:
     import napari
 
     from .io.images import read_image, validate_image
+    from .scale.fanout import needs_chunks
+    from .scale.lazy import open_lazy
     from .widget.dock import DeepCeNSDock
 
     viewer = napari.Viewer()
@@ -258,6 +260,10 @@ def run_napari(args: argparse.Namespace) -> int:
         from .sample_data import fluorescence
 
         data, kwargs, _kind = fluorescence()[0]
+    elif needs_chunks(args.image):  # OME-Zarr, large TIFF: lazily, every pyramid level
+        lazy = open_lazy(args.image)
+        data = lazy.levels if lazy.multiscale else lazy.levels[0]
+        kwargs = {"name": args.image.stem, "rgb": lazy.rgb, "multiscale": lazy.multiscale}
     else:
         data = validate_image(read_image(args.image))
         kwargs = {"name": args.image.stem, "rgb": data.ndim == 3}

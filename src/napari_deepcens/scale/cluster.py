@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from ..errors import DeepCeNSError
 
 log = logging.getLogger(__name__)
+#: How long to keep trying to reach a scheduler before giving up with a clear message.
+CONNECT_TIMEOUT = "10s"
 
 
 def cores() -> int:
@@ -43,7 +45,7 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
     cluster = None
     if address:
         try:
-            client = Client(address, timeout="20s")
+            client = Client(address, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as exc:
             raise DeepCeNSError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     else:

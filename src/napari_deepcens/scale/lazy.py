@@ -84,7 +84,9 @@ class Source:
     def region(self, ys: slice, xs: slice) -> np.ndarray:
         """Pixels of rows ``ys`` and columns ``xs`` as an (h, w[, c]) numpy array."""
         if self.array is not None:
-            return np.asarray(self.array[ys, xs])
+            data = self.array[ys, xs]
+            # a Dask-backed layer: computed here, not through the cluster running this task
+            return np.asarray(data.compute(scheduler="sync") if hasattr(data, "compute") else data)
         arr = _open_array(self.path, self.level)
         if self.axes is None:
             return np.asarray(arr[ys, xs])

@@ -25,6 +25,7 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -73,6 +74,33 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
         raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate)
         params = params or predictor.default_params(raw.scale)
         return predictor, raw, params, predictor.instances(raw, params)
+    except DeepCeNSError as exc:
+        return _Failed(exc)
+
+
+#: Images above this many pixels (and multiscale or Dask-backed layers) are segmented chunk by
+#: chunk on Dask (scale/): in one piece their cached maps alone would take ~40 bytes a pixel.
+CHUNKED_ABOVE = 16_000_000
+#: Chunk side of the chunked path (plus a halo of context around each chunk).
+CHUNK = 1024
+
+
+@thread_worker
+def _chunked_worker(load, spec, image, output, scheduler: str | None, diameter, estimate, params, cancel):
+    """The chunked path (scale/chunked.py) on a local cluster or ``scheduler``; yields per chunk
+    task. Cancel sets ``cancel``: the run stops at the next finished task and writes nothing."""
+    from ..scale.chunked import segment_chunked_iter
+    from ..scale.cluster import dask_client
+
+    try:
+        predictor = load()
+        with dask_client(scheduler) as client:
+            result = yield from segment_chunked_iter(
+                client, image, output, spec, predictor=predictor, chunk=CHUNK, diameter=diameter,
+                estimate=estimate,
+                params=params, table=output.with_name(output.name.replace(".zarr", "_objects.csv")),
+                cancel=cancel)
+        return result
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -130,6 +158,11 @@ class SegmentWidget(Container):
                      self._auto_diameter, self._diameter,
                      self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._score, self._min_size])
+        self._scheduler = LineEdit(label="scheduler", value="",
+                                   tooltip="large images: a dask.distributed scheduler address "
+                                   "(tcp://host:8786); empty: a local cluster on this machine")
+        self.insert(self.index(self._run), self._scheduler)
+        self._chunk_cancel = None
 
         self._predictors: dict[tuple, Predictor] = {}
         self._raw: dict[int, tuple[Predictor, RawOutput]] = {}  # image layer id -> cached maps
@@ -206,6 +239,9 @@ class SegmentWidget(Container):
             return
         if self._worker is not None:
             return
+        if self._is_large(layer):
+            self._run_chunked(layer)
+            return
         try:
             image = layer_plane(layer)
         except Exception as exc:
@@ -229,7 +265,10 @@ class SegmentWidget(Container):
 
     def cancel(self) -> None:
         """Ask the running segmentation to stop at the next tile."""
-        if self._worker is not None:
+        if self._chunk_cancel is not None:  # chunked: stop at the next task, clean up
+            self._status.value = "cancelling…"
+            self._chunk_cancel.set()
+        elif self._worker is not None:
             self._status.value = "cancelling…"
             self._worker.quit()
 
@@ -443,6 +482,80 @@ class SegmentWidget(Container):
     @staticmethod
     def _mark_edited(layer) -> None:
         layer.metadata[EDITED_KEY] = True
+
+    # ------------------------------------------------------------------ large images (chunked)
+    @staticmethod
+    def _is_large(layer) -> bool:
+        """Multiscale, Dask-backed or above :data:`CHUNKED_ABOVE` pixels: the chunked path."""
+        data = layer.data[0] if layer.multiscale else layer.data
+        shape = data.shape[:2] if getattr(layer, "rgb", False) else data.shape[-2:]
+        return bool(layer.multiscale or not isinstance(data, np.ndarray)
+                    or int(np.prod(shape)) > CHUNKED_ABOVE)
+
+    def _run_chunked(self, layer) -> None:
+        """Segment a large layer chunk by chunk on Dask; labels go to an OME-Zarr in the temp
+        folder and come back as a lazily loaded (multiscale) Labels layer."""
+        import re
+        import tempfile
+        import threading
+
+        from ..scale.chunked import ModelSpec
+        from ..scale.lazy import from_array, is_zarr, open_lazy
+
+        try:
+            path = getattr(getattr(layer, "source", None), "path", None)
+            if path and (is_zarr(Path(path)) or Path(path).suffix.lower() in (".tif", ".tiff")):
+                image = open_lazy(path)  # workers read the file themselves
+            else:
+                image = from_array(list(layer.data) if layer.multiscale else layer.data, layer.name)
+        except DeepCeNSError as exc:
+            self._error(exc)
+            return
+        load, (model, weights, device) = self._loader()
+        spec = ModelSpec(model, weights, device)
+        folder = Path(tempfile.gettempdir()) / "napari-deepcens"
+        folder.mkdir(parents=True, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name)
+        output = folder / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
+        params = self._params().to_dict() if self._user_knobs else None
+        self._chunk_cancel = threading.Event()
+        worker = _chunked_worker(load, spec, image, output, self._scheduler.value.strip() or None,
+                                 diameter, bool(self._auto_diameter.value), params, self._chunk_cancel)
+        self._progress.value, self._progress.max = 0, 1
+        self._status.value = f"segmenting {layer.name} chunk by chunk…"
+        self._started = time.perf_counter()
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result, layer=layer: self._on_chunked(layer, result))
+        worker.finished.connect(self._on_chunked_finished)
+        self._worker = worker
+        self._busy(True)
+        worker.start()
+
+    def _on_chunked_finished(self) -> None:
+        self._chunk_cancel = None
+        self._on_finished()
+
+    def _on_chunked(self, layer, result) -> None:
+        """Show the written labels as lazily loaded Labels layers (one per class)."""
+        from ..scale.lazy import read_ome_labels
+
+        if isinstance(result, _Failed):
+            self._error(result.error)
+            return
+        pyramids = read_ome_labels(result.output)
+        for cls, levels in pyramids.items():
+            name = f"{layer.name} {cls} labels" if len(pyramids) > 1 else f"{layer.name} labels"
+            self._viewer.add_labels(
+                levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=name,
+                scale=layer.scale[-2:], translate=layer.translate[-2:],
+                metadata={SOURCE_KEY: id(layer), EDITED_KEY: False,
+                          CLASS_KEY: cls if len(pyramids) > 1 else None,
+                          "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)})
+        seconds = time.perf_counter() - self._started
+        counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
+        self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
+                              f"{result.halo} px halo); labels in {result.output}")
 
     # ------------------------------------------------------------------ for scripts/tests
     @property

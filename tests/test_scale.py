@@ -1,0 +1,232 @@
+"""Scale-out: lazy OME-Zarr/TIFF input, chunked runs on a local dask.distributed cluster with
+objects straddling chunk borders, folder runs that resume and survive a corrupt file, and the
+widget's chunked path. Images are small (≤ 512²) and clusters in-process, to stay fast."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+from scipy import ndimage as ndi
+
+from napari_deepcens.cli import main
+from napari_deepcens.evaluation.metrics import match_image
+from napari_deepcens.io.images import read_image
+from napari_deepcens.scale.chunked import ModelSpec, segment_chunked
+from napari_deepcens.scale.lazy import from_array, open_lazy, read_for_napari, read_ome_labels
+from napari_deepcens.scale.zarr_out import TABLE_COLUMNS, create_store
+
+from .conftest import DSB_VAL
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def mosaic() -> np.ndarray:
+    """384×512 grey fluorescence mosaic: nuclei everywhere, many on the 128-px chunk seams."""
+    image = read_image(next(DSB_VAL.glob("0bda*/image.png")))
+    grey = image[..., 0] if image.ndim == 3 else image
+    return np.block([[grey, grey[:, ::-1]], [grey[::-1][:128], grey[::-1, ::-1][:128]]])
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A local dask.distributed cluster: one in-process worker, two threads."""
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                       dashboard_address=":0")
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def write_ome_zarr(path, image: np.ndarray, chunk: int = 96) -> None:
+    """An OME-Zarr with two levels whose storage chunks differ from the processing chunks."""
+    create_store(path, image.shape, image.dtype, [], chunk)
+    zarr.open_array(str(path), path="0", mode="r+")[:] = image
+    zarr.open_array(str(path), path="1", mode="r+")[:] = image[::2, ::2]
+    for level in range(2, len(zarr.open_group(str(path), mode="r").attrs["multiscales"][0]["datasets"])):
+        src = zarr.open_array(str(path), path=str(level - 1), mode="r")[:]
+        zarr.open_array(str(path), path=str(level), mode="r+")[:] = src[::2, ::2]
+
+
+def test_lazy_reads_ome_zarr_tiff_pyramid_and_5d_axes(tmp_path, mosaic):
+    write_ome_zarr(tmp_path / "m.zarr", mosaic)
+    image = open_lazy(tmp_path / "m.zarr")
+    assert image.shape == mosaic.shape and image.multiscale
+    assert np.array_equal(image.sources[0].region(slice(10, 50), slice(200, 300)), mosaic[10:50, 200:300])
+    layers = read_for_napari(tmp_path / "m.zarr")
+    assert layers[0][1]["multiscale"] and layers[0][2] == "image"
+
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tw:   # pyramidal, tiled TIFF
+        tw.write(mosaic, tile=(64, 64), subifds=1)
+        tw.write(mosaic[::2, ::2], tile=(64, 64), subfiletype=1)
+    tif = open_lazy(tmp_path / "p.tif")
+    assert len(tif.levels) == 2 and np.array_equal(np.asarray(tif.levels[1]), mosaic[::2, ::2])
+    assert np.array_equal(tif.sources[0].region(slice(5, 9), slice(0, 64)), mosaic[5:9, :64])
+
+    # (t, c, z, y, x) with one plane: read as (y, x); RGB (c, y, x): channels last
+    root = zarr.open_group(str(tmp_path / "5d.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=(1, 3, 1, 64, 80), dtype=np.uint8, chunks=(1, 1, 1, 32, 32))
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 64, 80), dtype=np.uint8)
+    root["0"][0, :, 0] = rgb
+    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}], "axes": [
+        {"name": a} for a in "tczyx"]}]
+    five = open_lazy(tmp_path / "5d.zarr")
+    assert five.shape == (64, 80, 3)
+    assert np.array_equal(five.sources[0].region(slice(0, 64), slice(0, 80)), np.moveaxis(rgb, 0, -1))
+
+
+def test_chunked_on_local_cluster_matches_one_piece(tmp_path, mosaic, client, predictor):
+    """Objects straddling chunk borders come out whole and once, as in one-piece segmentation."""
+    write_ome_zarr(tmp_path / "m.zarr", mosaic)
+    spec = ModelSpec("unet", device="cpu")
+    result = segment_chunked(client, open_lazy(tmp_path / "m.zarr"), tmp_path / "out.zarr", spec,
+                             predictor=predictor, chunk=128, halo=64, estimate=False,
+                             table=tmp_path / "objects.csv")
+    labels = np.asarray(read_ome_labels(result.output)["nucleus"][0])
+    whole = predictor.segment(mosaic, estimate=False)
+
+    n = int(labels.max())
+    assert result.counts == {"nucleus": n} and np.array_equal(np.unique(labels), np.arange(n + 1))
+    # no object split in two pieces carrying one label, nor one object under two labels
+    pieces = sum(ndi.label(labels[sl] == i)[1] for i, sl in enumerate(ndi.find_objects(labels), 1))
+    assert pieces <= n + 2                           # a pixel or two of ragged edge at most
+    seams = [128, 256]
+    straddling = {int(v) for s in seams for v in np.unique(labels[s - 1]) if v and v in labels[s]}
+    straddling |= {int(v) for s in [128, 256, 384]
+                   for v in np.unique(labels[:, s - 1]) if v and v in labels[:, s]}
+    assert len(straddling) >= 10                     # the test means something
+    match = match_image(whole, labels)
+    assert match.ap(0.9) >= 0.95 and match.ap(0.5) >= 0.98, (match.ap(0.9), match.ap(0.5))
+
+    table = pd.read_csv(tmp_path / "objects.csv")
+    assert tuple(table.columns) == TABLE_COLUMNS
+    assert len(table) == n and table["label"].is_unique
+    areas = np.bincount(labels.ravel())
+    assert np.array_equal(table.sort_values("label")["area"].to_numpy(), areas[1:])
+    assert (table["score"].between(0, 1)).all() and (table["class"] == "nucleus").all()
+    # the output is an OME-Zarr image with its labels beside it: image copied, pyramid levels
+    out = open_lazy(result.output)
+    assert np.array_equal(np.asarray(out.levels[0]), mosaic) and out.multiscale
+    assert zarr.open_group(str(result.output / "labels"), mode="r").attrs["labels"] == ["nucleus"]
+    assert not list(tmp_path.glob(".out.zarr.tmp*"))
+
+
+@pytest.fixture
+def folder(tmp_path, mosaic):
+    """Two small PNGs, a corrupt TIFF and an OME-Zarr (chunked path) in one folder."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for sample in sorted(DSB_VAL.glob("*/image.png"))[:2]:
+        shutil.copy(sample, src / f"{sample.parent.name[:6]}.png")
+    (src / "broken.tif").write_bytes(b"not a tiff")
+    write_ome_zarr(src / "slide.zarr", mosaic[:256, :384])
+    return src
+
+
+def test_folder_run_skips_done_work_and_reports_the_corrupt_file(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["segment", str(folder), "-o", str(out), "--device", "cpu", "--chunk", "128", "--halo", "64"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 of 4 images failed" in err and "broken.tif" in err and "Traceback" not in err
+    assert len(list(out.glob("*_labels.tif"))) == 2
+    assert (out / "slide.zarr").is_dir() and (out / "slide_objects.csv").is_file()
+    stamp = (out / "slide_objects.csv").stat().st_mtime_ns
+    assert main(args) == 1                           # again: only the corrupt file is retried
+    captured = capsys.readouterr()
+    assert captured.out.count("skip") == 3 and "1 of 4 images failed" in captured.err
+    assert (out / "slide_objects.csv").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_folder_run_resumes(folder, tmp_path, monkeypatch, capsys):
+    """A run killed halfway leaves whole outputs or none; the next run does only the rest."""
+    from napari_deepcens.io import export
+
+    (folder / "broken.tif").unlink()
+    shutil.rmtree(folder / "slide.zarr")
+    out = tmp_path / "out"
+    real, calls = export.write_labels, []
+
+    def dies_on_second(path, labels, overwrite=False):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, labels, overwrite)
+
+    monkeypatch.setattr(export, "write_labels", dies_on_second)
+    assert main(["segment", str(folder), "-o", str(out), "--device", "cpu"]) == 130
+    assert len(list(out.glob("*_labels.tif"))) == 1 and not list(out.glob(".*"))
+    monkeypatch.setattr(export, "write_labels", real)
+    capsys.readouterr()
+    assert main(["segment", str(folder / "*.png"), "-o", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("skip") == 1
+    assert len(list(out.glob("*_labels.tif"))) == 2
+
+
+def test_interrupted_chunked_run_writes_nothing_then_completes(tmp_path, mosaic, client, predictor):
+    from napari_deepcens.scale import chunked
+
+    image = from_array(mosaic[:256, :256])
+    spec = ModelSpec("unet", device="cpu")
+    gen = chunked.segment_chunked_iter(client, image, tmp_path / "o.zarr", spec, predictor=predictor,
+                                       chunk=128, halo=64, estimate=False)
+    for _ in range(3):                               # a few chunks done, then killed
+        next(gen)
+    gen.close()
+    assert not list(tmp_path.iterdir())              # no output, no temporary left behind
+    result = segment_chunked(client, image, tmp_path / "o.zarr", spec, predictor=predictor,
+                             chunk=128, halo=64, estimate=False)
+    assert result.counts["nucleus"] > 20
+
+
+def test_cli_runs_on_an_existing_scheduler(tmp_path, client, mosaic, capsys, monkeypatch):
+    """--scheduler ADDRESS: the same command on a cluster someone else started."""
+    from napari_deepcens.scale import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "1s")
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "big.tif", mosaic[:256], tile=(64, 64))
+    shutil.copy(next(DSB_VAL.glob("0bda*/image.png")), src / "small.png")
+    code = main(["segment", str(src / "*"), "-o", str(tmp_path / "out"), "--device", "cpu",
+                 "--scheduler", client.scheduler.address, "--chunked-above", "0.1", "--chunk", "128"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "big.zarr").is_dir() and (tmp_path / "out" / "small_labels.tif").is_file()
+    assert main(["segment", str(src), "-o", str(tmp_path / "o2"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+
+
+def test_widget_segments_a_large_layer_chunked_into_lazy_labels(make_napari_viewer, qtbot, mosaic,
+                                                                monkeypatch):
+    import dask.array as da
+
+    from napari_deepcens.scale import chunked
+    from napari_deepcens.widget import segment_widget
+    from napari_deepcens.widget.segment_widget import SegmentWidget
+
+    monkeypatch.setattr(chunked, "ESTIMATE_CROP", 256)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(mosaic[:256, :384], chunks=128), name="slide")
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=layer, device="cpu", auto_diameter=False)
+    monkeypatch.setattr(segment_widget, "CHUNKED_ABOVE", 10_000)
+    monkeypatch.setattr(segment_widget, "CHUNK", 128)
+    seen = []
+    widget._progress.changed.connect(lambda v: seen.append(v))
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    labels = viewer.layers["slide labels"]
+    assert not isinstance(labels.data, np.ndarray)    # lazily loaded from the written Zarr
+    assert int(np.asarray(labels.data).max()) > 20, widget.status
+    assert len(seen) >= 3 and widget._progress.max > 6 and "chunked" in widget.status
+
+    widget.run()                                      # Cancel: stops, writes nothing
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert "cancelled" in widget.status
+    assert len([ly for ly in viewer.layers if ly.name.startswith("slide labels")]) == 1
