@@ -50,7 +50,7 @@ def write_mosaic(path: Path, size: int, cells, with_labels: bool = False, seed: 
     """The mosaic into an OME-Zarr (row of cells by row of cells), and optionally its labels."""
     import zarr
 
-    from napari_deepcens.scale.zarr_out import create_store
+    from napari_deepcens.scale.zarr_out import create_store, downsample_chunk, downsample_tasks
 
     create_store(path, (size, size), np.uint8, [], 1024, "mosaic")
     arr = zarr.open_array(str(path), path="0", mode="r+")
@@ -73,6 +73,9 @@ def write_mosaic(path: Path, size: int, cells, with_labels: bool = False, seed: 
                 gt[y : y + CELL, x : x + CELL] = np.where(seq > 0, seq + offset, 0)
                 offset += int(seq.max())
         arr[y : y + CELL, :] = row
+    for tasks in downsample_tasks((size, size), 1024, [""]):  # the pyramid, as OME-Zarr has
+        for group, level, iy, ix in tasks:
+            downsample_chunk(path, group, level, iy, ix, 1024)
     return gt
 
 
@@ -83,13 +86,13 @@ def worker_peaks(client) -> dict[str, float]:
 
 
 def chunked(path: Path, out: Path, workers: int, chunk: int, memory_limit: str, estimate: bool = False):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from napari_deepcens.scale.chunked import ModelSpec, segment_chunked
+    from napari_deepcens.scale.cluster import local_processes
     from napari_deepcens.scale.lazy import open_lazy
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           memory_limit=memory_limit, dashboard_address=":0")
+    cluster = local_processes(workers, 1, memory_limit)
     client = Client(cluster)
     try:
         client.run(lambda: None)

@@ -230,3 +230,18 @@ def test_widget_segments_a_large_layer_chunked_into_lazy_labels(make_napari_view
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
     assert "cancelled" in widget.status
     assert len([ly for ly in viewer.layers if ly.name.startswith("slide labels")]) == 1
+
+
+def test_normalisation_is_global_and_survives_empty_coarse_levels(tmp_path, mosaic, monkeypatch):
+    from napari_deepcens.io.images import to_plane
+    from napari_deepcens.scale import chunked
+
+    create_store(tmp_path / "e.zarr", mosaic.shape, mosaic.dtype, [], 96)   # levels ≥ 1 left empty
+    zarr.open_array(str(tmp_path / "e.zarr"), path="0", mode="r+")[:] = mosaic
+    monkeypatch.setattr(chunked, "SAMPLE_PIXELS", 5_000)                    # prefers a coarse level
+    norm = chunked.global_normalisation(open_lazy(tmp_path / "e.zarr"))
+    assert norm.hi[0] > norm.lo[0]
+    monkeypatch.setattr(chunked, "SAMPLE_PIXELS", 4_000_000)
+    exact = chunked.global_normalisation(from_array(mosaic))
+    # on a small image the global mapping is exactly the in-memory one, chunk after chunk
+    assert np.allclose(exact.apply(mosaic[100:200, 50:300]), to_plane(mosaic)[100:200, 50:300], atol=1e-5)

@@ -151,6 +151,10 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
             except DeepCeNSError as exc:
                 failures.append((path, str(exc)))
                 tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
+            except (OSError, RuntimeError, ValueError) as exc:  # e.g. a corrupt chunk deep in a store
+                log.debug("chunked run of %s failed", path, exc_info=exc)
+                failures.append((path, f"unexpected error ({type(exc).__name__}): {exc}"))
+                tqdm.write(f"error: {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def load_training_data(paths: list[Path], channels: int) -> list:

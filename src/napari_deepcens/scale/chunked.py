@@ -108,6 +108,11 @@ def _limit_torch_threads() -> None:
     if _THREADS_SET:
         return
     _THREADS_SET = True
+    if os.environ.get("DEEPCENS_TORCH_THREADS"):  # set by a local cluster of several processes
+        import torch
+
+        torch.set_num_threads(int(os.environ["DEEPCENS_TORCH_THREADS"]))
+        return
     try:
         from distributed import get_worker
 
@@ -160,11 +165,11 @@ class Normalisation:
         return np.stack(planes).astype(np.float32)
 
 
-def _sample(image: LazyImage) -> np.ndarray:
+def _sample(image: LazyImage, coarse: bool = True) -> np.ndarray:
     """A strided sample of ≤ ~SAMPLE_PIXELS pixels, from the coarsest level that still has
     that many (a pyramid's coarse level is cheap to read; level 0 is read strided)."""
     level = image.levels[0]
-    for candidate in image.levels[1:]:
+    for candidate in image.levels[1:] if coarse else []:
         if candidate.shape[0] * candidate.shape[1] >= SAMPLE_PIXELS:
             level = candidate
     step = max(1, math.ceil(math.sqrt(level.shape[0] * level.shape[1] / SAMPLE_PIXELS)))
@@ -173,9 +178,18 @@ def _sample(image: LazyImage) -> np.ndarray:
 
 def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | None = None) -> Normalisation:
     """Percentiles (and whether objects are dark) for the whole image, from one sample."""
+    try:
+        return _normalisation(_sample(image), channels, invert)
+    except ImageError:
+        if not image.multiscale:
+            raise
+        log.warning("%s: the coarse pyramid levels look empty; sampling level 0", image.name)
+        return _normalisation(_sample(image, coarse=False), channels, invert)
+
+
+def _normalisation(sample: np.ndarray, channels: int, invert: bool | None) -> Normalisation:
     from ..io.images import PERCENTILES
 
-    sample = _sample(image)
     if channels == 1:
         same = sample.ndim == 3 and np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(
             sample[..., 1], sample[..., 2])

@@ -25,6 +25,17 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def local_processes(workers: int, threads: int = 1, memory_limit: str = "auto"):
+    """A LocalCluster of ``workers`` processes sharing this machine's cores between them (torch
+    in each process would otherwise start one thread per core, and they would fight)."""
+    from distributed import LocalCluster
+
+    per_worker = max(1, cores() // (workers * threads))
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
+                        dashboard_address=":0", memory_limit=memory_limit,
+                        env={"DEEPCENS_TORCH_THREADS": str(per_worker), "OMP_NUM_THREADS": str(per_worker)})
+
+
 @contextmanager
 def dask_client(address: str | None = None, workers: int = 0, threads: int | None = None,
                 memory_limit: str | None = None) -> Iterator:
@@ -50,8 +61,7 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
             raise DeepCeNSError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     else:
         if workers and workers > 1:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads or 1, processes=True,
-                                   dashboard_address=":0", memory_limit=memory_limit or "auto")
+            cluster = local_processes(workers, threads or 1, memory_limit or "auto")
         else:
             cluster = LocalCluster(n_workers=1, threads_per_worker=threads or min(cores(), 4),
                                    processes=False, dashboard_address=":0")
