@@ -239,9 +239,13 @@ def test_normalisation_is_global_and_survives_empty_coarse_levels(tmp_path, mosa
     create_store(tmp_path / "e.zarr", mosaic.shape, mosaic.dtype, [], 96)   # levels ≥ 1 left empty
     zarr.open_array(str(tmp_path / "e.zarr"), path="0", mode="r+")[:] = mosaic
     monkeypatch.setattr(chunked, "SAMPLE_PIXELS", 5_000)                    # prefers a coarse level
+    monkeypatch.setattr(chunked, "EXACT_SAMPLE_BYTES", 0)
     norm = chunked.global_normalisation(open_lazy(tmp_path / "e.zarr"))
     assert norm.hi[0] > norm.lo[0]
     monkeypatch.setattr(chunked, "SAMPLE_PIXELS", 4_000_000)
+    monkeypatch.setattr(chunked, "EXACT_SAMPLE_BYTES", 4 * 2**30)
     exact = chunked.global_normalisation(from_array(mosaic))
+    rgb = np.stack([mosaic, mosaic // 2, mosaic[::-1]], axis=-1)            # luminance, as to_plane
+    assert np.allclose(chunked.global_normalisation(from_array(rgb)).apply(rgb[:50]), to_plane(rgb)[:50])
     # on a small image the global mapping is exactly the in-memory one, chunk after chunk
     assert np.allclose(exact.apply(mosaic[100:200, 50:300]), to_plane(mosaic)[100:200, 50:300], atol=1e-5)

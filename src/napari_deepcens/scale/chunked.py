@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Pixels read for the global percentiles (as the in-memory path samples).
 SAMPLE_PIXELS = 4_000_000
+#: Up to this much level-0 data, the percentile sample is exactly the in-memory path's.
+EXACT_SAMPLE_BYTES = 4 * 2**30
 #: Side of the central crop the object size is estimated on.
 ESTIMATE_CROP = 1024
 #: Largest network input side for one block (bounds the memory of a worker).
@@ -165,37 +167,59 @@ class Normalisation:
         return np.stack(planes).astype(np.float32)
 
 
-def _sample(image: LazyImage, coarse: bool = True) -> np.ndarray:
-    """A strided sample of ≤ ~SAMPLE_PIXELS pixels, from the coarsest level that still has
-    that many (a pyramid's coarse level is cheap to read; level 0 is read strided)."""
+def _sample(image: LazyImage, coarse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(values for the percentiles, a 2-D ~512² grid of pixels for the bright/dark decision).
+
+    Up to :data:`EXACT_SAMPLE_BYTES` of level 0, exactly the pixels the in-memory path samples
+    (every k-th pixel in raster order; the image is read once, chunk by chunk), so chunked and
+    one-piece runs normalise identically. Larger images: a strided sample of the coarsest
+    pyramid level that still has :data:`SAMPLE_PIXELS` (strides of a pyramid level can alias
+    with periodic structure; on a 8192² mosaic of 256² tiles it moved the 99.8th percentile by
+    3 %, hence the exact sample wherever it is affordable).
+    """
+    import dask
+
     level = image.levels[0]
-    for candidate in image.levels[1:] if coarse else []:
+    h, w = level.shape[:2]
+    grid = level[:: max(1, h // 512), :: max(1, w // 512)]
+    if not coarse or level.nbytes <= EXACT_SAMPLE_BYTES or not image.multiscale:
+        with dask.config.set({"array.rechunk.method": "tasks"}):  # here, not on a cluster's P2P
+            flat = level.reshape((-1, *level.shape[2:]))
+            values, grid = dask.compute(flat[:: flat.shape[0] // SAMPLE_PIXELS + 1], grid,
+                                        scheduler="threads")
+        return np.asarray(values), np.asarray(grid)
+    for candidate in image.levels[1:]:
         if candidate.shape[0] * candidate.shape[1] >= SAMPLE_PIXELS:
             level = candidate
     step = max(1, math.ceil(math.sqrt(level.shape[0] * level.shape[1] / SAMPLE_PIXELS)))
-    return np.asarray(level[::step, ::step].compute(scheduler="threads"))
+    values, grid = dask.compute(level[::step, ::step], grid, scheduler="threads")
+    return np.asarray(values).reshape((-1, *level.shape[2:])), np.asarray(grid)
 
 
 def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | None = None) -> Normalisation:
     """Percentiles (and whether objects are dark) for the whole image, from one sample."""
     try:
-        return _normalisation(_sample(image), channels, invert)
+        return _normalisation(*_sample(image), channels, invert)
     except ImageError:
         if not image.multiscale:
             raise
         log.warning("%s: the coarse pyramid levels look empty; sampling level 0", image.name)
-        return _normalisation(_sample(image, coarse=False), channels, invert)
+        return _normalisation(*_sample(image, coarse=False), channels, invert)
 
 
-def _normalisation(sample: np.ndarray, channels: int, invert: bool | None) -> Normalisation:
+def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: bool | None) -> Normalisation:
+    """``sample``: (n,) or (n, C) pixel values; ``grid``: (h, w[, C]) pixels."""
     from ..io.images import PERCENTILES
 
     if channels == 1:
-        same = sample.ndim == 3 and np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(
+        same = sample.ndim == 2 and np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(
             sample[..., 1], sample[..., 2])
-        luminance = bool(sample.ndim == 3 and not same)
-        norm = Normalisation((0.0,), (1.0,), False, 1, luminance)
-        plane = norm._grey(sample)
+        luminance = bool(sample.ndim == 2 and not same)
+        if sample.ndim == 2:
+            rgb = sample[:, :3].astype(np.float32)
+            plane = rgb @ np.asarray([0.299, 0.587, 0.114], np.float32) if luminance else rgb[:, 0]
+        else:
+            plane = sample.astype(np.float32, copy=False)
         values = plane[np.isfinite(plane)]
         if values.size == 0:
             raise ImageError("image contains no finite values (all NaN or infinite)")
@@ -205,12 +229,10 @@ def _normalisation(sample: np.ndarray, channels: int, invert: bool | None) -> No
             if hi <= lo:
                 raise ImageError(f"image has the same value ({lo:g}) everywhere: nothing to segment")
         norm = Normalisation((lo,), (hi,), False, 1, luminance)
-        if invert is None:
-            out = norm.apply(sample)
-            invert = bool(np.median(out[:: max(1, out.shape[0] // 512), :: max(1, out.shape[1] // 512)])
-                          > 0.5)
+        if invert is None:  # as to_plane: a bright background means dark objects
+            invert = bool(np.median(norm.apply(grid)) > 0.5)
         return Normalisation((lo,), (hi,), bool(invert), 1, luminance)
-    rgb = sample[..., :3] if sample.ndim == 3 else np.repeat(sample[..., None], 3, axis=-1)
+    rgb = sample[..., :3] if sample.ndim == 2 else np.repeat(sample[..., None], 3, axis=-1)
     los, his = [], []
     for c in range(channels):
         ch = rgb[..., min(c, rgb.shape[-1] - 1)].astype(np.float32)
