@@ -69,6 +69,10 @@ class DeepCeNSConfig:
     roi_positive_fraction: float = 0.25
     box_head_dim: int = 256
     mask_head_dim: int = 128
+    #: Training: at most this many positive RoIs per image train the mask head. Once the
+    #: cascade's boxes are good nearly every sampled RoI is positive at the last stage, and the
+    #: mask head's cost would triple without adding much signal (dense nuclei crops).
+    mask_batch: int = 64
     detections_per_image: int = 1000
     nms_threshold: float = 0.5
     #: Detections kept in the raw output; the user's score slider works above this.
@@ -311,6 +315,8 @@ class DeepCeNS(nn.Module):
         mask_boxes, mask_matched = [], []
         for b, lab, m in zip(boxes, stage_targets.labels, stage_targets.matched, strict=True):
             keep = torch.where(lab > 0)[0]
+            if len(keep) > self.config.mask_batch:
+                keep = keep[torch.randperm(len(keep), device=keep.device)[: self.config.mask_batch]]
             mask_boxes.append(b[keep])
             mask_matched.append(m[keep])
         if sum(len(b) for b in mask_boxes) == 0:

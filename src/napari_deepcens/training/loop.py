@@ -67,8 +67,8 @@ class TrainProgress:
 SEARCH = {
     "unet": [PostprocessParams(fg_threshold=fg, seed_threshold=seed)
              for fg in (0.5, 0.6, 0.7) for seed in (0.1, 0.15, 0.2, 0.3)],
-    "centerunet": [PostprocessParams(fg_threshold=fg, score_threshold=score)
-                   for fg in (0.4, 0.5, 0.6) for score in (0.2, 0.3, 0.4)],
+    "centerunet": [PostprocessParams(fg_threshold=fg, score_threshold=score, min_size=size)
+                   for fg in (0.5, 0.6, 0.65) for score in (0.3, 0.4) for size in (10, 20, 30)],
     "deepcens": [PostprocessParams(fg_threshold=fg, score_threshold=score, min_size=10)
                  for fg in (0.4, 0.5) for score in (0.3, 0.4, 0.5, 0.6, 0.7)],
 }
