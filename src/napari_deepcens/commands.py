@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def output_stem(path: Path) -> str:
     """Name of an image's outputs: its stem, or its folder's name for dataset-layout files
     (``<id>/image.png`` → ``<id>``), so a dataset's images do not all become ``image``."""
-    return path.parent.name if path.stem == "image" and path.parent.name else path.stem
+    stem = path.parent.name if path.stem == "image" and path.parent.name else path.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem  # x.ome.zarr, x.ome.tif
 
 
 def _output_paths(outdir: Path, stem: str, names: tuple[str, ...], chunked: bool) -> list[Path]:
