@@ -133,24 +133,3 @@ def assemble_table(parts: list[Path], target: Path, overwrite: bool = False) -> 
                         shutil.copyfileobj(fh, out)
 
     return atomic_write(target, write, overwrite)
-
-
-def table_to_parquet(csv_path: Path, target: Path, overwrite: bool = False) -> Path:
-    """Parquet copy of the table (needs pyarrow), converted in row groups via Dask."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError as exc:
-        from ..errors import DeepCeNSError
-
-        raise DeepCeNSError("Parquet output needs pyarrow (pip install pyarrow); "
-                            "the CSV table was written") from exc
-    import dask.dataframe as dd
-
-    frame = dd.read_csv(str(csv_path), dtype={"class": "string"}, blocksize="64MB")
-
-    def write(tmp: str) -> None:
-        frame.to_parquet(tmp + ".d", write_index=False)
-        Path(tmp).unlink(missing_ok=True)
-        shutil.move(tmp + ".d", tmp)
-
-    return atomic_write(target, write, overwrite)
