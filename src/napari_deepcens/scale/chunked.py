@@ -447,30 +447,46 @@ def relabel_block(source: Source, plan: Plan, b: tuple[int, int], lookups: dict[
         write_image_region(plan.output, source.region(ys, xs), ys, xs)
 
 
-def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
-    """Task 5: object table rows for the objects whose top-left pixel is in this core."""
+def _owned_props(plan: Plan, cls: str, ys: slice, xs: slice) -> tuple | None:
+    """Region properties of the objects whose bounding box starts in the core ``ys, xs``,
+    read from the output; the region read grows to the bottom/right until no owned object
+    reaches its edge, so objects larger than the halo (cells) are measured whole."""
     from skimage.measure import regionprops_table
     from skimage.segmentation import relabel_sequential
 
-    from ..postprocess.rotated_boxes import rotated_boxes
-
-    ys, xs = plan.core(b)
-    rows: list[tuple] = []
     # one pixel above and left of the core, so objects starting there are seen as such
     oy, ox = min(ys.start, 1), min(xs.start, 1)
-    region = (slice(ys.start - oy, min(ys.stop + plan.halo, plan.shape[0])),
-              slice(xs.start - ox, min(xs.stop + plan.halo, plan.shape[1])))
-    y0, x0 = region[0].start, region[1].start
-    for cls in plan.classes:
+    stop_y, stop_x = ys.stop + plan.halo, xs.stop + plan.halo
+    while True:
+        region = (slice(ys.start - oy, min(stop_y, plan.shape[0])),
+                  slice(xs.start - ox, min(stop_x, plan.shape[1])))
         labels = np.asarray(open_array(plan.output, f"labels/{cls}/0", mode="r")[region])
         if not labels.any():
-            continue
+            return None
         seq, _fw, inverse = relabel_sequential(labels)
         props = regionprops_table(seq, properties=("label", "area", "centroid", "bbox"))
         owned = ((props["bbox-0"] >= oy) & (props["bbox-0"] < oy + ys.stop - ys.start)
                  & (props["bbox-1"] >= ox) & (props["bbox-1"] < ox + xs.stop - xs.start))
-        if not owned.any():
+        cut_y = region[0].stop < plan.shape[0] and bool((owned & (props["bbox-2"] == labels.shape[0])).any())
+        cut_x = region[1].stop < plan.shape[1] and bool((owned & (props["bbox-3"] == labels.shape[1])).any())
+        if not (cut_y or cut_x):
+            return region, seq, inverse, props, owned
+        stop_y += plan.chunk if cut_y else 0
+        stop_x += plan.chunk if cut_x else 0
+
+
+def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
+    """Task 5: object table rows for the objects whose top-left pixel is in this core."""
+    from ..postprocess.rotated_boxes import rotated_boxes
+
+    ys, xs = plan.core(b)
+    rows: list[tuple] = []
+    for cls in plan.classes:
+        found = _owned_props(plan, cls, ys, xs)
+        if found is None or not found[4].any():
             continue
+        region, seq, inverse, props, owned = found
+        y0, x0 = region[0].start, region[1].start
         keep = props["label"][owned]
         boxes = {r[0]: r[1:] for r in rotated_boxes(np.where(np.isin(seq, keep), seq, 0))}
         scores = np.load(os.path.join(plan.scratch, f"scores_{cls}.npy"), mmap_mode="r")
