@@ -3,6 +3,11 @@
 Scale augmentation is what lets one model serve microscopes whose nuclei differ several-fold in
 pixel size: each crop is taken at a log-uniform random zoom (default ×0.5–×2), so the network
 sees the training nuclei (about 9–35 px) anywhere from ~5 to ~70 px across.
+
+Zoom alone does not teach what a low-magnification image looks like once the predictor has
+enlarged it to the training scale: 4-px nuclei, upsampled ×4, are soft blobs with no
+texture. Some crops are therefore degraded that way on purpose (shrunk with an area filter by
+×2–×5 and enlarged back, labels untouched), so the network meets such images in training.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ class AugmentConfig:
     brightness: float = 0.1
     noise_max: float = 0.05
     blur_probability: float = 0.2
+    lowres_probability: float = 0.2
+    lowres_factor: tuple[float, float] = (2.0, 5.0)
 
 
 def random_scaled_crop(
@@ -69,6 +76,23 @@ def dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
+def low_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` as seen at ``factor``× lower magnification and enlarged back to its grid:
+    area-filtered (Gaussian of σ ≈ 0.4·factor, the spread of a ``factor``-px pixel), shrunk,
+    then enlarged bilinearly as the predictor enlarges small-object images."""
+    lead = (0,) * (image.ndim - 2)
+    size = image.shape[-2:]
+    small = ndi.zoom(ndi.gaussian_filter(image, lead + (0.4 * factor,) * 2),
+                     (1,) * len(lead) + (1.0 / factor,) * 2, order=1, mode="nearest", grid_mode=True)
+    zoom = (size[0] / small.shape[-2], size[1] / small.shape[-1])
+    back = ndi.zoom(small, (1,) * len(lead) + zoom, order=1, mode="nearest", grid_mode=True)
+    back = back[..., : size[0], : size[1]]
+    short = ((0, size[0] - back.shape[-2]), (0, size[1] - back.shape[-1]))
+    if any(s for _, s in short):
+        back = np.pad(back, ((0, 0),) * len(lead) + short, mode="edge")
+    return np.ascontiguousarray(back, dtype=np.float32)
+
+
 def intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Gamma, contrast, brightness, blur and noise on a normalised plane."""
     out = np.clip(image, 0.0, None) ** rng.uniform(*cfg.gamma)
@@ -88,4 +112,6 @@ def augment(
     scale = float(np.exp(rng.uniform(np.log(cfg.scale_min), np.log(cfg.scale_max))))
     img, lab = random_scaled_crop(image, labels, cfg.crop, scale, rng)
     img, lab = dihedral(img, lab, rng)
+    if rng.random() < cfg.lowres_probability:
+        img = low_resolution(img, float(rng.uniform(*cfg.lowres_factor)))
     return intensity(img, cfg, rng), lab.astype(np.int32)
