@@ -448,7 +448,8 @@ def relabel_block(source: Source, plan: Plan, b: tuple[int, int], lookups: dict[
 
 
 def _owned_props(plan: Plan, cls: str, ys: slice, xs: slice) -> tuple | None:
-    """Region properties of the objects whose bounding box starts in the core ``ys, xs``,
+    """Region properties of the objects whose bounding box starts in the core ``ys, xs``
+    (``None`` when there are none),
     read from the output; the region read grows to the bottom/right until no owned object
     reaches its edge, so objects larger than the halo (cells) are measured whole."""
     from skimage.measure import regionprops_table
@@ -467,6 +468,8 @@ def _owned_props(plan: Plan, cls: str, ys: slice, xs: slice) -> tuple | None:
         props = regionprops_table(seq, properties=("label", "area", "centroid", "bbox"))
         owned = ((props["bbox-0"] >= oy) & (props["bbox-0"] < oy + ys.stop - ys.start)
                  & (props["bbox-1"] >= ox) & (props["bbox-1"] < ox + xs.stop - xs.start))
+        if not owned.any():
+            return None
         cut_y = region[0].stop < plan.shape[0] and bool((owned & (props["bbox-2"] == labels.shape[0])).any())
         cut_x = region[1].stop < plan.shape[1] and bool((owned & (props["bbox-3"] == labels.shape[1])).any())
         if not (cut_y or cut_x):
@@ -483,7 +486,7 @@ def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
     rows: list[tuple] = []
     for cls in plan.classes:
         found = _owned_props(plan, cls, ys, xs)
-        if found is None or not found[4].any():
+        if found is None:
             continue
         region, seq, inverse, props, owned = found
         y0, x0 = region[0].start, region[1].start

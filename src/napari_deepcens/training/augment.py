@@ -85,11 +85,8 @@ def low_resolution(image: np.ndarray, factor: float) -> np.ndarray:
     small = ndi.zoom(ndi.gaussian_filter(image, lead + (0.4 * factor,) * 2),
                      (1,) * len(lead) + (1.0 / factor,) * 2, order=1, mode="nearest", grid_mode=True)
     zoom = (size[0] / small.shape[-2], size[1] / small.shape[-1])
+    # ndi.zoom's output side is round(side · zoom): exactly ``size`` again
     back = ndi.zoom(small, (1,) * len(lead) + zoom, order=1, mode="nearest", grid_mode=True)
-    back = back[..., : size[0], : size[1]]
-    short = ((0, size[0] - back.shape[-2]), (0, size[1] - back.shape[-1]))
-    if any(s for _, s in short):
-        back = np.pad(back, ((0, 0),) * len(lead) + short, mode="edge")
     return np.ascontiguousarray(back, dtype=np.float32)
 
 
