@@ -27,6 +27,9 @@ def test_segment_writes_labels_and_skips_existing(one_image, tmp_path, capsys):
     assert main(["segment", str(image), "-o", str(out), "--device", "cpu"]) == 0
     labels = tifffile.imread(out / "cells_labels.tif")
     assert labels.shape == (256, 256) and 40 <= labels.max() <= 70
+    said = capsys.readouterr().out
+    size = float(said.split("diameter ")[1].split(" px")[0])
+    assert "estimated" in said and 7 <= size <= 13          # median of the truth: 9.4 px
     mtime = (out / "cells_labels.tif").stat().st_mtime_ns
     assert main(["segment", str(image), "-o", str(out)]) == 0
     assert "skip" in capsys.readouterr().out

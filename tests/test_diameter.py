@@ -61,3 +61,21 @@ def test_given_diameter_overrides_the_estimate(predictor):
     assert raw.scale == pytest.approx(predictor.info.median_diameter / 40.0)
     auto = predictor.predict(image)
     assert auto.estimated and auto.diameter == pytest.approx(20, rel=0.2)
+
+
+def test_sparse_textured_image_is_not_enlarged_on_fragments(predictor):
+    """Three nuclei on textured tissue (DSB2018 val bf4a61bb): only the ×4 zoom of the
+    estimate finds 'objects' (texture fragments, 2.6 px). Trusting that reading enlarged the
+    image ×7.6 and gave 811 objects; with no estimate it runs as it is."""
+    from napari_deepcens.io.images import read_image, read_labels
+    from napari_deepcens.io.layout import list_samples
+
+    from .conftest import DATA
+
+    (sample,) = list_samples(DATA / "dsb_sparse")
+    image, truth = read_image(sample.image), read_labels(sample.labels)
+    estimate = predictor.estimate_diameter(image)
+    assert list(estimate.per_zoom) == [4.0] and estimate.diameter is None
+    labels = predictor.segment(image)
+    assert labels.max() <= 6
+    assert match_image(truth, labels).counts(0.5)[0] >= 1

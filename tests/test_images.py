@@ -68,3 +68,24 @@ def test_unreadable_files(tmp_path):
     bad.write_bytes(b"II*\x00 not really a tiff")
     with pytest.raises(ImageError, match=r"cannot read broken\.tif"):
         read_image(bad)
+
+
+@pytest.mark.parametrize("dtype,mean,sigma",
+                         [(np.uint8, 100, 5), (np.uint16, 1000, 40), (np.float32, 0.2, 0.01)])
+def test_noise_only_fields_are_not_stretched_to_full_contrast(dtype, mean, sigma):
+    """Camera noise alone spans ~5 σ; stretched to [0, 1] it looks like a field of nuclei."""
+    rng = np.random.default_rng(1)
+    noise = (mean + sigma * rng.standard_normal((256, 256))).astype(dtype)
+    plane = to_plane(noise)
+    assert np.percentile(plane, 99.8) - np.percentile(plane, 1) == pytest.approx(5.2 / 12, abs=0.08)
+
+
+def test_noise_floor_leaves_images_with_objects_unchanged(fluorescence):
+    """The dimmest DSB2018 image spans 23 noise σ; spots on mild noise span far more."""
+    image, _ = fluorescence
+    noisy_spots = spots(np.uint8, 30) + np.random.default_rng(2).integers(0, 3, (64, 64)).astype(np.uint8)
+    for img in (image, noisy_spots):
+        plane = to_plane(img)
+        grey = img[..., 0] if img.ndim == 3 else img
+        lo, hi = np.percentile(grey.astype(np.float32), (1.0, 99.8))
+        np.testing.assert_allclose(plane, np.clip((grey - lo) / (hi - lo), -0.5, 1.5), atol=1e-5)

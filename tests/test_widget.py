@@ -125,3 +125,17 @@ def test_removing_the_image_frees_its_cached_maps(docked, qtbot):
     assert id(layer) in widget._raw
     viewer.layers.remove(layer)
     assert id(layer) not in widget._raw
+
+
+def test_unrecognised_object_size_is_said_and_the_image_runs_as_it_is(make_napari_viewer, qtbot):
+    """Camera noise only: no zoom finds objects, so nothing is estimated and the user is told."""
+    viewer = make_napari_viewer()
+    noise = (100 + 5 * np.random.default_rng(0).standard_normal((256, 256))).astype(np.uint8)
+    layer = viewer.add_image(noise, name="empty well")
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=layer, device="cpu")
+    run_and_wait(qtbot, widget)
+    _predictor, raw = widget._raw[id(layer)]
+    assert raw.diameter is None and raw.scale == 1.0
+    assert "not recognised" in widget.status
+    assert viewer.layers["empty well labels"].data.max() <= 2

@@ -27,7 +27,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--diameter", type=float, default=None,
-                   help="typical object diameter in pixels (default: use the image as it is)")
+                   help="typical object diameter in pixels (default: estimated per image; "
+                        "images whose objects are not recognised run as they are)")
     p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
     p.add_argument("--seed-threshold", type=float, help="watershed seed threshold")
     p.add_argument("--score-threshold", type=float,

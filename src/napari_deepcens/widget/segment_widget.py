@@ -294,6 +294,8 @@ class SegmentWidget(Container):
         seconds = time.perf_counter() - self._started
         size = f", diameter {raw.diameter:.1f} px{' (estimated)' if raw.estimated else ''}" if (
             raw.diameter) else ""
+        if not raw.diameter and self._auto_diameter.value and predictor.info.median_diameter > 0:
+            size = ", object size not recognised: run as it is (set the diameter if needed)"
         self._status.value = f"{self._count(seg)} in {seconds:.1f} s{size}"
 
     def _forget_layer(self, event) -> None:
