@@ -1,6 +1,7 @@
 """The ``deepcens`` command line, end to end on real images."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,27 @@ def test_centerunet_writes_boxes_csv_and_evaluate_reports_box_ap(tmp_path, capsy
     header, overall = table.splitlines()[0].split(), table.splitlines()[1].split()
     assert "box_AP@0.5" in header
     assert float(overall[header.index("box_AP@0.5")]) > 0.5
+
+
+def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
+    """``tune`` picks thresholds with each image at its estimated size; the metrics it stores
+    must be those of the new file run end to end (the estimate itself uses the thresholds)."""
+    import json
+
+    from napari_deepcens.training.loop import SEARCH
+
+    tuned = tmp_path / "tuned.safetensors"
+    bundled = next((Path(__file__).parents[1] / "src/napari_deepcens/weights").glob("unet_*.safetensors"))
+    assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned), "--confirm", "2",
+                 "--device", "cpu"]) == 0
+    _model, info = load_weights(tuned)
+    assert info.thresholds in [p.to_dict() for p in SEARCH["unet"]]
+    out = tmp_path / "pred"
+    assert main(["segment", *map(str, sorted(DSB_VAL.glob("*/image.png"))), "-o", str(out),
+                 "--weights", str(tuned), "--device", "cpu"]) == 0
+    assert main(["evaluate", str(DSB_VAL), str(out), "--json", str(tmp_path / "m.json")]) == 0
+    measured = json.loads((tmp_path / "m.json").read_text())["overall"]
+    assert info.metrics["val"]["DSB"] == pytest.approx(measured["DSB"], abs=1e-6)
+    assert info.metrics["val"]["AP@0.5"] == pytest.approx(measured["AP@0.5"], abs=1e-6)
+    assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned)]) != 0   # never overwritten
+    assert "exists" in capsys.readouterr().err

@@ -79,3 +79,15 @@ def test_sparse_textured_image_is_not_enlarged_on_fragments(predictor):
     labels = predictor.segment(image)
     assert labels.max() <= 6
     assert match_image(truth, labels).counts(0.5)[0] >= 1
+
+
+def test_minimum_size_follows_the_zoom_with_a_floor_of_three_pixels():
+    from napari_deepcens.inference.predictor import params_at_scale
+    from napari_deepcens.postprocess.params import PostprocessParams
+
+    tuned = PostprocessParams(min_size=10)
+    assert params_at_scale(tuned, 1.0).min_size == 10
+    assert params_at_scale(tuned, 0.5).min_size == 40         # objects 2x larger than trained
+    assert params_at_scale(tuned, 1.5).min_size == 4
+    assert params_at_scale(tuned, 4.0).min_size == 3          # not 1: single-pixel specks go
+    assert params_at_scale(PostprocessParams(min_size=1), 4.0).min_size == 1   # a choice kept

@@ -89,6 +89,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="new weights file (the input is never modified)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--confirm", type=int, default=3,
+                   help="run the N best threshold sets again end to end, each with its own size "
+                        "estimate, and keep the best (default 3; each costs one pass over val)")
 
 
 def _add_napari(sub: argparse._SubParsersAction) -> None:

@@ -235,7 +235,8 @@ def run_tune(args: argparse.Namespace) -> int:
         raise DeepCeNSError(f"{args.output} exists: choose a new file name")
     model, info = load_weights(args.weights)
     items = [item for folder in args.val for item in load_folder(folder)]
-    metrics, params = validate(model, info, items, resolve_device(args.device))
+    metrics, params = validate(model, info, items, resolve_device(args.device), estimate=True,
+                               confirm=args.confirm)
     info.thresholds = params.to_dict()
     info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
     save_weights(args.output, model, info)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..errors import DeepCeNSError
 from ..evaluation.metrics import match_image, summarize
 from ..inference.device import resolve_device
-from ..inference.predictor import Predictor
+from ..inference.predictor import Predictor, params_at_scale
 from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
 from ..postprocess.params import PostprocessParams
@@ -81,24 +81,45 @@ def _matches(item: AnnotatedImage, seg) -> list:
             if name in predicted]
 
 
+def _score(predictor: Predictor, items: list[AnnotatedImage], raws: list,
+           params: PostprocessParams) -> dict[str, float]:
+    matches = [m for item, raw in zip(items, raws, strict=True)
+               for m in _matches(item, predictor.instances(raw, params_at_scale(params, raw.scale)))]
+    return summarize(matches)
+
+
 def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedImage],
-              device: torch.device) -> tuple[dict[str, float], PostprocessParams]:
+             device: torch.device, estimate: bool = False,
+             confirm: int = 1) -> tuple[dict[str, float], PostprocessParams]:
     """Whole-pipeline metrics on ``items`` with the thresholds that score best on them
     (best DSB score over :data:`SEARCH`; the network runs once per image). With several
-    classes, each image's classes are matched class by class and pooled."""
+    classes, each image's classes are matched class by class and pooled.
+
+    ``estimate``: each image runs at its estimated object size, as users run it
+    (``deepcens tune``); during training, images run as they are. The estimate itself runs
+    the network with the stored thresholds, so new thresholds can move it: the ``confirm``
+    best candidates are then run again end to end with their own thresholds stored, and the
+    best of those is returned with the metrics a user will get.
+    """
     model.eval()
     predictor = Predictor(model, info, device=device)
-    raws = [predictor.predict(item.plane, estimate=False, normalised=True) for item in items]
-    best: tuple[float, dict, PostprocessParams] | None = None
-    for params in SEARCH[info.model]:
-        matches = [m for item, raw in zip(items, raws, strict=True)
-                   for m in _matches(item, predictor.instances(raw, params))]
-        summary = summarize(matches)
-        if best is None or summary["DSB"] > best[0]:
-            best = (summary["DSB"], summary, params)
+    raws = [predictor.predict(item.plane, estimate=estimate, normalised=True) for item in items]
+    ranked = sorted(((_score(predictor, items, raws, params), params) for params in SEARCH[info.model]),
+                    key=lambda pair: -pair[0]["DSB"])
+    best = ranked[0]
+    if estimate:
+        best = None
+        for _summary, params in ranked[:max(confirm, 1)]:
+            trial = Predictor(model, replace(info, thresholds=params.to_dict()), device=device)
+            raws = [trial.predict(item.plane, normalised=True) for item in items]
+            summary = _score(trial, items, raws, params)
+            log.info("end to end with %s: AP@0.5 %.3f DSB %.3f", params.to_dict(), summary["AP@0.5"],
+                     summary["DSB"])
+            if best is None or summary["DSB"] > best[0]["DSB"]:
+                best = (summary, params)
     model.train().to(memory_format=torch.contiguous_format)
     assert best is not None
-    return best[1], best[2]
+    return best[0], best[1]
 
 
 def detection_data_config(items: list[AnnotatedImage]) -> dict:
