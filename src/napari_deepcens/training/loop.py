@@ -109,10 +109,13 @@ def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedIma
     best = ranked[0]
     if estimate:
         best = None
-        for _summary, params in ranked[:max(confirm, 1)]:
-            trial = Predictor(model, replace(info, thresholds=params.to_dict()), device=device)
-            raws = [trial.predict(item.plane, normalised=True) for item in items]
-            summary = _score(trial, items, raws, params)
+        for first_pass, params in ranked[:max(confirm, 1)]:
+            if params == PostprocessParams.from_dict(info.thresholds):
+                summary = first_pass  # estimated with these very thresholds already
+            else:
+                trial = Predictor(model, replace(info, thresholds=params.to_dict()), device=device)
+                summary = _score(trial, items, [trial.predict(item.plane, normalised=True)
+                                                for item in items], params)
             log.info("end to end with %s: AP@0.5 %.3f DSB %.3f", params.to_dict(), summary["AP@0.5"],
                      summary["DSB"])
             if best is None or summary["DSB"] > best[0]["DSB"]:
