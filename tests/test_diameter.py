@@ -91,3 +91,29 @@ def test_minimum_size_follows_the_zoom_with_a_floor_of_three_pixels():
     assert params_at_scale(tuned, 1.5).min_size == 4
     assert params_at_scale(tuned, 4.0).min_size == 3          # not 1: single-pixel specks go
     assert params_at_scale(PostprocessParams(min_size=1), 4.0).min_size == 1   # a choice kept
+
+
+def test_tiny_nuclei_seen_only_when_enlarged_are_confirmed_and_kept():
+    """Val 68f833de shrunk ×0.25: nuclei of 2.3 px that only the ×4 zoom of CenterUNet finds.
+    The reading is checked at the zoom it asks for (~×7.6), where real nuclei appear whole at
+    the training size, and is kept (the textured image above fails the same check)."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_deepcens import Predictor
+    from napari_deepcens.io.images import read_image, read_labels
+    from napari_deepcens.io.layout import list_samples
+    from napari_deepcens.training.dataset import object_diameters
+
+    from .conftest import DATA
+
+    (sample,) = list_samples(DATA / "dsb_tiny")
+    predictor = Predictor.from_name("centerunet", device="cpu")
+    plane = torch.from_numpy(predictor.prepare(read_image(sample.image)))[None, None]
+    small = F.interpolate(plane, size=(64, 64), mode="bilinear", align_corners=False)[0, 0].numpy()
+    labels = F.interpolate(torch.from_numpy(read_labels(sample.labels).astype(np.float32))[None, None],
+                           size=(64, 64), mode="nearest-exact")[0, 0].numpy().astype(int)
+    true = float(np.median(object_diameters(labels)))
+    estimate = predictor.estimate_diameter(small, normalised=True)
+    assert list(estimate.per_zoom) == [4.0]                  # no two zooms to agree
+    assert estimate.diameter == pytest.approx(true, rel=0.2)

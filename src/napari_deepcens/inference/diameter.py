@@ -20,6 +20,10 @@ import numpy as np
 #: Zooms tried, from upsampling ×4 (4 px nuclei → 16 px) to downsampling ×¼ (100 px → 25 px).
 ZOOMS = (4.0, 2.0, 1.0, 0.5, 0.25)
 MIN_OBJECTS = 3
+#: A reading that only enlarging zooms give is checked at the zoom it implies (at most this);
+#: it stands if the check finds objects of the same physical size, within this factor.
+MAX_CHECK_ZOOM = 12.0
+CHECK_TOLERANCE = 1.5
 
 
 @dataclass
@@ -51,15 +55,21 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
 
     train = predictor.info.median_diameter
     params = predictor.default_params()
-    per_zoom: dict[float, tuple[float, int]] = {}
-    for zoom in ZOOMS:
+
+    def reading(zoom: float) -> tuple[float, int] | None:
+        """(median physical diameter, count) of what the network finds at ``zoom``."""
         crop = _centre_crop(plane, math.ceil(budget / zoom))
         size = (max(round(crop.shape[-2] * zoom), 32), max(round(crop.shape[-1] * zoom), 32))
         work = resize(crop, size)
         raw = predictor.predict(work, diameter=None, estimate=False, normalised=True)
         found = _diameters(predictor.postprocess(raw, params))
-        if found.size >= MIN_OBJECTS:
-            per_zoom[zoom] = (float(np.median(found)) / zoom, int(found.size))
+        return (float(np.median(found)) / zoom, int(found.size)) if found.size >= MIN_OBJECTS else None
+
+    per_zoom: dict[float, tuple[float, int]] = {}
+    for zoom in ZOOMS:
+        found = reading(zoom)
+        if found is not None:
+            per_zoom[zoom] = found
     best: tuple[float, float] | None = None
     zooms = [z for z in ZOOMS if z in per_zoom]
     for a, b in itertools.pairwise(zooms):
@@ -74,12 +84,16 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
             best = (cost, math.sqrt(da * db))
     if best is None and per_zoom:
         # No two neighbouring zooms agree. Take the reading of the most shrinking zoom: large
-        # objects are still seen whole there (val ×4: 26 of 63 images end here), whereas
-        # readings that only enlarging zooms give are fragments of texture or noise (val
-        # bf4a61bb, three nuclei on textured tissue: "2.6 px" → 811 objects). Those give no
-        # estimate: the image runs as it is.
+        # objects are still seen whole there (val ×4: 26 of 63 images end here).
         zoom = min(per_zoom)
+        diameter = per_zoom[zoom][0]
         if zoom > 1.0:
-            return DiameterEstimate(None, per_zoom)
-        return DiameterEstimate(per_zoom[zoom][0], per_zoom)
+            # Only enlarging zooms found anything: tiny objects (val ×0.25, 2.3 px nuclei) or
+            # fragments of texture or noise (val bf4a61bb, three nuclei on textured tissue:
+            # "2.6 px" → 811 objects). Look once more at the zoom the reading asks for: real
+            # objects then appear at the training size, fragments do not.
+            check = reading(min(train / diameter, MAX_CHECK_ZOOM))
+            if check is None or abs(math.log(check[0] / diameter)) > math.log(CHECK_TOLERANCE):
+                return DiameterEstimate(None, per_zoom)
+        return DiameterEstimate(diameter, per_zoom)
     return DiameterEstimate(best[1] if best else None, per_zoom)
