@@ -6,7 +6,8 @@ what it finds, converted back to original pixels. Where the zoom suits the objec
 zooms agree on that physical size (a plateau); where it does not, they disagree (fragments look
 small at high zoom, merged clusters look big at low zoom). The estimate is the size on which two
 neighbouring zooms agree best, weighted towards zooms whose detections sit near the training
-size. Cost is bounded: every pass sees at most ``budget``² model pixels.
+size. Cost is bounded: every pass sees at most ``budget``² model pixels (one check pass,
+when only enlarging zooms found objects, (2·``budget``)²).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
     train = predictor.info.median_diameter
     params = predictor.default_params()
 
-    def reading(zoom: float) -> tuple[float, int] | None:
+    def reading(zoom: float, side: int = budget) -> tuple[float, int] | None:
         """(median physical diameter, count) of what the network finds at ``zoom``."""
-        crop = _centre_crop(plane, math.ceil(budget / zoom))
+        crop = _centre_crop(plane, math.ceil(side / zoom))
         size = (max(round(crop.shape[-2] * zoom), 32), max(round(crop.shape[-1] * zoom), 32))
         work = resize(crop, size)
         raw = predictor.predict(work, diameter=None, estimate=False, normalised=True)
@@ -90,9 +91,10 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
         if zoom > 1.0:
             # Only enlarging zooms found anything: tiny objects (val ×0.25, 2.3 px nuclei) or
             # fragments of texture or noise (val bf4a61bb, three nuclei on textured tissue:
-            # "2.6 px" → 811 objects). Look once more at the zoom the reading asks for: real
-            # objects then appear at the training size, fragments do not.
-            check = reading(min(train / diameter, MAX_CHECK_ZOOM))
+            # "2.6 px" → 811 objects). Look once more at the zoom the reading asks for, on a
+            # crop twice as wide (sparse images: 5 nuclei in all): real objects then appear
+            # at the same physical size, fragments do not.
+            check = reading(min(train / diameter, MAX_CHECK_ZOOM), side=2 * budget)
             if check is None or abs(math.log(check[0] / diameter)) > math.log(CHECK_TOLERANCE):
                 return DiameterEstimate(None, per_zoom)
         return DiameterEstimate(diameter, per_zoom)
