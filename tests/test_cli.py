@@ -1,13 +1,13 @@
 """The ``deepcens`` command line, end to end on real images."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
 from napari_deepcens.cli import main
+from napari_deepcens.models.registry import bundled_weights
 from napari_deepcens.models.weights import load_weights
 
 from .conftest import DSB_VAL
@@ -133,7 +133,7 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     from napari_deepcens.training.loop import SEARCH
 
     tuned = tmp_path / "tuned.safetensors"
-    bundled = next((Path(__file__).parents[1] / "src/napari_deepcens/weights").glob("unet_*.safetensors"))
+    bundled = bundled_weights("unet")
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned), "--confirm", "2",
                  "--device", "cpu"]) == 0
     _model, info = load_weights(tuned)

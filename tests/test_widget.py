@@ -136,6 +136,6 @@ def test_unrecognised_object_size_is_said_and_the_image_runs_as_it_is(make_napar
     widget.set_options(image=layer, device="cpu")
     run_and_wait(qtbot, widget)
     _predictor, raw = widget._raw[id(layer)]
-    assert raw.diameter is None and raw.scale == 1.0
+    assert raw.diameter is None and raw.scale == 1.0 and raw.size_unrecognised
     assert "not recognised" in widget.status
     assert viewer.layers["empty well labels"].data.max() <= 2

@@ -101,7 +101,8 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             written = write_segmentation(args.output, stem, seg, overwrite=args.overwrite)
             counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
             size = (f"diameter {raw.diameter:.1f} px{' estimated' if raw.estimated else ''}"
-                    if raw.diameter else "image as it is")
+                    if raw.diameter else "object size not recognised: image as it is"
+                    if raw.size_unrecognised else "image as it is")
             tqdm.write(f"{path.name}: {counts} ({size}) -> {written[-1].parent}")
         except DeepCeNSError as exc:
             failures.append((path, str(exc)))

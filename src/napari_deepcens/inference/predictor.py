@@ -63,6 +63,8 @@ class RawOutput:
     scale: float = 1.0
     diameter: float | None = None
     estimated: bool = False
+    #: The size was to be estimated but no objects were recognised: the image ran as it is.
+    size_unrecognised: bool = False
     meta: dict = field(default_factory=dict)
 
 
@@ -256,11 +258,12 @@ class Predictor:
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
-        estimated = False
+        estimated = unrecognised = False
         if diameter is None and estimate and self.info.median_diameter > 0:
             found = self.estimate_diameter(plane, normalised=True).diameter
             if found is not None:
                 diameter, estimated = found, True
+            unrecognised = found is None
         scale = self.scale_for(diameter)
         if estimated and abs(np.log(scale)) < np.log(SNAP):
             scale = 1.0
@@ -282,7 +285,8 @@ class Predictor:
             if scale != 1.0:
                 dets["boxes"] = dets["boxes"] / np.float32(scale)
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
-                             estimated=estimated, meta={"model": self.model_name, "kind": "detection"})
+                             estimated=estimated, size_unrecognised=unrecognised,
+                             meta={"model": self.model_name, "kind": "detection"})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -303,6 +307,7 @@ class Predictor:
             scale=scale,
             diameter=diameter,
             estimated=estimated,
+            size_unrecognised=unrecognised,
             meta={"model": self.model_name},
         )
 

@@ -294,7 +294,7 @@ class SegmentWidget(Container):
         seconds = time.perf_counter() - self._started
         size = f", diameter {raw.diameter:.1f} px{' (estimated)' if raw.estimated else ''}" if (
             raw.diameter) else ""
-        if not raw.diameter and self._auto_diameter.value and predictor.info.median_diameter > 0:
+        if raw.size_unrecognised:
             size = ", object size not recognised: run as it is (set the diameter if needed)"
         self._status.value = f"{self._count(seg)} in {seconds:.1f} s{size}"
 
