@@ -4,7 +4,8 @@ Prints:
 * seconds per megapixel of ``Predictor.segment`` (network + watershed) on a real image tiled
   up to ~4 MP (no diameter estimate, and with it),
 * the live re-post-processing time on a 1024×1024 image (what a slider move costs),
-* peak resident memory of a whole 4096×4096 segmentation, measured in a fresh process.
+* peak resident memory of a whole 4096×4096 segmentation, measured in a fresh process (and the
+  peak GPU memory torch allocated, with ``--device cuda``).
 
     python bench/bench_speed.py [--threads 2] [--model unet] [--weights FILE] [--device cpu]
 """
@@ -45,8 +46,9 @@ def peak_memory_child(model: str, side: int, threads: int, weights: str | None, 
     labels = predictor.segment(image, estimate=False)
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gpu_gb = torch.cuda.max_memory_allocated() / 1024**3 if predictor.device.type == "cuda" else 0.0
     print(json.dumps({"side": side, "objects": int(labels.max()), "seconds": seconds,
-                      "peak_gb": peak_kb / 1024**2}))
+                      "peak_gb": peak_kb / 1024**2, "gpu_peak_gb": gpu_gb}))
 
 
 def main() -> None:
@@ -72,6 +74,8 @@ def main() -> None:
     print(f"{args.model} on {predictor.device}, {args.threads} threads")
     image = mosaic(2048)
     predictor.segment(image[:1024, :1024], estimate=False)  # warm-up: oneDNN builds kernels per shape
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize()
     mp = image.size / 1e6
     for estimate in (False, True):
         t0 = time.perf_counter()
@@ -97,8 +101,9 @@ def main() -> None:
                           "--memory-side", str(args.memory_side)],
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    gpu = f", GPU peak {res['gpu_peak_gb']:.2f} GB" if res.get("gpu_peak_gb") else ""
     print(f"whole {res['side']}x{res['side']} segmentation: {res['seconds']:.1f} s, "
-          f"peak memory {res['peak_gb']:.2f} GB, {res['objects']} objects")
+          f"peak memory {res['peak_gb']:.2f} GB{gpu}, {res['objects']} objects")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="DeepCeNS input channels: 1 grey, 3 colour stains (default: 3 for COCO data)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes preparing training crops (default 0; a GPU wants several)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
 

@@ -203,7 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise DeepCeNSError("the training and validation data have different classes")
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         augment=AugmentConfig(crop=args.crop))
+                         workers=args.workers, augment=AugmentConfig(crop=args.crop))
     if args.model == "deepcens":
         model_config = {"backbone": args.backbone}
     else:

@@ -45,6 +45,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    #: Processes preparing crops beside the training one (0: in the training process). A GPU
+    #: needs several to be kept busy; on CPU they only compete with the network for cores.
+    workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
@@ -232,7 +235,8 @@ def train_iter(
         config = replace(config, batch_size=2)
     loss_fn = LOSSES.get(model_name)
     crops = RandomCrops(train_items, config.augment, seed=config.seed + start_epoch, model=model_name)
-    loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=0,
+    loader = iter(DataLoader(crops, batch_size=config.batch_size, num_workers=config.workers,
+                             persistent_workers=config.workers > 0,
                              collate_fn=collate_detection if detection else None))
     step = start_epoch * config.steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
