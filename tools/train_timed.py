@@ -26,10 +26,9 @@ import torch
 def run(args: argparse.Namespace) -> None:
     from napari_deepcens.commands import load_training_data
     from napari_deepcens.inference.device import resolve_device
-    from napari_deepcens.models.registry import build_model
     from napari_deepcens.models.weights import load_weights, save_weights
     from napari_deepcens.training.augment import AugmentConfig
-    from napari_deepcens.training.loop import TrainConfig, train_iter, transfer_matching, validate
+    from napari_deepcens.training.loop import TrainConfig, grow, train_iter, validate
 
     deadline = time.monotonic() + 60 * args.minutes
     # fixed crop shapes: let cuDNN pick its kernels once (the detector's RoI counts vary)
@@ -44,15 +43,9 @@ def run(args: argparse.Namespace) -> None:
     else:
         model_config = {"base_channels": args.base_channels, "depth": args.depth}
     if args.grow_from is not None:
-        # a deeper backbone started from trained weights: every tensor whose name and shape
-        # match is copied; timm zero-initialises the last norm of each residual block, so the
-        # added blocks start as identities and the network starts as the smaller one
-        source, info = load_weights(args.grow_from)
-        model = build_model(info.model, {**info.config, **model_config})
-        copied = transfer_matching(source, model)
-        print(json.dumps({"grown_from": str(args.grow_from), "copied_tensors": copied,
-                          "tensors": len(model.state_dict())}), flush=True)
-        info.config = model.config.to_dict()
+        # a deeper backbone that starts as the trained smaller one (training.loop.grow)
+        model, info = grow(*load_weights(args.grow_from), model_config)
+        print(json.dumps({"grown_from": str(args.grow_from), "config": info.config}), flush=True)
         args.init = args.output.with_name(args.output.stem + "_grown.safetensors")
         save_weights(args.init, model, info, half=False)
     base = TrainConfig(epochs=1, steps_per_epoch=args.probe_steps, batch_size=args.batch_size,

@@ -161,6 +161,20 @@ def transfer_matching(source: torch.nn.Module, target: torch.nn.Module) -> int:
     return len(matched)
 
 
+def grow(source: torch.nn.Module, info: WeightsInfo,
+         overrides: dict) -> tuple[torch.nn.Module, WeightsInfo]:
+    """A larger network of the same kind (e.g. a deeper ResNeSt) started from trained weights.
+
+    Every tensor whose name and shape match is copied. timm zero-initialises the last norm of
+    each residual block, so the blocks the larger backbone adds start as identities and the
+    grown network computes what the trained one did: training continues from there instead of
+    from scratch.
+    """
+    model = build_model(info.model, {**info.config, **overrides})
+    transfer_matching(source, model)
+    return model, replace(info, config=model.config.to_dict())
+
+
 def train_iter(
     train_items: list[AnnotatedImage],
     output: str | Path,

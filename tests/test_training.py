@@ -1,0 +1,52 @@
+"""Training plumbing: loader worker processes and growing a trained network."""
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from napari_deepcens.cli import main
+from napari_deepcens.io.images import read_image
+from napari_deepcens.models.registry import bundled_weights
+from napari_deepcens.models.weights import load_weights
+from napari_deepcens.training.augment import AugmentConfig
+from napari_deepcens.training.dataset import RandomCrops, load_folder
+from napari_deepcens.training.loop import grow
+
+from .conftest import DSB_VAL
+
+
+def test_loader_workers_serve_different_crops():
+    """Each worker process draws its own random stream: with one shared seed, every worker
+    would serve the same crops and a GPU run would see each crop several times."""
+    crops = RandomCrops(load_folder(DSB_VAL), AugmentConfig(crop=64), seed=3)
+    loader = iter(DataLoader(crops, batch_size=1, num_workers=2))
+    (a, _), (b, _) = next(loader), next(loader)  # one from each worker
+    assert a.shape == b.shape == (1, 1, 64, 64)
+    assert not torch.equal(a, b)
+
+
+def test_train_with_worker_processes(tmp_path):
+    out = tmp_path / "w.safetensors"
+    assert main(["train", str(DSB_VAL), "-o", str(out), "--epochs", "1", "--steps-per-epoch", "3",
+                 "--batch-size", "2", "--crop", "64", "--base-channels", "4", "--depth", "2",
+                 "--workers", "2", "--device", "cpu"]) == 0
+    _model, info = load_weights(out)
+    assert info.training["workers"] == 2 and info.training["steps_per_epoch"] == 3
+
+
+def test_grown_deepcens_starts_as_the_trained_one():
+    """A deeper ResNeSt grown from the bundled DeepCeNS detects exactly what it detects."""
+    small, info = load_weights(bundled_weights("deepcens"))
+    big, big_info = grow(small, info, {"backbone": "resnest26d"})
+    assert big_info.config["backbone"] == "resnest26d" and info.config["backbone"] == "resnest14d"
+    assert sum(p.numel() for p in big.parameters()) > 1.1 * sum(p.numel() for p in small.parameters())
+    sample = next(p for p in DSB_VAL.iterdir() if p.name.startswith("0bda"))
+    plane = read_image(sample / "image.png").astype(np.float32)
+    plane = plane.mean(axis=-1) if plane.ndim == 3 else plane
+    x = torch.from_numpy((plane[:128, :128] - plane.min()) / (np.ptp(plane) or 1))[None, None]
+    with torch.no_grad():
+        a = small.eval()(x)[0]
+        b = big.eval()(x)[0]
+    assert len(a["boxes"]) >= 5
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
+    assert torch.allclose(a["scores"], b["scores"], atol=1e-4)
