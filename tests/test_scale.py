@@ -252,6 +252,31 @@ def test_normalisation_is_global_and_survives_empty_coarse_levels(tmp_path, mosa
     assert np.allclose(exact.apply(mosaic[100:200, 50:300]), to_plane(mosaic)[100:200, 50:300], atol=1e-5)
 
 
+def test_noise_field_is_not_stretched_on_the_chunked_path(tmp_path, monkeypatch):
+    """An empty well (camera noise only) keeps the in-memory noise floor when chunked: the
+    range spans at least 12 noise σ, exactly as ``to_plane`` maps it on a small image and
+    within 10 % from level-0 rows on a large pyramid."""
+    from napari_deepcens.io.images import MIN_RANGE_SIGMAS, to_plane
+    from napari_deepcens.scale import chunked
+
+    rng = np.random.default_rng(0)
+    noise = (100 + 5 * rng.standard_normal((700, 900))).clip(0, 255).astype(np.uint8)
+    exact = chunked.global_normalisation(from_array(noise))
+    assert exact.hi[0] - exact.lo[0] >= MIN_RANGE_SIGMAS * 5 * 0.9
+    assert np.allclose(exact.apply(noise), to_plane(noise), atol=1e-5)
+    create_store(tmp_path / "n.zarr", noise.shape, noise.dtype, [], 128)
+    group = zarr.open_group(str(tmp_path / "n.zarr"), mode="r+")
+    for name in sorted(k for k in group.array_keys() if k.isdigit()):    # pyramid levels
+        level = group[name]
+        f = -(-noise.shape[0] // level.shape[0])
+        level[:] = noise[::f, ::f][: level.shape[0], : level.shape[1]]
+    assert len([k for k in group.array_keys() if k.isdigit()]) >= 3
+    monkeypatch.setattr(chunked, "SAMPLE_PIXELS", 20_000)                   # prefers a coarse level
+    monkeypatch.setattr(chunked, "EXACT_SAMPLE_BYTES", 0)
+    coarse = chunked.global_normalisation(open_lazy(tmp_path / "n.zarr"))
+    assert coarse.hi[0] - coarse.lo[0] == pytest.approx(exact.hi[0] - exact.lo[0], rel=0.1)
+
+
 class MaskOracle:
     """A stand-in two-class model for the chunked plumbing: channel 0 holds the cells and
     channel 1 the nuclei of real U2OS annotations (objects separated by their borders), and

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 SAMPLE_PIXELS = 4_000_000
 #: Up to this much level-0 data, the percentile sample is exactly the in-memory path's.
 EXACT_SAMPLE_BYTES = 4 * 2**30
+#: Rows of level 0 read for the noise level of a large image, and how much of each.
+NOISE_ROWS = 64
+NOISE_WIDTH = 8192
 #: Side of the central crop the object size is estimated on.
 ESTIMATE_CROP = 1024
 #: Largest network input side for one block (bounds the memory of a worker).
@@ -167,8 +170,9 @@ class Normalisation:
         return np.stack(planes).astype(np.float32)
 
 
-def _sample(image: LazyImage, coarse: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(values for the percentiles, a 2-D ~512² grid of pixels for the bright/dark decision).
+def _sample(image: LazyImage, coarse: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values for the percentiles, a 2-D ~512² grid of pixels for the bright/dark decision,
+    whole rows of level 0 for the noise level).
 
     Up to :data:`EXACT_SAMPLE_BYTES` of level 0, exactly the pixels the in-memory path samples
     (every k-th pixel in raster order; the image is read once, chunk by chunk), so chunked and
@@ -183,32 +187,56 @@ def _sample(image: LazyImage, coarse: bool = True) -> tuple[np.ndarray, np.ndarr
     h, w = level.shape[:2]
     grid = level[:: max(1, h // 512), :: max(1, w // 512)]
     if not coarse or level.nbytes <= EXACT_SAMPLE_BYTES or not image.multiscale:
+        rows = level[:: max(1, h // 512)]  # the rows the in-memory noise estimate reads
         with dask.config.set({"array.rechunk.method": "tasks"}):  # here, not on a cluster's P2P
             flat = level.reshape((-1, *level.shape[2:]))
-            values, grid = dask.compute(flat[:: flat.shape[0] // SAMPLE_PIXELS + 1], grid,
-                                        scheduler="threads")
-        return np.asarray(values), np.asarray(grid)
+            values, grid, rows = dask.compute(flat[:: flat.shape[0] // SAMPLE_PIXELS + 1], grid,
+                                              rows, scheduler="threads")
+        return np.asarray(values), np.asarray(grid), np.asarray(rows)
+    # noise needs neighbouring pixels: NOISE_ROWS whole rows of level 0 (up to NOISE_WIDTH wide)
+    picks = np.unique(np.linspace(0, h - 1, NOISE_ROWS).astype(int))
+    rows = level[picks][:, :NOISE_WIDTH]
     for candidate in image.levels[1:]:
         if candidate.shape[0] * candidate.shape[1] >= SAMPLE_PIXELS:
             level = candidate
     step = max(1, math.ceil(math.sqrt(level.shape[0] * level.shape[1] / SAMPLE_PIXELS)))
-    values, grid = dask.compute(level[::step, ::step], grid, scheduler="threads")
-    return np.asarray(values).reshape((-1, *level.shape[2:])), np.asarray(grid)
+    values, grid, rows = dask.compute(level[::step, ::step], grid, rows, scheduler="threads")
+    return np.asarray(values).reshape((-1, *level.shape[2:])), np.asarray(grid), np.asarray(rows)
 
 
 def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | None = None) -> Normalisation:
     """Percentiles (and whether objects are dark) for the whole image, from one sample."""
     try:
-        return _normalisation(*_sample(image), channels, invert)
+        values, grid, rows = _sample(image)
+        return _normalisation(values, grid, channels, invert, rows)
     except ImageError:
         if not image.multiscale:
             raise
         log.warning("%s: the coarse pyramid levels look empty; sampling level 0", image.name)
-        return _normalisation(*_sample(image, coarse=False), channels, invert)
+        values, grid, rows = _sample(image, coarse=False)
+        return _normalisation(values, grid, channels, invert, rows)
 
 
-def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: bool | None) -> Normalisation:
-    """``sample``: (n,) or (n, C) pixel values; ``grid``: (h, w[, C]) pixels."""
+def _noise_floor(lo: float, hi: float, rows: np.ndarray | None) -> float:
+    """``hi`` widened to at least MIN_RANGE_SIGMAS noise σ above ``lo``, as ``to_plane`` does,
+    so that a field of camera noise alone is not stretched into 'objects'."""
+    from ..io.images import MIN_RANGE_SIGMAS, noise_sigma
+
+    if rows is None or hi <= lo:
+        return hi
+    finite = np.isfinite(rows) if np.issubdtype(rows.dtype, np.floating) else None
+    sigma = noise_sigma(rows.astype(np.float32, copy=False), finite)
+    if hi - lo < MIN_RANGE_SIGMAS * sigma:
+        log.info("image contrast is only %.1f noise σ: treated as a field without objects",
+                 (hi - lo) / sigma)
+        return lo + MIN_RANGE_SIGMAS * sigma
+    return hi
+
+
+def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: bool | None,
+                   rows: np.ndarray | None = None) -> Normalisation:
+    """``sample``: (n,) or (n, C) pixel values; ``grid``: (h, w[, C]) pixels; ``rows``:
+    (r, w[, C]) whole rows of pixels, for the noise level (``None``: no noise floor)."""
     from ..io.images import PERCENTILES
 
     if channels == 1:
@@ -224,6 +252,9 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
         if values.size == 0:
             raise ImageError("image contains no finite values (all NaN or infinite)")
         lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+        if rows is not None:
+            grey = Normalisation((0.0,), (1.0,), False, 1, luminance)._grey(rows)
+            hi = _noise_floor(lo, hi, grey)
         if hi <= lo:
             lo, hi = float(values.min()), float(values.max())
             if hi <= lo:
@@ -240,6 +271,9 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
         if ch.size == 0:
             raise ImageError("image contains no finite values (all NaN or infinite)")
         lo, hi = (float(v) for v in np.percentile(ch, PERCENTILES))
+        if rows is not None:
+            rgb_rows = rows[..., :3] if rows.ndim == 3 else rows[..., None]
+            hi = _noise_floor(lo, hi, rgb_rows[..., min(c, rgb_rows.shape[-1] - 1)])
         if hi <= lo:
             lo, hi = float(ch.min()), float(ch.max())
         los.append(lo)
