@@ -87,7 +87,8 @@ def _matches(item: AnnotatedImage, seg) -> list:
 def _score(predictor: Predictor, items: list[AnnotatedImage], raws: list,
            params: PostprocessParams) -> dict[str, float]:
     matches = [m for item, raw in zip(items, raws, strict=True)
-               for m in _matches(item, predictor.instances(raw, params_at_scale(params, raw.scale)))]
+               for m in _matches(item, predictor.instances(raw, params_at_scale(
+                   params, raw.scale, detection=predictor.kind == "detection")))]
     return summarize(matches)
 
 
