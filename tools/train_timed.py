@@ -4,7 +4,8 @@ The step count is set from the speed of a short probe run on the same data, load
 so the one-cycle schedule anneals just before the time is up. The weights are written without
 validation first (so a failure later loses nothing); then, when ``--val`` is given, the whole
 pipeline is validated at the training scale, the best thresholds are stored in the weights and
-the metrics printed as one JSON line.
+the metrics printed as one JSON line. One grey input channel, as the bundled DSB2018 models
+(multi-class colour DeepCeNS models: ``deepcens train``).
 
     python tools/train_timed.py DATA -o OUT.safetensors --model unet --minutes 5 --workers 4 \
         [--init W | --grow-from W] [--val VAL] [--batch-size 16] [--crop 256] [--lr 1e-3] [--base-channels 12]

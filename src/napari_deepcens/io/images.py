@@ -125,13 +125,21 @@ def _percentiles(plane: np.ndarray, finite: np.ndarray | None) -> tuple[float, f
     if values.size > _PERCENTILE_SAMPLE:
         values = values[:: values.size // _PERCENTILE_SAMPLE + 1]
     lo, hi = np.percentile(values, PERCENTILES)
-    if hi > lo:
-        sigma = noise_sigma(plane, finite)
-        if hi - lo < MIN_RANGE_SIGMAS * sigma:
-            log.info("image contrast is only %.1f noise σ: treated as a field without objects",
-                     (hi - lo) / sigma)
-            hi = lo + MIN_RANGE_SIGMAS * sigma
-    return float(lo), float(hi)
+    return float(lo), widen_to_noise(float(lo), float(hi), plane, finite)
+
+
+def widen_to_noise(lo: float, hi: float, plane: np.ndarray, finite: np.ndarray | None = None) -> float:
+    """``hi`` widened to at least :data:`MIN_RANGE_SIGMAS` noise σ of ``plane`` above ``lo``,
+    so that a field of camera noise alone is not stretched into 'objects' (``plane``: whole
+    rows of pixels; the chunked path passes rows of a huge image)."""
+    if hi <= lo:
+        return hi
+    sigma = noise_sigma(plane, finite)
+    if hi - lo < MIN_RANGE_SIGMAS * sigma:
+        log.info("image contrast is only %.1f noise σ: treated as a field without objects",
+                 (hi - lo) / sigma)
+        return lo + MIN_RANGE_SIGMAS * sigma
+    return hi
 
 
 def to_plane(image: np.ndarray, invert: bool | None = None) -> np.ndarray:

@@ -217,20 +217,12 @@ def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | Non
         return _normalisation(values, grid, channels, invert, rows)
 
 
-def _noise_floor(lo: float, hi: float, rows: np.ndarray | None) -> float:
-    """``hi`` widened to at least MIN_RANGE_SIGMAS noise σ above ``lo``, as ``to_plane`` does,
-    so that a field of camera noise alone is not stretched into 'objects'."""
-    from ..io.images import MIN_RANGE_SIGMAS, noise_sigma
+def _noise_floor(lo: float, hi: float, rows: np.ndarray) -> float:
+    """The in-memory noise floor (``io.images.widen_to_noise``) on one plane of sampled rows."""
+    from ..io.images import widen_to_noise
 
-    if rows is None or hi <= lo:
-        return hi
     finite = np.isfinite(rows) if np.issubdtype(rows.dtype, np.floating) else None
-    sigma = noise_sigma(rows.astype(np.float32, copy=False), finite)
-    if hi - lo < MIN_RANGE_SIGMAS * sigma:
-        log.info("image contrast is only %.1f noise σ: treated as a field without objects",
-                 (hi - lo) / sigma)
-        return lo + MIN_RANGE_SIGMAS * sigma
-    return hi
+    return widen_to_noise(lo, hi, rows.astype(np.float32, copy=False), finite)
 
 
 def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: bool | None,
