@@ -99,3 +99,26 @@ def test_noise_only_field_gives_no_objects(model):
     rng = np.random.default_rng(0)
     noise = (100 + 5 * rng.standard_normal((256, 256))).clip(0, 255).astype(np.uint8)
     assert Predictor.from_name(model, device="cpu").segment(noise).max() <= 2
+
+
+def test_batch_norm_is_folded_for_inference_only(fluorescence):
+    """The predictor runs a copy with batch norm folded into the convolutions (faster on the
+    CPU) that computes what the network computes; the network it was given keeps its batch
+    norms, so training can go on with it."""
+    import torch
+
+    from napari_deepcens import Predictor
+    from napari_deepcens.models.registry import bundled_weights
+    from napari_deepcens.models.weights import load_weights
+
+    net, info = load_weights(bundled_weights("unet"))
+    predictor = Predictor(net, info, device="cpu", precision="fp32")
+    kinds = {type(m).__name__ for m in predictor.model.modules()}
+    assert "BatchNorm2d" not in kinds
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 18
+    image, _ = fluorescence
+    plane = torch.from_numpy(predictor.prepare(image)[:256, :256].copy())[None, None]
+    with torch.inference_mode():
+        fused, plain = predictor.model.maps(plane), net.eval().maps(plane)
+    for name in plain:
+        np.testing.assert_allclose(fused[name].numpy(), plain[name].numpy(), atol=1e-4)

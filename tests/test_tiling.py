@@ -3,7 +3,13 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_deepcens.inference.tiling import blend_window, predict_tiled, tile_grid, tile_starts
+from napari_deepcens.inference.tiling import (
+    balanced_tile,
+    blend_window,
+    predict_tiled,
+    tile_grid,
+    tile_starts,
+)
 
 
 def drain(gen):
@@ -50,6 +56,22 @@ def test_window_is_positive_and_flat_inside():
 def test_grid_counts():
     assert len(tile_grid((4096, 4096), 1024, 64)) == 25
     assert len(tile_grid((200, 200), 1024, 64)) == 1
+
+
+def test_balanced_tiles_compute_less_for_the_same_count():
+    # a 2048-px side: three 1024-px tiles would overlap by 512 px (2.25x the pixels)
+    tiles = tile_grid((2048, 2048), 1024, 64, align=16)
+    assert len(tiles) == 9 and {(t.height, t.width) for t in tiles} == {(736, 736)}
+    assert sum(t.height * t.width for t in tiles) / 2048**2 < 1.2
+    for length, align, overlap in itertools.product((1088, 1536, 2048, 3008, 4096, 8192), (16, 64),
+                                                    (64, 128)):
+        side = balanced_tile(length, 1024, overlap, align)
+        starts = tile_starts(length, side, overlap, align)
+        assert side <= 1024 and side % align == 0
+        assert len(starts) == len(tile_starts(length, 1024, overlap, align))
+        assert starts[-1] + side == length
+        assert all(b - a <= side - overlap for a, b in itertools.pairwise(starts))
+    assert balanced_tile(700, 1024, 64, 16) == 700
 
 
 def test_tile_must_fit_multiple():

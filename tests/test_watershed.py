@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_deepcens.postprocess.params import PostprocessParams
-from napari_deepcens.postprocess.watershed import instances_from_maps
+from napari_deepcens.postprocess.watershed import flood_components, instances_from_maps
 from napari_deepcens.training.targets import normalised_distance
 
 from .conftest import disc_labels
@@ -68,3 +68,29 @@ def test_bad_knobs_are_refused():
         PostprocessParams(seed_threshold=1.5)
     with pytest.raises(ValueError, match="min_size"):
         PostprocessParams(min_size=-1)
+
+
+def test_flooding_blob_by_blob_equals_one_global_watershed():
+    """The per-blob shortcut must give exactly what one masked watershed of the whole image
+    gives, seedless blobs numbered after the markers (touching, lone and seedless discs)."""
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:180, :220]
+    truth = np.zeros((180, 220), np.int32)
+    for i, (cy, cx, r) in enumerate([(30, 30, 12), (30, 52, 12), (52, 40, 11), (120, 60, 14),
+                                     (100, 160, 9), (150, 180, 10), (150, 199, 10), (20, 190, 6)],
+                                    start=1):
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r**2] = i
+    relief = -(normalised_distance(truth) + 0.05 * rng.random(truth.shape)).astype(np.float32)
+    mask = truth > 0
+    peaks = (relief < -0.8) & mask
+    peaks[10:30, 180:200] = False  # the small disc holds no seed
+    markers, n = ndi.label(peaks)
+    expected = watershed(relief, markers, mask=mask)
+    orphans, n_orphans = ndi.label(mask & (expected == 0))
+    expected = np.where(orphans > 0, orphans + n, expected)
+    got = flood_components(relief, markers, n, mask)
+    assert n_orphans == 1 and n == 7 and ndi.label(mask)[1] == 6  # two blobs hold two seeds
+    np.testing.assert_array_equal(got, expected)
+    assert flood_components(relief, markers, n, np.zeros_like(mask)).max() == 0

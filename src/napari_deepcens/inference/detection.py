@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from .tiling import pad_to_multiple, tile_starts
+from .tiling import balanced_tile, pad_to_multiple, tile_starts
 
 #: Keys of a detection result: boxes (N, 4) xyxy, scores (N,), classes (N,) 1..K,
 #: masks (N, M, M) probabilities inside each box.
@@ -67,7 +67,7 @@ def detect_tiled(
         raise ValueError(f"tile size {tile} must be a multiple of {multiple}")
     padded, (h, w) = pad_to_multiple(plane, multiple)
     ph, pw = padded.shape[-2:]
-    th, tw = min(tile, ph), min(tile, pw)
+    th, tw = balanced_tile(ph, tile, overlap, multiple), balanced_tile(pw, tile, overlap, multiple)
     ys, xs = tile_starts(ph, th, overlap, multiple), tile_starts(pw, tw, overlap, multiple)
     own_y, own_x = owned_ranges(ys, th, ph), owned_ranges(xs, tw, pw)
     total = len(ys) * len(xs)

@@ -32,6 +32,7 @@ from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
 from .detection import detect_tiled
 from .device import resolve_device
+from .fusion import fuse_conv_bn
 from .tiling import predict_tiled
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Predictor:
                  weights_path: Path | None = None, precision: str = "auto") -> None:
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.model = model.to(self.device).eval()
+        self.model = fuse_conv_bn(model.eval()).to(self.device)
         self.kind = getattr(model, "kind", "dense")
         self.in_channels = int(getattr(model.config, "in_channels", 1))
         if self.device.type == "cpu":

@@ -49,10 +49,29 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     return sorted(set((starts.round().astype(int) * align).tolist()))
 
 
+def balanced_tile(length: int, tile: int, overlap: int, align: int = 1) -> int:
+    """The smallest tile side (≤ ``tile``, a multiple of ``align``) that covers ``length`` with
+    as few tiles as ``tile`` itself would.
+
+    Why: with fixed 1024-px tiles a 2048-px side needs three tiles that overlap by 512 px, so
+    the network would compute 2.25× the image's pixels; three balanced 736-px tiles compute
+    1.16×. Per-pixel network time barely depends on the tile side, so this is the speed-up.
+    """
+    if tile >= length:
+        return length
+    n = len(tile_starts(length, tile, overlap, align))
+    lower = -(-(length + (n - 1) * overlap) // n)  # n tiles sharing exactly ``overlap``
+    for side in range(-(-lower // align) * align, tile, align):
+        if side - align > overlap and len(tile_starts(length, side, overlap, align)) <= n:
+            return side
+    return tile
+
+
 def tile_grid(shape: tuple[int, int], tile: int, overlap: int, align: int = 1) -> list[Tile]:
-    """All tiles covering an image of ``shape``."""
+    """All tiles covering an image of ``shape``: per axis, the fewest tiles of at most
+    ``tile`` pixels, made as small as that count allows (:func:`balanced_tile`)."""
     h, w = shape
-    th, tw = min(tile, h), min(tile, w)
+    th, tw = balanced_tile(h, tile, overlap, align), balanced_tile(w, tile, overlap, align)
     return [
         Tile(y, x, th, tw)
         for y in tile_starts(h, th, overlap, align)

@@ -85,8 +85,39 @@ def instances_from_maps(
     block = round(PEAK_BLOCK * object_scale)
     seeds = prominent_peaks(relief, params.seed_threshold, block) & mask
     markers, n_seeds = ndi.label(seeds)
-    labels = watershed(-relief, markers, mask=mask) if n_seeds else np.zeros(mask.shape, np.int32)
-    orphans, n_orphans = ndi.label(mask & (labels == 0))
-    if n_orphans:
-        labels = np.where(orphans > 0, orphans + n_seeds, labels)
-    return remove_small_and_relabel(labels.astype(np.int32, copy=False), params.min_size)
+    labels = flood_components(-relief, markers, n_seeds, mask)
+    return remove_small_and_relabel(labels, params.min_size)
+
+
+def flood_components(relief: np.ndarray, markers: np.ndarray, n_markers: int,
+                     mask: np.ndarray) -> np.ndarray:
+    """``watershed(relief, markers, mask=mask)``, with each seedless foreground blob numbered
+    after the markers (``n_markers + 1``, … in raster order).
+
+    Why not one global watershed: flooding never crosses the mask, so a blob holding one
+    marker is that marker's object whole, and only blobs holding several (touching nuclei)
+    need flooding — each on its own bounding box. Same result, several times faster on the
+    live-slider path, where most nuclei stand alone.
+    """
+    blobs, n_blobs = ndi.label(mask)
+    if not n_blobs:
+        return np.zeros(mask.shape, np.int32)
+    seeded = markers > 0
+    blob_of_marker = np.zeros(n_markers + 1, np.int64)
+    blob_of_marker[markers[seeded]] = blobs[seeded]
+    count = np.bincount(blob_of_marker[1:], minlength=n_blobs + 1)
+    # blobs with one marker take its number; seedless blobs follow the markers in order
+    lookup = np.zeros(n_blobs + 1, np.int32)
+    marker_blob = blob_of_marker[1:]  # the blob of marker 1, 2, …
+    alone = count[marker_blob] == 1
+    lookup[marker_blob[alone]] = np.flatnonzero(alone) + 1
+    seedless = np.flatnonzero(count[1:] == 0) + 1
+    lookup[seedless] = n_markers + 1 + np.arange(seedless.size)
+    labels = lookup[blobs]
+    boxes = ndi.find_objects(blobs)
+    for blob in np.flatnonzero(count[1:] > 1) + 1:
+        box = boxes[blob - 1]
+        inside = blobs[box] == blob
+        flooded = watershed(relief[box], np.where(inside, markers[box], 0), mask=inside)
+        labels[box][inside] = flooded[inside]
+    return labels
