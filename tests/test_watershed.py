@@ -94,3 +94,7 @@ def test_flooding_blob_by_blob_equals_one_global_watershed():
     assert n_orphans == 1 and n == 7 and ndi.label(mask)[1] == 6  # two blobs hold two seeds
     np.testing.assert_array_equal(got, expected)
     assert flood_components(relief, markers, n, np.zeros_like(mask)).max() == 0
+    # CenterUNet's markers: detection numbers, some unused; seedless blobs dropped
+    sparse = markers * 2
+    got = flood_components(relief, sparse, 2 * n + 1, mask, keep_seedless=False)
+    np.testing.assert_array_equal(got, watershed(relief, sparse, mask=mask))

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import watershed
 
 from .params import PostprocessParams
+from .watershed import flood_components
 
 BOX_COLUMNS = ("label", "score", "cx", "cy", "width", "height", "angle_deg")
 
@@ -103,7 +103,7 @@ def seeded_instances(
     if not markers.any():
         return np.zeros(mask.shape, np.int32), Detections.empty()
     relief = -ndi.distance_transform_edt(mask)
-    labels = watershed(relief, markers, mask=mask)
+    labels = flood_components(relief, markers, len(detections), mask, keep_seedless=False)
     areas = np.bincount(labels.ravel(), minlength=len(detections) + 1)
     keep = np.flatnonzero(areas[1:] >= max(params.min_size, 1))
     lookup = np.zeros(len(detections) + 1, np.int32)

@@ -90,9 +90,10 @@ def instances_from_maps(
 
 
 def flood_components(relief: np.ndarray, markers: np.ndarray, n_markers: int,
-                     mask: np.ndarray) -> np.ndarray:
-    """``watershed(relief, markers, mask=mask)``, with each seedless foreground blob numbered
-    after the markers (``n_markers + 1``, … in raster order).
+                     mask: np.ndarray, keep_seedless: bool = True) -> np.ndarray:
+    """``watershed(relief, markers, mask=mask)`` for markers numbered 1..``n_markers`` (some
+    numbers may be unused), with each seedless foreground blob numbered after the markers
+    (``n_markers + 1``, … in raster order) or, without ``keep_seedless``, left 0.
 
     Why not one global watershed: flooding never crosses the mask, so a blob holding one
     marker is that marker's object whole, and only blobs holding several (touching nuclei)
@@ -106,13 +107,15 @@ def flood_components(relief: np.ndarray, markers: np.ndarray, n_markers: int,
     blob_of_marker = np.zeros(n_markers + 1, np.int64)
     blob_of_marker[markers[seeded]] = blobs[seeded]
     count = np.bincount(blob_of_marker[1:], minlength=n_blobs + 1)
+    count[0] = 0  # unused marker numbers
     # blobs with one marker take its number; seedless blobs follow the markers in order
     lookup = np.zeros(n_blobs + 1, np.int32)
     marker_blob = blob_of_marker[1:]  # the blob of marker 1, 2, …
     alone = count[marker_blob] == 1
     lookup[marker_blob[alone]] = np.flatnonzero(alone) + 1
-    seedless = np.flatnonzero(count[1:] == 0) + 1
-    lookup[seedless] = n_markers + 1 + np.arange(seedless.size)
+    if keep_seedless:
+        seedless = np.flatnonzero(count[1:] == 0) + 1
+        lookup[seedless] = n_markers + 1 + np.arange(seedless.size)
     labels = lookup[blobs]
     boxes = ndi.find_objects(blobs)
     for blob in np.flatnonzero(count[1:] > 1) + 1:
