@@ -63,9 +63,18 @@ def test_paper_configuration_builds_and_runs():
     assert not any(isinstance(m, DeformableConv) for m in model.backbone.body.layer2.modules())
     with torch.no_grad():
         (out,) = model(torch.rand(1, 3, 128, 128))
+    assert model.rpn.post_nms_top_n() == 1000  # a small image keeps the minimum
     n = len(out["scores"])
     assert out["boxes"].shape == (n, 4) and out["masks"].shape == (n, 28, 28)
     assert set(out["classes"].tolist()) <= {1, 2}
+
+
+def test_test_time_proposals_follow_the_image_area():
+    cfg = DeepCeNSConfig()
+    assert cfg.rpn_post_nms_test == 2000 and cfg.rpn_post_nms_train == 2000
+    assert cfg.test_proposals(256, 320) == 1000  # a val image: 2000 would be mostly duplicates
+    assert cfg.test_proposals(832, 832) == 1320
+    assert cfg.test_proposals(1024, 1024) == cfg.test_proposals(4096, 4096) == 2000
 
 
 def test_deformable_stages_are_switchable():
