@@ -102,3 +102,20 @@ def test_loss_decreases_on_a_tiny_set():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
+
+
+#: AP@0.5 of the shipped CenterUNet on the bundled val images when it was chosen (minus 0.05).
+GOLDEN_AP50 = {"0bda51": 0.705 - 0.05, "150b0f": 0.668 - 0.05, "5d75a6": 0.642 - 0.05}
+
+
+def test_bundled_centerunet_on_validation_images(dsb_samples):
+    """Regression guard for the shipped weights (val images, never trained on)."""
+    from napari_deepcens import Predictor
+    from napari_deepcens.evaluation.metrics import match_image
+
+    predictor = Predictor.from_name("centerunet", device="cpu")
+    for sample_id, image, labels, modality in dsb_samples:
+        seg = predictor.instances(predictor.predict(image))
+        score = match_image(labels, seg.labels).ap(0.5)
+        assert score >= GOLDEN_AP50[sample_id[:6]], (sample_id, modality, score)
+        assert len(seg.boxes) == seg.labels.max()  # one rotated box per object
