@@ -44,6 +44,27 @@ def test_rotated_box_of_a_known_ellipse(angle):
     assert diff < 5.0
 
 
+def test_all_boxes_at_once_equal_one_object_at_a_time(fluorescence):
+    """The vectorised boxes are those of each object's own minimum rotated rectangle, on real
+    nuclei and on the thinnest shapes (a single pixel, one-pixel lines)."""
+    from scipy import ndimage as ndi
+
+    from napari_deepcens.postprocess.rotated_boxes import _corners, box_from_points
+
+    _, labels = fluorescence
+    lab = labels.copy()
+    lab[0, 0:9] = 900        # a line along the border
+    lab[250, 250] = 901      # one pixel
+    lab[240:243, 5] = 903    # a vertical line; label 902 unused
+    rows = rotated_boxes(lab)
+    slices = ndi.find_objects(lab)
+    expected = [(i, *box_from_points(_corners(lab[s] == i, s[0].start, s[1].start)))
+                for i, s in enumerate(slices, start=1) if s is not None]
+    assert [r[0] for r in rows] == [r[0] for r in expected] and len(rows) == labels.max() + 3
+    np.testing.assert_allclose(np.array(rows), np.array(expected), atol=1e-9)
+    assert rotated_boxes(np.zeros((8, 8), np.int32)) == []
+
+
 def test_export_never_overwrites_and_accumulates(tmp_path, fluorescence):
     image, labels = fluorescence
     ds = tmp_path / "dataset"
