@@ -49,7 +49,13 @@ def test_all_boxes_at_once_equal_one_object_at_a_time(fluorescence):
     nuclei and on the thinnest shapes (a single pixel, one-pixel lines)."""
     from scipy import ndimage as ndi
 
-    from napari_deepcens.postprocess.rotated_boxes import _corners, box_from_points
+    from napari_deepcens.postprocess.rotated_boxes import box_from_points
+
+    def corners(mask, top, left):  # one object's boundary-pixel corners, as (x, y)
+        rows, cols = np.nonzero(mask & ~ndi.binary_erosion(mask))
+        x = np.concatenate([cols, cols + 1, cols, cols + 1]) + left
+        y = np.concatenate([rows, rows, rows + 1, rows + 1]) + top
+        return np.stack([x, y], axis=1).astype(np.float64)
 
     _, labels = fluorescence
     lab = labels.copy()
@@ -58,7 +64,7 @@ def test_all_boxes_at_once_equal_one_object_at_a_time(fluorescence):
     lab[240:243, 5] = 903    # a vertical line; label 902 unused
     rows = rotated_boxes(lab)
     slices = ndi.find_objects(lab)
-    expected = [(i, *box_from_points(_corners(lab[s] == i, s[0].start, s[1].start)))
+    expected = [(i, *box_from_points(corners(lab[s] == i, s[0].start, s[1].start)))
                 for i, s in enumerate(slices, start=1) if s is not None]
     assert [r[0] for r in rows] == [r[0] for r in expected] and len(rows) == labels.max() + 3
     np.testing.assert_allclose(np.array(rows), np.array(expected), atol=1e-9)

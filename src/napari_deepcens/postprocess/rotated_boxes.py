@@ -11,20 +11,10 @@ import math
 
 import numpy as np
 import shapely
-from scipy import ndimage as ndi
 from shapely import MultiPoint
 
 #: Rows of :func:`rotated_boxes`.
 FIELDS = ("label", "cx", "cy", "width", "height", "angle_deg")
-
-
-def _corners(mask: np.ndarray, top: int, left: int) -> np.ndarray:
-    """The corner points of the boundary pixels of ``mask`` as (x, y)."""
-    edge = mask & ~ndi.binary_erosion(mask)
-    rows, cols = np.nonzero(edge)
-    x = np.concatenate([cols, cols + 1, cols, cols + 1]) + left
-    y = np.concatenate([rows, rows, rows + 1, rows + 1]) + top
-    return np.stack([x, y], axis=1).astype(np.float64)
 
 
 def box_from_points(points: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -43,9 +33,8 @@ def box_from_points(points: np.ndarray) -> tuple[float, float, float, float, flo
 
 
 def _edge_corners(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The corner points (x, y) of every object's boundary pixels, grouped by label in
-    increasing order, each group ordered as :func:`_corners` orders one object's; and the
-    label of each point."""
+    """The corner points (x, y) of every object's boundary pixels (4-connected boundary),
+    grouped by label in increasing order; and the label of each point."""
     padded = np.pad(labels, 1)
     core = padded[1:-1, 1:-1]
     edge = (core != 0) & ((padded[:-2, 1:-1] != core) | (padded[2:, 1:-1] != core)
