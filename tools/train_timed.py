@@ -9,6 +9,7 @@ the metrics printed as one JSON line. One grey input channel, as the bundled DSB
 
     python tools/train_timed.py DATA -o OUT.safetensors --model unet --minutes 5 --workers 4 \
         [--init W | --grow-from W] [--val VAL] [--batch-size 16] [--crop 256] [--lr 1e-3] [--base-channels 12]
+        [--scale-min 0.5 --scale-max 2.0 --lowres-probability 0.2]
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps({"grown_from": str(args.grow_from), "config": info.config}), flush=True)
         args.init = args.output.with_name(args.output.stem + "_grown.safetensors")
         save_weights(args.init, model, info, half=False)
+    augment = AugmentConfig(crop=args.crop, scale_min=args.scale_min, scale_max=args.scale_max,
+                            lowres_probability=args.lowres_probability)
     base = TrainConfig(epochs=1, steps_per_epoch=args.probe_steps, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, workers=args.workers,
-                       augment=AugmentConfig(crop=args.crop))
+                       lr=args.lr, seed=args.seed, workers=args.workers, augment=augment)
 
     # probe: the same loop, loader and device; its steps after the first few are timed
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
 
     config = TrainConfig(epochs=args.epochs, steps_per_epoch=max(steps // args.epochs, 1),
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         workers=args.workers, augment=AugmentConfig(crop=args.crop))
+                         workers=args.workers, augment=augment)
     t0 = time.monotonic()
     for progress in train_iter(train_items, args.output, args.model, model_config, config,
                                init=args.init, device=args.device, resume=False):
@@ -94,6 +96,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
+    from napari_deepcens.training.augment import AugmentConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -106,6 +110,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=160)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--scale-min", type=float, default=AugmentConfig.scale_min,
+                        help="smallest zoom of the scale augmentation")
+    parser.add_argument("--scale-max", type=float, default=AugmentConfig.scale_max)
+    parser.add_argument("--lowres-probability", type=float,
+                        default=AugmentConfig.lowres_probability,
+                        help="share of crops blurred as if upsampled from a coarser image")
     parser.add_argument("--base-channels", type=int, default=12)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--backbone", default="resnest14d")
