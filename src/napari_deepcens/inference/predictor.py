@@ -120,7 +120,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 MIN_OBJECT_PIXELS = 3
 
 
-#: Detection models on strongly enlarged images (objects of ~5 px or less, zoomed ×3–×6 to the
+#: Detection models on strongly enlarged images (objects of ~5–8 px, zoomed ×2.5 or more to the
 #: training size): the upsampled nuclei are blurred over several network pixels and the mask
 #: head draws them too wide, merging neighbours. The mask threshold rises from ×2.5 to ×5 by up
 #: to this much (session-7 DeepCeNS, whole val ×0.25: AP@0.5 0.678 → 0.692 over the ×4–×6 ramp
