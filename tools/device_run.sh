@@ -1,13 +1,16 @@
 #!/bin/bash
-# One lease of a GPU machine (docs/models.md "On a GPU"): the CUDA path check, then four
-# time-budgeted trainings side by side, all continuing the bundled networks. Expects the
-# training data in .devdata/train and the wheels the image lacks in .whl/ (both carried).
-# The DeepCeNS run starts STAGGER seconds after the others so that its speed probe measures
-# the shared GPU and CPUs, not the others' start-up (session 5's probe did, and overran).
-# Usage: bash tools/device_run.sh TRAIN_MINUTES [STAGGER]
+# One command on a lent GPU machine (docs/models.md "On a GPU"): the CUDA path check, then
+# time-budgeted trainings continuing the bundled networks. Expects the training data in
+# .devdata/train and the wheels the image lacks in .whl/ (both carried).
+#   PLAN dc:    DeepCeNS alone (sharing the GPU with the dense trainings made its steps 5x
+#               slower in session 7: 0.83 s against 0.15 s), with the wider scale augmentation.
+#   PLAN dense: the U-Net and CenterUNet side by side (they share a GPU well).
+#   PLAN all:   all four side by side, DeepCeNS started STAGGER s late (sessions 5 and 7).
+# Usage: bash tools/device_run.sh PLAN TRAIN_MINUTES [STAGGER]
 set -u
-MIN=${1:-7}
-STAGGER=${2:-40}
+PLAN=${1:-all}
+MIN=${2:-7}
+STAGGER=${3:-40}
 W=/tmp/run; mkdir -p $W
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || echo "wheels not installed"
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -16,29 +19,35 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, timm; print(torch.__version__, torchvision.__version__, timm.__version__)"
 T0=$(date +%s)
 nvidia-smi dmon -s um -d 15 > $W/dmon.log 2>&1 & DMON=$!
-D=.devdata/train; B=src/napari_deepcens/weights; PIDS=""
+D=.devdata/train; B=src/napari_deepcens/weights; PIDS=""; NAMES=""
+WIDE="--scale-min 0.3 --scale-max 2.5 --lowres-probability 0.35"
 train() {  # NAME MINUTES ARGS...
   local name=$1 min=$2; shift 2
   python3 tools/train_timed.py $D -o $W/$name.safetensors --minutes $min "$@" > $W/$name.log 2>&1 &
-  PIDS="$PIDS $!"
+  PIDS="$PIDS $!"; NAMES="$NAMES $name"
 }
-train unet $MIN --model unet --init $B/unet_dsb2018.safetensors \
-  --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers 3
-train cu $MIN --model centerunet --init $B/centerunet_dsb2018.safetensors \
-  --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers 3
-train cu_wide $MIN --model centerunet --init $B/centerunet_dsb2018.safetensors \
-  --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers 3 \
-  --scale-min 0.3 --scale-max 2.5 --lowres-probability 0.35
+dense() {  # MINUTES WORKERS
+  train unet $1 --model unet --init $B/unet_dsb2018.safetensors \
+    --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers $2
+  train cu_wide $1 --model centerunet --init $B/centerunet_dsb2018.safetensors \
+    --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers $2 $WIDE
+}
+deepcens() {  # MINUTES WORKERS
+  train dc_wide $1 --model deepcens --init $B/deepcens_dsb2018.safetensors \
+    --epochs 3 --batch-size 8 --crop 256 --lr 4e-4 --workers $2 --probe-steps 24 $WIDE
+}
 timeout 60 python3 tools/cuda_check.py cuda > $W/cuda_check.log 2>&1 &
-sleep $STAGGER
-DCMIN=$(python3 -c "print(round($MIN - $STAGGER / 60, 2))")
-train dc14 $DCMIN --model deepcens --init $B/deepcens_dsb2018.safetensors \
-  --epochs 3 --batch-size 8 --crop 256 --lr 4e-4 --workers 6 --probe-steps 24
-LIMIT=$(python3 -c "print(int($MIN*60 - $STAGGER + 40))")
+case $PLAN in
+  dc) deepcens $MIN 12 ;;
+  dense) dense $MIN 6 ;;
+  all) dense $MIN 3; sleep $STAGGER; deepcens "$(python3 -c "print(round($MIN - $STAGGER / 60, 2))")" 6 ;;
+esac
+LIMIT=$(python3 -c "print(int($MIN*60 + 40))")
 ( sleep $LIMIT; pkill -f tools/train_timed.py ) & KILLER=$!
 wait $PIDS; kill $KILLER $DMON 2>/dev/null
 echo "== cuda_check"; tail -4 $W/cuda_check.log
-for f in unet cu cu_wide dc14; do echo "== $f"; grep -a -v "^\s*$" $W/$f.log | grep -a "probe\|trained\|epoch\|Error\|error\|Traceback" | tail -6; done
+for f in $NAMES; do echo "== $f"; grep -a -v "^\s*$" $W/$f.log | grep -a "probe\|trained\|epoch\|Error\|error\|Traceback" | tail -6; done
+tail -5 $W/dmon.log
 rm -f $W/*.ckpt
 cd $W && tar cf all.tar $(ls *.safetensors *.log 2>/dev/null) && split -b 15000000 -d all.tar $OUT/all.tar.part && ls -la $OUT
 echo "total $(( $(date +%s) - T0 )) s"
