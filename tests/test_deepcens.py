@@ -295,9 +295,9 @@ def test_cli_trains_on_coco_segments_per_class_and_evaluates(tmp_path, capsys):
     assert "cell" in table and "nucleus" in table and "mask_mAP" in table
 
 
-#: AP@0.5 of the bundled DeepCeNS on two validation images (measured 0.683 and 0.703 by
-#: ``deepcens segment`` + ``evaluate`` in fp32), with a margin for CPU/bf16 differences.
-GOLDEN_AP50 = {"0bda51": 0.683 - 0.06, "5d75a6": 0.703 - 0.06}
+#: AP@0.5 of the bundled DeepCeNS on two validation images (measured 0.621 and 0.726 in
+#: fp32 with the segment path below), with a margin for CPU/bf16 differences.
+GOLDEN_AP50 = {"0bda51": 0.621 - 0.06, "5d75a6": 0.726 - 0.06}
 
 
 def test_bundled_deepcens_on_validation_images(dsb_samples):
@@ -363,8 +363,10 @@ def test_tiny_nuclei_keep_their_size_when_enlarged(dsb_samples):
 
 def test_blurred_nuclei_kept_by_the_lower_score_threshold_when_enlarged(dsb_samples):
     """Val 150b0ffa shrunk ×0.25 (198 touching nuclei of ~6 px): the estimate enlarges it ~×3
-    and the classifier scores many blurred true nuclei below the tuned 0.7; the score
-    threshold lowered with the zoom keeps them (AP@0.5 0.56 → 0.70 when measured)."""
+    and the classifier scores many blurred true nuclei below the tuned threshold; the score
+    threshold lowered with the zoom keeps them (AP@0.5 0.73 → 0.77 when measured with the
+    session-8 network, tuned 0.6, trained on more low-resolution crops; 0.56 → 0.70 with the
+    session-7 one, tuned 0.7)."""
     import torch
     from torch.nn import functional as F
 
@@ -387,4 +389,4 @@ def test_blurred_nuclei_kept_by_the_lower_score_threshold_when_enlarged(dsb_samp
     ap_lowered = match_image(truth, predictor.postprocess(raw, lowered)).ap(0.5)
     ap_tuned = match_image(truth, predictor.postprocess(
         raw, replace(lowered, score_threshold=tuned))).ap(0.5)
-    assert ap_lowered >= 0.62 and ap_lowered >= ap_tuned + 0.08, (ap_lowered, ap_tuned)
+    assert ap_lowered >= 0.70 and ap_lowered >= ap_tuned + 0.02, (ap_lowered, ap_tuned)
