@@ -333,23 +333,31 @@ def test_mask_threshold_rises_and_score_threshold_falls_only_on_enlargement():
     assert (at.fg_threshold, at.score_threshold) == (0.4, 0.7)
 
 
+def _shrunk_quarter(dsb_samples, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """A validation crop shrunk ×0.25 as ``bench/eval_scales.py`` shrinks val: the normalised
+    plane bilinear, the labels sampled at the same pixel centres (nearest-exact)."""
+    import torch
+    from torch.nn import functional as F
+
+    from napari_deepcens.io.images import to_plane
+
+    _sample_id, image, labels, _ = next(s for s in dsb_samples if s[0].startswith(prefix))
+    plane = to_plane(image)
+    size = (round(plane.shape[0] / 4), round(plane.shape[1] / 4))
+    small = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear")[0, 0].numpy()
+    truth = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,
+                          mode="nearest-exact")[0, 0].numpy().astype(np.int32)
+    return small, truth
+
+
 def test_tiny_nuclei_keep_their_size_when_enlarged(dsb_samples):
     """Val 0bda515e shrunk ×0.25 (nuclei ~3 px): the estimate enlarges it ×6.5 and the mask
     head, on blurred nuclei, draws them too wide at the tuned threshold (AP@0.5 0.33 with the
     session-7 weights); the raised threshold gives them back their size (0.51)."""
-    import torch
-    from torch.nn import functional as F
-
     from napari_deepcens import Predictor
     from napari_deepcens.evaluation.metrics import match_image
-    from napari_deepcens.io.images import to_plane
 
-    _sample_id, image, labels, _ = next(s for s in dsb_samples if s[0].startswith("0bda51"))
-    plane = to_plane(image)
-    size = (plane.shape[0] // 4, plane.shape[1] // 4)
-    small = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear")[0, 0].numpy()
-    truth = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,
-                          mode="nearest-exact")[0, 0].numpy().astype(np.int32)
+    small, truth = _shrunk_quarter(dsb_samples, "0bda51")
     predictor = Predictor.from_name("deepcens", device="cpu")
     raw = predictor.predict(small, normalised=True)
     assert raw.scale > 5.5
@@ -367,19 +375,10 @@ def test_blurred_nuclei_kept_by_the_lower_score_threshold_when_enlarged(dsb_samp
     threshold lowered with the zoom keeps them (AP@0.5 0.73 → 0.77 when measured with the
     session-8 network, tuned 0.6, trained on more low-resolution crops; 0.56 → 0.70 with the
     session-7 one, tuned 0.7)."""
-    import torch
-    from torch.nn import functional as F
-
     from napari_deepcens import Predictor
     from napari_deepcens.evaluation.metrics import match_image
-    from napari_deepcens.io.images import to_plane
 
-    _sample_id, image, labels, _ = next(s for s in dsb_samples if s[0].startswith("150b0f"))
-    plane = to_plane(image)
-    size = (round(plane.shape[0] / 4), round(plane.shape[1] / 4))
-    small = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear")[0, 0].numpy()
-    truth = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,
-                          mode="nearest-exact")[0, 0].numpy().astype(np.int32)
+    small, truth = _shrunk_quarter(dsb_samples, "150b0f")
     predictor = Predictor.from_name("deepcens", device="cpu")
     raw = predictor.predict(small, normalised=True)
     assert 2.5 < raw.scale < 3.5
