@@ -11,6 +11,7 @@ set -u
 PLAN=${1:-all}
 MIN=${2:-7}
 STAGGER=${3:-40}
+case $PLAN in dc|dense|all) ;; *) echo "unknown plan '$PLAN': dc, dense or all"; exit 2 ;; esac
 W=/tmp/run; mkdir -p $W
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || echo "wheels not installed"
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -37,12 +38,14 @@ deepcens() {  # MINUTES WORKERS
     --epochs 3 --batch-size 8 --crop 256 --lr 4e-4 --workers $2 --probe-steps 24 $WIDE
 }
 timeout 60 python3 tools/cuda_check.py cuda > $W/cuda_check.log 2>&1 &
+TS=$(date +%s)
 case $PLAN in
   dc) deepcens $MIN 12 ;;
   dense) dense $MIN 6 ;;
   all) dense $MIN 3; sleep $STAGGER; deepcens "$(python3 -c "print(round($MIN - $STAGGER / 60, 2))")" 6 ;;
 esac
-LIMIT=$(python3 -c "print(int($MIN*60 + 40))")
+# a safety net 40 s past the budget, counted from the first training's start
+LIMIT=$(python3 -c "print(int($MIN*60 + 40 - ($(date +%s) - $TS)))")
 ( sleep $LIMIT; pkill -f tools/train_timed.py ) & KILLER=$!
 wait $PIDS; kill $KILLER $DMON 2>/dev/null
 echo "== cuda_check"; tail -4 $W/cuda_check.log
