@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--factors", type=float, nargs="+", default=[0.25, 0.5, 1, 2, 3, 4])
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
     parser.add_argument("--no-estimate", action="store_true", help="use images as they are")
+    parser.add_argument("--tta", action="store_true", help="average the network over four flips")
     parser.add_argument("--json")
     args = parser.parse_args()
-    predictor = Predictor.from_name(args.model, weights=args.weights, device="auto")
+    predictor = Predictor.from_name(args.model, weights=args.weights, device="auto", tta=args.tta)
     samples = list_samples(args.data)[: args.limit or None]
     items = [(to_plane(read_image(s.image)), read_labels(s.labels)) for s in samples]
     rows = {}

@@ -147,3 +147,17 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     assert info.metrics["val"]["AP@0.5"] == pytest.approx(measured["AP@0.5"], abs=1e-6)
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned)]) != 0   # never overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def test_tta_flag_gives_the_api_flip_averaged_labels(one_image, tmp_path):
+    from napari_deepcens import Predictor
+    from napari_deepcens.io.images import read_image
+
+    image, _src = one_image
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "-o", str(out), "--model", "centerunet", "--device", "cpu",
+                 "--tta"]) == 0
+    predictor = Predictor.from_name("centerunet", device="cpu")
+    flipped = predictor.segment(read_image(image), tta=True)
+    assert not np.array_equal(flipped, predictor.segment(read_image(image)))
+    np.testing.assert_array_equal(tifffile.imread(out / "cells_labels.tif"), flipped)

@@ -139,3 +139,19 @@ def test_unrecognised_object_size_is_said_and_the_image_runs_as_it_is(make_napar
     assert raw.diameter is None and raw.scale == 1.0 and raw.size_unrecognised
     assert "not recognised" in widget.status
     assert viewer.layers["empty well labels"].data.max() <= 2
+
+
+def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
+    from napari_deepcens.evaluation.metrics import match_image, summarize
+    from napari_deepcens.widget.segment_widget import PROVENANCE_KEY
+
+    viewer, widget, layer = docked
+    widget.set_options(model="centerunet", tta=True)
+    run_and_wait(qtbot, widget)
+    _predictor, raw = widget._raw[id(layer)]
+    labels = viewer.layers["nuclei labels"]
+    assert raw.meta["tta"] and labels.metadata[PROVENANCE_KEY]["flip_averaged"] is True
+    assert summarize([match_image(fluorescence[1], labels.data)])["AP@0.5"] >= 0.66  # 0.694 measured
+    widget.set_options(tta=False)
+    run_and_wait(qtbot, widget)
+    assert labels.metadata[PROVENANCE_KEY]["flip_averaged"] is False

@@ -85,7 +85,8 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
     for path, stem in jobs:
         try:
             image = read_image(path)
-            gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile)
+            gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile,
+                                         tta=getattr(args, "tta", False))
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
                 while True:
                     try:
@@ -116,7 +117,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
     from .scale.fanout import FileJob, run_files
     from .scale.lazy import open_lazy
 
-    spec = ModelSpec(args.model, str(args.weights) if args.weights else None, args.device)
+    spec = ModelSpec(args.model, str(args.weights) if args.weights else None, args.device,
+                     tta=getattr(args, "tta", False))
     spec.share(predictor)
     with dask_client(args.scheduler, args.workers) as client:
         if small:

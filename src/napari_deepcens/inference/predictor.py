@@ -34,6 +34,7 @@ from .detection import detect_tiled
 from .device import resolve_device
 from .fusion import fuse_conv_bn
 from .tiling import predict_tiled
+from .tta import flip_averaged_maps, flip_fused_detections
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,9 @@ class Predictor:
     """A loaded network with its training metadata, ready to segment images."""
 
     def __init__(self, model: torch.nn.Module, info: WeightsInfo, device: str = "auto",
-                 weights_path: Path | None = None, precision: str = "auto") -> None:
+                 weights_path: Path | None = None, precision: str = "auto", tta: bool = False) -> None:
+        #: Test-time augmentation by default (:mod:`.tta`): four flips, four times the time.
+        self.tta = tta
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.model = fuse_conv_bn(model.eval()).to(self.device)
@@ -181,17 +184,17 @@ class Predictor:
 
     @classmethod
     def from_weights(cls, path: str | Path, model: str | None = None, device: str = "auto",
-                     precision: str = "auto") -> Predictor:
+                     precision: str = "auto", tta: bool = False) -> Predictor:
         """Load a weights file (checked against ``model`` when given)."""
         net, info = load_weights(path, expected_model=model)
-        return cls(net, info, device=device, weights_path=Path(path), precision=precision)
+        return cls(net, info, device=device, weights_path=Path(path), precision=precision, tta=tta)
 
     @classmethod
     def from_name(cls, model: str = "unet", weights: str | Path | None = None,
-                  device: str = "auto", precision: str = "auto") -> Predictor:
+                  device: str = "auto", precision: str = "auto", tta: bool = False) -> Predictor:
         """The bundled weights of ``model``, or ``weights`` when given."""
         return cls.from_weights(weights or bundled_weights(model), model=model, device=device,
-                                precision=precision)
+                                precision=precision, tta=tta)
 
     @property
     def model_name(self) -> str:
@@ -284,13 +287,17 @@ class Predictor:
         invert: bool | None = None,
         estimate: bool = True,
         normalised: bool = False,
+        tta: bool | None = None,
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
         ``image``: (H, W) or (H, W, 3) of any numeric type (or, with ``normalised``, the
         output of :meth:`prepare`). ``diameter``: typical object diameter in pixels;
-        ``None`` estimates it (``estimate=False`` uses the image as it is).
+        ``None`` estimates it (``estimate=False`` uses the image as it is). ``tta``: average
+        the network over four flips (:mod:`.tta`; default: the predictor's ``tta``). The size
+        estimate never flips: it only needs object sizes.
         """
+        tta = self.tta if tta is None else bool(tta)
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
@@ -311,7 +318,8 @@ class Predictor:
         if self.kind == "detection":
             dets: dict[str, np.ndarray] = {}
             work = work if work.ndim == 3 else work[None]
-            for item in detect_tiled(work, self._detect_tile, tile=tile, overlap=max(overlap, 128),
+            detect = (lambda t: flip_fused_detections(self._detect_tile, t)) if tta else self._detect_tile
+            for item in detect_tiled(work, detect, tile=tile, overlap=max(overlap, 128),
                                      multiple=self.model.SIZE_MULTIPLE,
                                      nms_iou=self.model.config.nms_threshold):
                 if isinstance(item, dict):
@@ -322,11 +330,12 @@ class Predictor:
                 dets["boxes"] = dets["boxes"] / np.float32(scale)
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,
-                             meta={"model": self.model_name, "kind": "detection"})
+                             meta={"model": self.model_name, "kind": "detection", "tta": tta})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
-        for item in predict_tiled(work, self._predict_tile, strides, tile=tile, overlap=overlap,
+        predict = (lambda t: flip_averaged_maps(self._predict_tile, t)) if tta else self._predict_tile
+        for item in predict_tiled(work, predict, strides, tile=tile, overlap=overlap,
                                   multiple=multiple):
             if isinstance(item, dict):
                 maps = item
@@ -344,7 +353,7 @@ class Predictor:
             diameter=diameter,
             estimated=estimated,
             size_unrecognised=unrecognised,
-            meta={"model": self.model_name},
+            meta={"model": self.model_name, "tta": tta},
         )
 
     def predict(self, image: np.ndarray, **kwargs) -> RawOutput:

@@ -90,6 +90,9 @@ class ModelSpec:
     weights: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    #: Average the network over four flips (inference/tta.py). Not part of the key: the same
+    #: loaded network serves both.
+    tta: bool = field(default=False, compare=False)
 
     def load(self):
         """The predictor, loaded once per worker process and shared by its threads."""
@@ -398,7 +401,7 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
     side = max(plane.shape[-2:]) * scale
     tile = min(math.ceil(side / 32.0) * 32, MAX_TILE)
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
-                            tile=max(tile, 64), overlap=64)
+                            tile=max(tile, 64), overlap=64, tta=spec.tta)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
     seg = predictor.instances(raw, params)
     cy, cx = plan.core(b)

@@ -63,7 +63,8 @@ class _Failed:
 
 
 @thread_worker
-def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: bool, params):
+def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: bool, params,
+                    tta: bool = False):
     """Load the model (first time only), predict tile by tile, post-process.
 
     User errors come back as the result (shown as one clear notification); only bugs raise,
@@ -71,7 +72,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
     """
     try:
         predictor = load()
-        raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate)
+        raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate, tta=tta)
         params = params or predictor.default_params(raw.scale)
         return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
@@ -141,6 +142,10 @@ class SegmentWidget(Container):
                                       step=1.0, enabled=False,
                                       tooltip="typical nucleus diameter in pixels (shows the "
                                       "estimate while 'estimate object size' is ticked)")
+        self._tta = CheckBox(text="flip averaging (4× slower)", value=False,
+                             tooltip="run the network on four mirrored copies of the image and "
+                             "average them: better outlines (most for DeepCeNS), four times "
+                             "the time")
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -155,7 +160,7 @@ class SegmentWidget(Container):
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
-                     self._auto_diameter, self._diameter,
+                     self._auto_diameter, self._diameter, self._tta,
                      self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._score, self._min_size])
         self._scheduler = LineEdit(label="scheduler", value="",
@@ -254,7 +259,7 @@ class SegmentWidget(Container):
         self._status.value = f"segmenting {layer.name}…"
         self._started = time.perf_counter()
         params = self._params() if self._user_knobs else None
-        worker = _segment_worker(load, image, diameter, estimate, params)
+        worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value))
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
@@ -478,6 +483,7 @@ class SegmentWidget(Container):
             "thresholds": self._params().to_dict(),
             "diameter": raw.diameter,
             "diameter_estimated": raw.estimated,
+            "flip_averaged": bool(raw.meta.get("tta", False)),
             "segmented": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -514,7 +520,7 @@ class SegmentWidget(Container):
             self._error(exc)
             return
         load, (model, weights, device) = self._loader()
-        spec = ModelSpec(model, weights, device)
+        spec = ModelSpec(model, weights, device, tta=bool(self._tta.value))
         folder = Path(tempfile.gettempdir()) / "napari-deepcens"
         folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name)
@@ -565,7 +571,7 @@ class SegmentWidget(Container):
         return str(self._status.value)
 
     def set_options(self, **values: Any) -> None:
-        """Set widgets by name (image, model, weights, device, auto_diameter, diameter, fg, seed,
-        min_size)."""
+        """Set widgets by name (image, model, weights, device, auto_diameter, diameter, tta, fg,
+        seed, min_size)."""
         for name, value in values.items():
             getattr(self, f"_{name}").value = value
