@@ -151,7 +151,9 @@ def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     _predictor, raw = widget._raw[id(layer)]
     labels = viewer.layers["nuclei labels"]
     assert raw.meta["tta"] and labels.metadata[PROVENANCE_KEY]["flip_averaged"] is True
+    assert "4 flips averaged" in widget.status
     assert summarize([match_image(fluorescence[1], labels.data)])["AP@0.5"] >= 0.66  # 0.694 measured
     widget.set_options(tta=False)
     run_and_wait(qtbot, widget)
     assert labels.metadata[PROVENANCE_KEY]["flip_averaged"] is False
+    assert "flips" not in widget.status

@@ -301,7 +301,8 @@ class SegmentWidget(Container):
             raw.diameter) else ""
         if raw.size_unrecognised:
             size = ", object size not recognised: run as it is (set the diameter if needed)"
-        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{size}"
+        flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
+        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}"
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
