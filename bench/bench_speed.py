@@ -34,14 +34,15 @@ def mosaic(side: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(rows, 0)[:side, :side])
 
 
-def peak_memory_child(model: str, side: int, threads: int, weights: str | None, device: str) -> None:
+def peak_memory_child(model: str, side: int, threads: int, weights: str | None, device: str,
+                      tta: bool = False) -> None:
     import torch
 
     from napari_deepcens import Predictor
 
     torch.set_num_threads(threads)
     image = mosaic(side)
-    predictor = Predictor.from_name(model, weights=weights, device=device)
+    predictor = Predictor.from_name(model, weights=weights, device=device, tta=tta)
     t0 = time.perf_counter()
     labels = predictor.segment(image, estimate=False)
     seconds = time.perf_counter() - t0
@@ -58,10 +59,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-side", type=int, default=4096)
+    parser.add_argument("--tta", action="store_true", help="flip averaging (four passes)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        peak_memory_child(args.model, args.memory_side, args.threads, args.weights, args.device)
+        peak_memory_child(args.model, args.memory_side, args.threads, args.weights, args.device, args.tta)
         return
 
     import torch
@@ -70,8 +72,9 @@ def main() -> None:
     from napari_deepcens.postprocess.params import PostprocessParams
 
     torch.set_num_threads(args.threads)
-    predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
-    print(f"{args.model} on {predictor.device}, {args.threads} threads")
+    predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device, tta=args.tta)
+    flips = ", flip averaging" if args.tta else ""
+    print(f"{args.model} on {predictor.device}, {args.threads} threads{flips}")
     image = mosaic(2048)
     predictor.segment(image[:1024, :1024], estimate=False)  # warm-up: oneDNN builds kernels per shape
     if predictor.device.type == "cuda":
@@ -98,6 +101,7 @@ def main() -> None:
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
                           "--model", args.model, "--threads", str(args.threads), "--device", args.device,
                           *(["--weights", args.weights] if args.weights else []),
+                          *(["--tta"] if args.tta else []),
                           "--memory-side", str(args.memory_side)],
                          capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
