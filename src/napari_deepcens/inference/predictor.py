@@ -169,7 +169,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, info: WeightsInfo, device: str = "auto",
                  weights_path: Path | None = None, precision: str = "auto", tta: bool = False) -> None:
-        #: Test-time augmentation by default (:mod:`.tta`): four flips, four times the time.
+        #: Whether predictions average four flips (:mod:`.tta`) unless a call says otherwise.
         self.tta = tta
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
