@@ -20,11 +20,8 @@ import numpy as np
 from napari_deepcens import Predictor
 from napari_deepcens.evaluation.metrics import match_image, summarize
 from napari_deepcens.io.images import read_image, read_labels
+from napari_deepcens.io.layout import list_samples
 from napari_deepcens.training.dataset import object_diameters
-
-
-def fields(root: Path, splits: list[str]) -> list[Path]:
-    return [d for split in splits for d in sorted((root / split).iterdir()) if d.is_dir()]
 
 
 def main() -> None:
@@ -39,9 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     predictor = Predictor.from_name(args.model, weights=args.weights, device="auto", tta=args.tta)
     matches, ratios, t0 = [], [], time.perf_counter()
-    for folder in fields(args.data, args.splits):
-        image = read_image(folder / "image.png")[..., 0]  # R = Hoechst
-        labels = read_labels(folder / "labels_nucleus.png")
+    for sample in (s for split in args.splits for s in list_samples(args.data / split)):
+        image = read_image(sample.image)[..., 0]  # R = Hoechst
+        labels = read_labels(sample.classes["nucleus"])
         raw = predictor.predict(image, estimate=not args.no_estimate)
         matches.append(match_image(labels, predictor.postprocess(raw)))
         if raw.diameter:
