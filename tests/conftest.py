@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ DATA = Path(__file__).parent / "data"
 DSB_VAL = DATA / "dsb_val"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# widgets autosave edited labels; tests must not write into the user's data folder
+os.environ["NAPARI_DEEPCENS_AUTOSAVE_DIR"] = tempfile.mkdtemp(prefix="deepcens-autosave-")
 
 
 @pytest.fixture(scope="session")

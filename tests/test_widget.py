@@ -55,6 +55,10 @@ def test_rerun_keeps_hand_edits(docked, qtbot):
     kept = viewer.layers["nuclei labels (edited)"]
     assert (kept.data[:20, :20] == 999).all()
     assert (viewer.layers["nuclei labels"].data != 999).all()
+    # the kept copy is autosaved; the fresh segmentation (the program's work) is not
+    saved = widget._autosaver.flush()
+    assert [e.layer for e in saved] == ["nuclei labels (edited)"]
+    assert (widget._autosaver.store.load(saved[0])[:20, :20] == 999).all()
 
 
 def test_cancel_changes_nothing(docked, qtbot):
@@ -143,7 +147,7 @@ def test_unrecognised_object_size_is_said_and_the_image_runs_as_it_is(make_napar
 
 def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     from napari_deepcens.evaluation.metrics import match_image, summarize
-    from napari_deepcens.widget.segment_widget import PROVENANCE_KEY
+    from napari_deepcens.widget.keys import PROVENANCE_KEY
 
     viewer, widget, layer = docked
     widget.set_options(model="centerunet", tta=True)

@@ -2,7 +2,9 @@
 
 On top of napari's own brush, eraser and fill: delete or merge objects, fill holes, drop small
 objects, renumber, and redraw the rotated boxes from the edited labels. Every edit goes through
-``Labels.data_setitem`` so napari's undo (Ctrl+Z) covers it. With the mouse over the labels:
+``Labels.data_setitem`` so napari's undo (Ctrl+Z) covers it, and every edited layer is
+autosaved (:mod:`.autosave`); earlier versions, of this session or of one that crashed, can be
+restored as new layers. With the mouse over the labels:
 
 * ``Shift+D`` deletes the object under the cursor,
 * ``Shift+M`` merges the object under the cursor into the selected label.
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -28,9 +31,11 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
+from ..io.autosave import AutosaveEntry
 from ..postprocess import edit
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
-from .segment_widget import PROVENANCE_KEY
+from .autosave import autosaver_for
+from .keys import EDITED_KEY, PROVENANCE_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -91,10 +96,20 @@ class CorrectionWidget(Container):
         self._modality = ComboBox(label="modality", value="fluorescence",
                                   choices=["fluorescence", "brightfield", "histology", "other"])
         self._export = PushButton(text="Export image + labels")
+        self._autosaver = autosaver_for(viewer)
+        self._autosave = CheckBox(
+            text="autosave edits", value=True,
+            tooltip=f"every edited labels layer is saved to {self._autosaver.store.root} "
+                    "(at most every 10 s while you edit, and when the layer is deleted); "
+                    "the last 10 versions of each layer are kept for 14 days")
+        self._versions = ComboBox(label="autosaved", choices=self._version_choices,
+                                  tooltip="autosaved versions of edited labels, newest first")
+        self._restore = PushButton(text="Restore as a new layer")
         self._status = Label(label="status", value="Shift+D delete, Shift+M merge (under cursor)")
         self.extend([self._labels, self._image, self._delete, self._fill, self._min_size,
                      self._remove, self._relabel, self._boxes, self._dataset, self._name,
-                     self._modality, self._export, self._status])
+                     self._modality, self._export, self._autosave, self._versions,
+                     self._restore, self._status])
         self._delete.changed.connect(self.delete_selected)
         self._fill.changed.connect(lambda: self._apply(edit.fill_holes, "holes filled"))
         self._remove.changed.connect(lambda: self._apply(
@@ -104,6 +119,15 @@ class CorrectionWidget(Container):
         self._export.changed.connect(self.export)
         self._labels.changed.connect(self._bind_keys)
         self._bind_keys(self._labels.value)
+        self._autosave.changed.connect(self._set_autosave)
+        self._restore.changed.connect(self.restore)
+        self._autosaver.saved.connect(self._autosaved)
+        self._autosaver.store.prune()
+        earlier = [e for e in self._autosaver.store.entries()
+                   if e.session != self._autosaver.store.session]
+        if earlier:
+            self._report(f"{len(earlier)} autosaved versions from earlier sessions: "
+                         "pick one under 'autosaved' to restore it")
 
     # ------------------------------------------------------------------ editing
     def _layer(self):
@@ -195,6 +219,55 @@ class CorrectionWidget(Container):
         self._report(f"exported to {folder}")
         show_info(f"exported sample {folder.name} to {folder.parent}")
         return folder
+
+    # ------------------------------------------------------------------ autosave
+    def _version_choices(self, _widget=None) -> list[tuple[str, AutosaveEntry]]:
+        return [(e.describe(), e) for e in self._autosaver.store.entries()]
+
+    def _set_autosave(self, on: bool) -> None:
+        self._autosaver.enabled = bool(on)
+        if on:
+            self._autosaver.save_dirty()
+        self._report("autosave on" if on else "autosave off: edits live in memory only")
+
+    def _autosaved(self, entry: AutosaveEntry) -> None:
+        choices = self._versions.choices
+        on_newest = not choices or self._versions.value == choices[0]
+        self._refresh_versions(select_newest=on_newest)  # follow the newest unless one was chosen
+        self._report(f"autosaved {entry.layer!r} at {entry.when.split(' ')[1]}")
+
+    def reset_choices(self, *args) -> None:
+        super().reset_choices(*args)
+        self._refresh_versions(select_newest=False)
+
+    def _refresh_versions(self, select_newest: bool = True) -> None:
+        """Re-list the autosaved versions, newest first."""
+        current = self._versions.value
+        self._versions.choices = []   # magicgui appends new items after old ones: rebuild
+        self._versions.reset_choices()
+        choices = self._versions.choices
+        if choices:
+            keep = not select_newest and current in choices
+            self._versions.value = current if keep else choices[0]
+
+    def restore(self) -> object | None:
+        """Add the chosen autosaved version as a new Labels layer (nothing is replaced)."""
+        entry = self._versions.value
+        if entry is None:
+            self._fail(DeepCeNSError("no autosaved version chosen"))
+            return None
+        try:
+            data = self._autosaver.store.load(entry)
+        except Exception as exc:
+            self._fail(DeepCeNSError(f"could not read the autosaved file {entry.path}: {exc}"))
+            return None
+        meta = entry.meta
+        layer = self._viewer.add_labels(
+            data, name=f"{entry.layer} (autosaved {entry.when})",
+            scale=meta.get("scale") or None, translate=meta.get("translate") or None,
+            metadata={EDITED_KEY: False, PROVENANCE_KEY: dict(meta.get("provenance") or {})})
+        self._report(f"restored {layer.name!r} ({entry.n_objects} objects)")
+        return layer
 
     def _fail(self, exc: Exception) -> None:
         self._status.value = str(exc)

@@ -37,6 +37,8 @@ from napari.utils.notifications import show_error, show_info
 from ..errors import DeepCeNSError
 from ..models.registry import MODELS
 from ..postprocess.rotated_boxes import box_corners
+from .autosave import autosaver_for
+from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -45,10 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-EDITED_KEY = "deepcens_edited"
-PROVENANCE_KEY = "deepcens_provenance"
-SOURCE_KEY = "deepcens_source"
-CLASS_KEY = "deepcens_class"
 
 
 def _predictor_key(model: str, weights: Path | None, device: str) -> tuple:
@@ -184,6 +182,8 @@ class SegmentWidget(Container):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
         viewer.layers.events.removed.connect(self._forget_layer)
+        # hand edits of the labels this tab writes are autosaved (one saver per viewer)
+        self._autosaver = autosaver_for(viewer)
         self._auto_diameter.changed.connect(lambda auto: setattr(self._diameter, "enabled", not auto))
 
     # ------------------------------------------------------------------ helpers
@@ -390,7 +390,8 @@ class SegmentWidget(Container):
             return
         if layer.metadata.get(EDITED_KEY):
             kept = self._viewer.add_labels(layer.data.copy(), name=f"{layer.name} (edited)",
-                                           scale=layer.scale, translate=layer.translate)
+                                           scale=layer.scale, translate=layer.translate,
+                                           metadata={EDITED_KEY: True})
             show_info(f"your edits were kept in the layer {kept.name!r}")
         layer.data = labels
         layer.metadata[EDITED_KEY] = False

@@ -1,0 +1,182 @@
+"""Watch the viewer's Labels layers and autosave the ones the user edits.
+
+A layer counts as the user's work once it is painted, filled or erased (napari's ``paint``
+event, which every correction tool of this plugin also emits), or when it is the copy of
+edited labels that the Segment tab keeps before a re-run. Undo and redo (``set_data`` on a
+layer already edited) count too. Labels replaced wholesale by a program (a new segmentation)
+are the program's, not the user's, and are not saved until edited again.
+
+Saving is debounced (at most one write per layer every ``delay_s`` seconds while editing), the
+pixels are copied on the GUI thread and written on a background thread, and a layer removed
+from the viewer with unsaved edits is saved at once — a mis-click on *delete layer* loses
+nothing either.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QApplication
+
+from ..io.autosave import AutosaveEntry, AutosaveStore
+from .keys import EDITED_KEY, PROVENANCE_KEY
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+log = logging.getLogger(__name__)
+
+
+class _Relay(QObject):
+    """Carries 'saved' from the writer thread to the GUI thread (a queued signal)."""
+
+    saved = Signal(object)
+
+
+@dataclass
+class _State:
+    edited: bool = False   # the user has touched this layer's pixels
+    dirty: bool = False    # changed since the last save
+    saved_crc: int | None = None
+
+
+def _checksum(data: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).ravel())
+
+
+class LabelsAutosaver:
+    """Autosave edited Labels layers of ``viewer`` into ``store``; ``saved`` signals each write."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, store: AutosaveStore | None = None,
+                 delay_s: float = 10.0) -> None:
+        self.viewer = viewer
+        self.store = store or AutosaveStore()
+        self._relay = _Relay()
+        #: emitted on the GUI thread with each written :class:`AutosaveEntry`
+        self.saved = self._relay.saved
+        self.enabled = True
+        self._states: dict[int, _State] = {}
+        self._layers: dict[int, object] = {}
+        self._pending: list[Future] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepcens-autosave")
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(int(delay_s * 1000))
+        self._timer.timeout.connect(self.save_dirty)
+        for layer in viewer.layers:
+            self._watch(layer)
+        viewer.layers.events.inserted.connect(lambda e: self._watch(e.value))
+        viewer.layers.events.removed.connect(lambda e: self._removed(e.value))
+        app = QApplication.instance()
+        if app is not None:  # a weak link: the application must not keep old viewers alive
+            ref = weakref.ref(self)
+            app.aboutToQuit.connect(lambda: (saver := ref()) is not None and saver.flush())
+
+    # ------------------------------------------------------------------ events
+    def _watch(self, layer) -> None:
+        if layer.__class__.__name__ != "Labels" or id(layer) in self._states:
+            return
+        state = _State()
+        self._states[id(layer)] = state
+        self._layers[id(layer)] = layer
+        layer.events.paint.connect(lambda _e, layer=layer: self._edited(layer))
+        layer.events.set_data.connect(lambda _e, layer=layer: self._maybe_undo(layer))
+        layer.events.data.connect(lambda _e, layer=layer: self._replaced(layer))
+        if layer.metadata.get(EDITED_KEY):   # a kept copy of edited labels: the user's work
+            self._edited(layer)
+
+    def _edited(self, layer) -> None:
+        state = self._states.get(id(layer))
+        if state is None:
+            return
+        state.edited = state.dirty = True
+        if self.enabled and not self._timer.isActive():
+            self._timer.start()
+
+    def _maybe_undo(self, layer) -> None:
+        state = self._states.get(id(layer))
+        if state is not None and state.edited:
+            self._edited(layer)
+
+    def _replaced(self, layer) -> None:
+        """New data from a program: not the user's work (edits were kept by the Segment tab)."""
+        state = self._states.get(id(layer))
+        if state is not None:
+            state.edited = state.dirty = False
+            state.saved_crc = None
+
+    def _removed(self, layer) -> None:
+        if id(layer) in self._states:
+            if self.enabled:
+                self._save(layer)
+            self._states.pop(id(layer), None)
+            self._layers.pop(id(layer), None)
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, layer) -> Future | None:
+        state = self._states.get(id(layer))
+        if state is None or not state.dirty:
+            return None
+        data = layer.data
+        if not isinstance(data, np.ndarray):  # lazy (Dask/Zarr) labels are on disk already
+            state.dirty = False
+            return None
+        state.dirty = False
+        crc = _checksum(data)
+        if crc == state.saved_crc:           # e.g. an undo back to the saved version
+            return None
+        state.saved_crc = crc
+        copy = np.array(data, copy=True)     # the GUI thread may paint on while this writes
+        meta = {"scale": [float(s) for s in layer.scale], "translate":
+                [float(t) for t in layer.translate], "provenance": layer.metadata.get(
+                    PROVENANCE_KEY, {})}
+        future = self._executor.submit(self.store.save, layer.name, copy, meta)
+        future.add_done_callback(self._done)
+        self._pending.append(future)
+        return future
+
+    def _done(self, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.error("autosave failed: %s", exc)
+        else:  # queued to the GUI thread: the callback may touch widgets
+            self._relay.saved.emit(future.result())
+
+    def save_dirty(self) -> list[Future]:
+        """Save every layer edited since its last save (the timer calls this)."""
+        if not self.enabled:
+            return []
+        futures = [self._save(layer) for layer in list(self._layers.values())]
+        self._pending = [f for f in self._pending if not f.done()]
+        return [f for f in futures if f is not None]
+
+    def flush(self) -> list[AutosaveEntry]:
+        """Save what is unsaved now and wait for every write (on quit, and in tests)."""
+        self._timer.stop()
+        self.save_dirty()
+        done = []
+        for future in self._pending:
+            try:
+                done.append(future.result(timeout=60))
+            except Exception as exc:  # reported by _done already
+                log.debug("autosave write failed: %s", exc)
+        self._pending = []
+        return done
+
+
+_AUTOSAVERS: weakref.WeakValueDictionary[int, LabelsAutosaver] = weakref.WeakValueDictionary()
+
+
+def autosaver_for(viewer: napari.viewer.Viewer, **kwargs) -> LabelsAutosaver:
+    """The one autosaver of ``viewer`` (two would write every edit twice)."""
+    saver = _AUTOSAVERS.get(id(viewer))
+    if saver is None or saver.viewer is not viewer:
+        saver = _AUTOSAVERS[id(viewer)] = LabelsAutosaver(viewer, **kwargs)
+    return saver

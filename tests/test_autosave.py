@@ -1,0 +1,111 @@
+"""Hand corrections are autosaved, versioned, and restorable: a crash loses nothing."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from napari_deepcens.io.autosave import AutosaveStore
+
+
+def test_versions_round_trip_rotate_and_survive_damaged_files(tmp_path, fluorescence):
+    _image, labels = fluorescence
+    store = AutosaveStore(tmp_path, keep=3, session="now")
+    versions = []
+    for i in range(5):                                   # five saves while editing
+        edited = labels.copy()
+        edited[:10, :10] = 70_000 + i                    # a label beyond uint16
+        versions.append(edited)
+        store.save("nuclei labels: run 2/3", edited, {"scale": [0.5, 0.5]})
+    (tmp_path / "now" / "junk__20260101-000000-000000.tif").write_bytes(b"not a tiff")
+
+    entries = store.entries()
+    assert len(entries) == 3                             # the 3 newest; the junk file skipped
+    assert [e.saved for e in entries] == sorted((e.saved for e in entries), reverse=True)
+    newest = entries[0]
+    assert newest.layer == "nuclei labels: run 2/3" and newest.meta["scale"] == [0.5, 0.5]
+    assert newest.n_objects == np.unique(versions[-1]).size - 1 >= 50
+    back = store.load(newest)
+    assert back.dtype == labels.dtype and np.array_equal(back, versions[-1])
+    assert np.array_equal(store.load(entries[-1]), versions[2])
+    assert not list(tmp_path.rglob("*.part"))            # written atomically
+    assert all(":" not in p.name and "/" not in p.name for p in (tmp_path / "now").iterdir())
+
+
+def test_old_sessions_are_pruned_and_this_one_never(tmp_path, fluorescence):
+    _image, labels = fluorescence
+    old, recent = AutosaveStore(tmp_path, session="old"), AutosaveStore(tmp_path, session="recent")
+    old.save("a", labels)
+    recent.save("b", labels)
+    month_ago = time.time() - 30 * 86400
+    for path in (tmp_path / "old").iterdir():
+        os.utime(path, (month_ago, month_ago))
+    current = AutosaveStore(tmp_path, session="old", max_age_days=14)   # "old" is in use
+    assert current.prune() == 0
+    assert AutosaveStore(tmp_path, session="new", max_age_days=14).prune() == 1
+    assert [e.session for e in AutosaveStore(tmp_path).entries()] == ["recent"]
+
+
+@pytest.fixture
+def correcting(make_napari_viewer, fluorescence, tmp_path, monkeypatch):
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    monkeypatch.setenv("NAPARI_DEEPCENS_AUTOSAVE_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    image, labels = fluorescence
+    viewer.add_image(image, name="nuclei")
+    layer = viewer.add_labels(labels.copy(), name="nuclei labels")
+    widget = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget, layer, labels
+
+
+def test_edits_undo_and_tools_are_autosaved_and_a_version_restores(correcting, qtbot):
+    viewer, widget, layer, labels = correcting
+    saver = widget._autosaver
+    assert saver.flush() == []                           # untouched labels are not the user's work
+
+    layer.paint((20, 20), 99)                            # brush
+    painted = layer.data.copy()
+    (entry,) = saver.flush()
+    assert np.array_equal(saver.store.load(entry), painted) and 99 in painted
+
+    layer.undo()                                         # Ctrl+Z is saved too
+    (entry,) = saver.flush()
+    assert np.array_equal(saver.store.load(entry), labels)
+
+    layer.selected_label = int(labels[128, 128]) or 1    # a plugin tool
+    widget.delete_selected()
+    (entry,) = saver.flush()
+    assert layer.selected_label not in saver.store.load(entry)
+    qtbot.waitUntil(lambda: "autosaved 'nuclei labels'" in widget._status.value, timeout=5000)
+
+    layer.data = np.zeros_like(labels)                   # replaced by a program: not saved
+    assert saver.flush() == []
+
+    widget.reset_choices()
+    widget._versions.value = widget._versions.choices[-1]  # the oldest: the brush stroke
+    n_layers = len(viewer.layers)
+    restored = widget.restore()
+    assert len(viewer.layers) == n_layers + 1 and "(autosaved " in restored.name
+    assert np.array_equal(restored.data, painted)
+    assert not layer.data.any()                          # nothing existing was replaced
+
+
+def test_edits_of_a_deleted_layer_are_saved_and_the_timer_saves_by_itself(correcting, qtbot):
+    viewer, widget, layer, labels = correcting
+    saver = widget._autosaver
+    layer.paint((30, 30), 77)
+    viewer.layers.remove(layer)                          # a mis-click on "delete layer"
+    (entry,) = saver.flush()
+    assert 77 in saver.store.load(entry)
+
+    other = viewer.add_labels(labels.copy(), name="second")
+    saver._timer.setInterval(50)
+    other.paint((40, 40), 55)                            # no flush: the timer writes it
+    qtbot.waitUntil(lambda: any(e.layer == "second" for e in saver.store.entries()), timeout=5000)
+
+    widget._autosave.value = False                       # switched off: nothing written
+    other.paint((60, 60), 56)
+    assert saver.save_dirty() == []
