@@ -69,7 +69,7 @@ class LabelsAutosaver:
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(int(delay_s * 1000))
-        self._timer.timeout.connect(self.save_dirty)
+        self._timer.timeout.connect(self._on_timer)
         for layer in viewer.layers:
             self._watch(layer)
         viewer.layers.events.inserted.connect(lambda e: self._watch(e.value))
@@ -124,51 +124,61 @@ class LabelsAutosaver:
         state = self._states.get(id(layer))
         if state is None or not state.dirty:
             return None
+        state.dirty = False
         data = layer.data
         if not isinstance(data, np.ndarray):  # lazy (Dask/Zarr) labels are on disk already
-            state.dirty = False
             return None
-        state.dirty = False
-        crc = _checksum(data)
-        if crc == state.saved_crc:           # e.g. an undo back to the saved version
-            return None
-        state.saved_crc = crc
-        copy = np.array(data, copy=True)     # the GUI thread may paint on while this writes
-        meta = {"scale": [float(s) for s in layer.scale], "translate":
-                [float(t) for t in layer.translate], "provenance": layer.metadata.get(
-                    PROVENANCE_KEY, {})}
-        future = self._executor.submit(self.store.save, layer.name, copy, meta)
+        copy = np.array(data, copy=True)     # the only work on the GUI thread: a memory copy
+        meta = {"scale": [float(s) for s in layer.scale],
+                "translate": [float(t) for t in layer.translate],
+                "provenance": layer.metadata.get(PROVENANCE_KEY, {})}
+        future = self._executor.submit(self._write, state, layer.name, copy, meta)
         future.add_done_callback(self._done)
         self._pending.append(future)
         return future
+
+    def _write(self, state: _State, name: str, data: np.ndarray, meta: dict) -> AutosaveEntry | None:
+        """On the writer thread: skip a version equal to the last one saved (e.g. undone)."""
+        crc = _checksum(data)
+        if crc == state.saved_crc:
+            return None
+        entry = self.store.save(name, data, meta)
+        state.saved_crc = crc
+        return entry
 
     def _done(self, future: Future) -> None:
         exc = future.exception()
         if exc is not None:
             log.error("autosave failed: %s", exc)
-        else:  # queued to the GUI thread: the callback may touch widgets
+        elif future.result() is not None:  # queued to the GUI thread: it may touch widgets
             self._relay.saved.emit(future.result())
 
+    def _on_timer(self) -> None:
+        self._pending = [f for f in self._pending if not f.done()]  # finished writes: forget
+        self.save_dirty()
+
     def save_dirty(self) -> list[Future]:
-        """Save every layer edited since its last save (the timer calls this)."""
+        """Start saving every layer edited since its last save (the timer calls this)."""
         if not self.enabled:
             return []
         futures = [self._save(layer) for layer in list(self._layers.values())]
-        self._pending = [f for f in self._pending if not f.done()]
         return [f for f in futures if f is not None]
 
     def flush(self) -> list[AutosaveEntry]:
         """Save what is unsaved now and wait for every write (on quit, and in tests)."""
         self._timer.stop()
         self.save_dirty()
-        done = []
+        written = []
         for future in self._pending:
             try:
-                done.append(future.result(timeout=60))
+                entry = future.result(timeout=60)
             except Exception as exc:  # reported by _done already
                 log.debug("autosave write failed: %s", exc)
+                continue
+            if entry is not None:
+                written.append(entry)
         self._pending = []
-        return done
+        return written
 
 
 _AUTOSAVERS: weakref.WeakValueDictionary[int, LabelsAutosaver] = weakref.WeakValueDictionary()
