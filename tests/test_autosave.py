@@ -109,3 +109,24 @@ def test_edits_of_a_deleted_layer_are_saved_and_the_timer_saves_by_itself(correc
     widget._autosave.value = False                       # switched off: nothing written
     other.paint((60, 60), 56)
     assert saver.save_dirty() == []
+
+
+def test_correction_tab_labels_its_fields_and_guards_its_tools(correcting, qtbot):
+    import dask.array as da
+    from qtpy.QtWidgets import QLabel
+
+    viewer, widget, _layer, labels = correcting
+    shown = {q.text() for q in widget.native.findChildren(QLabel) if not q.isHidden()}
+    assert {"labels", "image", "dataset folder", "modality", "autosaved"} <= shown
+
+    lazy = viewer.add_labels(da.from_array(labels, chunks=64), name="lazy")
+    widget._labels_layer.value = lazy
+    widget._fill.changed(True)                           # the button: a message, no traceback
+    assert "read lazily" in widget._status.value
+
+    negative = labels.astype(np.int32).copy()
+    negative[:3, :3] = -1                                # a 9-px object with a negative label
+    widget._labels_layer.value = viewer.add_labels(negative, name="negative")
+    widget._min_size.value = 10
+    widget._remove.changed(True)
+    assert -1 not in viewer.layers["negative"].data and "pixels changed" in widget._status.value

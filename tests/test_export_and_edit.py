@@ -125,3 +125,22 @@ def test_coco_from_saved_fragments_equals_coco_from_the_tiffs(tmp_path, fluoresc
     for fragment in ds.glob(f"*/{SAMPLE_COCO}"):
         fragment.unlink()                    # as in a folder made by hand
     assert coco_dataset(ds) == json.loads(json.dumps(from_fragments))
+
+
+def test_the_same_sample_is_not_exported_twice(tmp_path, fluorescence):
+    image, labels = fluorescence
+    first = export_sample(tmp_path, image, {"nucleus": labels}, "cells")
+    with pytest.raises(DeepCeNSError, match=f"{first.name}.*nothing written"):
+        export_sample(tmp_path, image, {"nucleus": labels}, "cells again")
+    edited = labels.copy()
+    edited[edited == edited.max()] = 0                   # a corrected version is a new sample
+    assert export_sample(tmp_path, image, {"nucleus": edited}, "cells") != first
+    assert len(list_samples(tmp_path)) == 2
+
+
+def test_modality_is_guessed_from_the_image():
+    from napari_deepcens.io.images import guess_modality
+    from napari_deepcens.sample_data import _load
+
+    for modality in ("fluorescence", "histology", "brightfield"):
+        assert guess_modality(_load(f"nuclei_{modality}")) == modality

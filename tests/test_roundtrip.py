@@ -26,7 +26,7 @@ def test_round_trip(dock, qtbot, tmp_path, capsys):
     n_before = int(labels.data.max())
 
     # correct: delete one object (undoable), fill holes, relabel
-    dock.correct._labels.value = labels
+    dock.correct._labels_layer.value = labels
     dock.correct._image.value = layer
     labels.selected_label = int(labels.data[labels.data > 0][0])
     dock.correct.delete_selected()
@@ -40,11 +40,15 @@ def test_round_trip(dock, qtbot, tmp_path, capsys):
     boxes = viewer.layers["nuclei labels boxes"]
     assert len(boxes.data) == n_before - 1 and "angle" in boxes.features
 
-    # export twice: two samples, provenance from the segmentation
+    # export: provenance from the segmentation; the same pixels twice are refused, kindly
     dock.correct._dataset.value = tmp_path / "ds"
     first = dock.correct.export()
     second = dock.correct.export()
-    assert first is not None and second is not None and first != second
+    assert first is not None and second is None and "nothing written" in dock.correct._status.value
+    labels.selected_label = int(labels.data[labels.data > 0][0])
+    dock.correct.delete_selected()                              # corrected further: a new sample
+    second = dock.correct.export()
+    assert second is not None and second != first
     prov = (first / "provenance.json").read_text()
     assert '"model": "unet"' in prov and "weights_sha256" in prov
 
@@ -99,7 +103,7 @@ def test_export_without_folder_keeps_everything(dock, qtbot):
     qtbot.waitUntil(lambda: dock.segment._worker is None, timeout=60_000)
     labels = viewer.layers["nuclei labels"]
     before = labels.data.copy()
-    dock.correct._labels.value = labels
+    dock.correct._labels_layer.value = labels
     assert dock.correct.export() is None
     assert "dataset folder" in str(dock.correct._status.value)
     np.testing.assert_array_equal(labels.data, before)

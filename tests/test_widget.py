@@ -161,3 +161,56 @@ def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     run_and_wait(qtbot, widget)
     assert labels.metadata[PROVENANCE_KEY]["flip_averaged"] is False
     assert "flips" not in widget.status
+
+
+def test_box_edits_are_kept_when_a_slider_redraws_the_boxes(docked, qtbot):
+    viewer, widget, _layer = docked
+    widget.set_options(model="centerunet", device="cpu")
+    run_and_wait(qtbot, widget)
+    boxes = viewer.layers["nuclei boxes"]
+    n = len(boxes.data)
+    boxes.selected_data = {0, 1, 2, 3, 4}
+    boxes.remove_selected()                                 # five boxes deleted by hand
+    widget.set_options(score=0.5)
+    qtbot.waitUntil(lambda: "nuclei boxes (edited)" in viewer.layers, timeout=20_000)
+    assert len(viewer.layers["nuclei boxes (edited)"].data) == n - 5
+    qtbot.waitUntil(lambda: widget._post_worker is None, timeout=20_000)
+    widget.set_options(score=0.45)                          # redrawn boxes are not edits
+    qtbot.waitUntil(lambda: widget._post_worker is None, timeout=20_000)
+    assert len([ly for ly in viewer.layers if "(edited)" in ly.name]) == 1
+
+
+def test_sliders_after_a_model_switch_ask_for_a_run_and_undo_stays_in_its_run(docked, qtbot):
+    viewer, widget, _layer = docked
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["nuclei labels"]
+    labels.data_setitem((np.arange(20, 40), np.arange(20, 40)), 555)   # a hand edit
+    widget.set_options(fg=0.8)
+    qtbot.waitUntil(lambda: widget._post_worker is None and 555 not in labels.data, timeout=20_000)
+    fresh = labels.data.copy()
+    labels.undo()                                           # nothing of the old run comes back
+    assert np.array_equal(labels.data, fresh)
+
+    widget.set_options(model="centerunet")
+    assert "press Run" in widget.status
+    widget.set_options(score=0.9)
+    assert "press Run" in widget.status and widget._post_worker is None
+    assert np.array_equal(labels.data, fresh)
+
+
+def test_an_image_removed_during_its_run_leaves_nothing_behind(docked, qtbot):
+    viewer, widget, layer = docked
+    widget.run()
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert "nuclei labels" not in viewer.layers and not widget._raw
+    assert "removed" in widget.status
+
+
+def test_long_messages_wrap_instead_of_widening_the_dock(docked):
+    _viewer, widget, _layer = docked
+    before = widget.native.minimumSizeHint().width()
+    widget._status.value = ("centerunet_dsb2018.safetensors holds weights for model 'centerunet', "
+                            "not 'unet': choose the 'centerunet' model or other weights " * 2)
+    assert widget.native.minimumSizeHint().width() <= before + 10
+    assert "holds weights" in widget._status.native.toolTip()

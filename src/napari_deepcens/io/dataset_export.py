@@ -18,6 +18,7 @@ its files are complete, so a failed export leaves the dataset as it was.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 import json
 import os
@@ -48,6 +49,28 @@ def _free_id(dataset: Path, name: str) -> str:
     return candidate
 
 
+def content_digest(image: np.ndarray, labels: dict[str, np.ndarray]) -> str:
+    """A fingerprint of a sample's pixels: the same image with the same labels twice would
+    make fine-tuning weigh them double."""
+    sha = hashlib.sha1()
+    for name, array in (("image", image), *sorted(labels.items())):
+        array = np.ascontiguousarray(array)
+        sha.update(f"{name}{array.shape}{array.dtype.str}".encode())
+        sha.update(array.view(np.uint8).ravel())
+    return sha.hexdigest()
+
+
+def find_duplicate(dataset: Path, digest: str) -> str | None:
+    """The id of a sample of ``dataset`` with exactly these pixels, if any."""
+    for record in dataset.glob("*/provenance.json"):
+        try:
+            if json.loads(record.read_text()).get("content_sha1") == digest:
+                return record.parent.name
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _labels_name(cls: str, n_classes: int) -> str:
     return "labels.tif" if n_classes == 1 else f"labels_{_safe_name(cls)}.tif"
 
@@ -71,6 +94,11 @@ def export_sample(
             raise DeepCeNSError(
                 f"labels {cls!r} have shape {lab.shape} but the image is {image.shape[:2]}"
             )
+    digest = content_digest(np.asarray(image), {c: np.asarray(v) for c, v in labels.items()})
+    if dataset.is_dir() and (twin := find_duplicate(dataset, digest)) is not None:
+        raise DeepCeNSError(f"sample {twin!r} in {dataset} already has this image with exactly "
+                            "these labels: nothing written (edit the labels to export a new "
+                            "version)")
     try:
         dataset.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dataset, prefix=".export-"))
@@ -86,7 +114,7 @@ def export_sample(
                              compression="zlib")
             n_objects += int(len(np.unique(lab)) - (lab == 0).any())
         record = {"name": name, "classes": list(labels), "exported": time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z"), **(provenance or {})}
+            "%Y-%m-%dT%H:%M:%S%z"), **(provenance or {}), "content_sha1": digest}
         (staging / "provenance.json").write_text(json.dumps(record, indent=2, default=str))
         coco = {"height": int(image.shape[0]), "width": int(image.shape[1]),
                 "annotations": sample_annotations({c: np.asarray(v) for c, v in labels.items()})}

@@ -49,20 +49,39 @@ def read_image(path: str | Path) -> np.ndarray:
 
             data = iio.imread(path)
     except Exception as exc:  # decoders raise many types; the user needs one message
-        raise ImageError(f"cannot read {path.name}: not a readable image ({exc})") from exc
+        kind = path.suffix.lstrip(".").upper() or "image"
+        log.debug("decoder error for %s: %s", path, exc)
+        raise ImageError(f"cannot read {path.name}: not a readable {kind} file (damaged, "
+                         "empty, or another format under this name)") from exc
     data = np.asarray(data)
     if data.size == 0:
         raise ImageError(f"cannot read {path.name}: the file holds no pixels (corrupt or empty)")
+    if data.ndim == 3 and data.shape[-1] == 2 and path.suffix.lower() != ".tif" and (
+            path.suffix.lower() != ".tiff"):
+        data = data[..., 0]  # grey + alpha (a PNG's "LA" mode): the alpha is not a channel
     return data
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read an instance label image (0 = background) as int32."""
-    labels = read_image(path)
+    """Read an instance label image (0 = background, one integer per object) as int32.
+
+    Refuses what would silently score or train on garbage: colour-coded labels (objects
+    told apart by colour, not by value) and fractional values (a probability map).
+    """
+    name = Path(path).name
+    labels = np.squeeze(read_image(path))
     if labels.ndim == 3 and labels.shape[-1] in (3, 4):  # label PNGs saved as RGB grey
+        rgb = labels[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise ImageError(f"{name}: colour labels (objects told apart by colour) are not "
+                             "instance labels: save one integer value per object (0 = background)")
         labels = labels[..., 0]
     if labels.ndim != 2:
-        raise ImageError(f"{Path(path).name}: labels must be 2-D, got shape {labels.shape}")
+        raise ImageError(f"{name}: labels must be 2-D, got shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
+            raise ImageError(f"{name}: labels hold fractional values (a probability map?): "
+                             "expected one integer value per object (0 = background)")
     return labels.astype(np.int32, copy=False)
 
 
@@ -72,6 +91,12 @@ def validate_image(image: np.ndarray) -> np.ndarray:
     Returns the array as given; raises :class:`ImageError` saying what was expected.
     """
     image = np.asarray(image)
+    if image.ndim > 2 and 1 in image.shape:  # (1, H, W), (H, W, 1), (1, 1, H, W): one plane
+        image = np.squeeze(image)
+        if image.ndim < 2:
+            raise ImageError(f"image has shape {np.shape(image)}: expected a 2-D image")
+    if image.ndim < 2:
+        raise ImageError(f"image has shape {image.shape}: expected a 2-D image (height, width)")
     if image.dtype == bool:
         image = image.astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
@@ -180,6 +205,20 @@ def to_plane(image: np.ndarray, invert: bool | None = None) -> np.ndarray:
             out[~finite] = 0.0
     np.clip(out, -0.5, 1.5, out=out)
     return out.astype(np.float32, copy=False)
+
+
+def guess_modality(image: np.ndarray) -> str:
+    """"histology" for colour images, "brightfield" for grey ones with dark objects on a
+    bright background, else "fluorescence" — the default of an export's modality field."""
+    image = np.asarray(image)
+    step = max(1, max(image.shape[:2]) // 512)  # a sample is enough to decide
+    sample = validate_image(image[::step, ::step])
+    if sample.ndim == 3:
+        rgb = sample[..., :3].astype(np.float32)
+        if np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 0.02 * (np.ptp(rgb) or 1.0):
+            return "histology"
+    bright_background = float(np.median(to_plane(sample, invert=False))) > 0.5  # as to_plane
+    return "brightfield" if bright_background else "fluorescence"
 
 
 def to_channels(image: np.ndarray, channels: int = 1, invert: bool | None = None) -> np.ndarray:

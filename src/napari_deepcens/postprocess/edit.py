@@ -43,9 +43,8 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` pixels, keeping the other labels unchanged."""
-    counts = np.bincount(labels.ravel())
-    small = np.flatnonzero(counts < min_size)
-    small = small[small > 0]
+    values, counts = np.unique(labels, return_counts=True)  # any integer labels, negative too
+    small = values[(counts < min_size) & (values != 0)]
     out = labels.copy()
     if small.size:
         out[np.isin(labels, small)] = 0

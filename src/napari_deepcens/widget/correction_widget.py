@@ -22,7 +22,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -36,6 +35,7 @@ from ..postprocess import edit
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
 from .keys import EDITED_KEY, PROVENANCE_KEY
+from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -82,7 +82,7 @@ class CorrectionWidget(Container):
         import napari
 
         self._viewer = viewer
-        self._labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._delete = PushButton(text="Delete selected label")
         self._fill = PushButton(text="Fill holes")
@@ -105,8 +105,8 @@ class CorrectionWidget(Container):
         self._versions = ComboBox(label="autosaved", choices=self._version_choices,
                                   tooltip="autosaved versions of edited labels, newest first")
         self._restore = PushButton(text="Restore as a new layer")
-        self._status = Label(label="status", value="Shift+D delete, Shift+M merge (under cursor)")
-        self.extend([self._labels, self._image, self._delete, self._fill, self._min_size,
+        self._status = status_label(value="Shift+D delete, Shift+M merge (under cursor)")
+        self.extend([self._labels_layer, self._image, self._delete, self._fill, self._min_size,
                      self._remove, self._relabel, self._boxes, self._dataset, self._name,
                      self._modality, self._export, self._autosave, self._versions,
                      self._restore, self._status])
@@ -117,8 +117,10 @@ class CorrectionWidget(Container):
         self._relabel.changed.connect(lambda: self._apply(edit.relabel_sequential, "relabelled"))
         self._boxes.changed.connect(self.update_boxes)
         self._export.changed.connect(self.export)
-        self._labels.changed.connect(self._bind_keys)
-        self._bind_keys(self._labels.value)
+        self._labels_layer.changed.connect(self._bind_keys)
+        self._bind_keys(self._labels_layer.value)
+        self._image.changed.connect(self._guess_modality)
+        self._guess_modality(self._image.value)
         self._autosave.changed.connect(self._set_autosave)
         self._restore.changed.connect(self.restore)
         self._autosaver.saved.connect(self._autosaved)
@@ -126,49 +128,58 @@ class CorrectionWidget(Container):
         earlier = [e for e in self._autosaver.store.entries()
                    if e.session != self._autosaver.store.session]
         if earlier:
-            self._report(f"{len(earlier)} autosaved versions from earlier sessions: "
+            versions = "version" if len(earlier) == 1 else "versions"
+            self._report(f"{len(earlier)} autosaved {versions} from earlier sessions: "
                          "pick one under 'autosaved' to restore it")
 
     # ------------------------------------------------------------------ editing
-    def _layer(self):
-        layer = self._labels.value
+    def _layer(self, layer=None):
+        layer = layer if layer is not None else self._labels_layer.value
         if layer is None:
             raise DeepCeNSError("no labels layer: run a segmentation or open labels first")
+        if layer.multiscale or not isinstance(layer.data, np.ndarray):
+            raise DeepCeNSError(
+                f"{layer.name!r} is read lazily from disk (a large image's result): these tools "
+                "edit labels held in memory; napari's brush and eraser still work on it")
         return layer
+
+    def _edit(self, operation, done: str, layer=None) -> None:
+        """Apply ``operation`` (labels -> new labels) to the chosen layer as one undoable step;
+        whatever goes wrong becomes a message, and the layer is left as it was."""
+        try:
+            layer = self._layer(layer)
+            n = apply_edit(layer, operation(np.asarray(layer.data)))
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:
+            log.exception("edit failed")
+            self._fail(DeepCeNSError(f"{done.split(':')[0]} failed ({type(exc).__name__}): {exc}"))
+            return
+        self._report(done.format(n=n))
 
     def _report(self, message: str) -> None:
         self._status.value = message
 
     def _apply(self, operation, done: str) -> None:
-        try:
-            layer = self._layer()
-        except DeepCeNSError as exc:
-            self._fail(exc)
-            return
-        n = apply_edit(layer, operation(np.asarray(layer.data)))
-        self._report(f"{done}: {n} pixels changed")
+        self._edit(operation, done + ": {n} pixels changed")
 
     def delete_selected(self) -> None:
-        try:
-            layer = self._layer()
-        except DeepCeNSError as exc:
-            self._fail(exc)
-            return
-        label = int(layer.selected_label)
-        n = apply_edit(layer, edit.delete_label(np.asarray(layer.data), label))
-        self._report(f"deleted label {label} ({n} pixels)")
+        layer = self._labels_layer.value
+        label = int(layer.selected_label) if layer is not None else 0
+        self._edit(lambda lab: edit.delete_label(lab, label),
+                   f"deleted label {label}" + " ({n} pixels)")
 
     def delete_under_cursor(self, layer) -> None:
         label = label_under_cursor(layer, self._viewer)
         if label:
-            apply_edit(layer, edit.delete_label(np.asarray(layer.data), label))
-            self._report(f"deleted label {label}")
+            self._edit(lambda lab: edit.delete_label(lab, label), f"deleted label {label}", layer)
 
     def merge_under_cursor(self, layer) -> None:
         other, keep = label_under_cursor(layer, self._viewer), int(layer.selected_label)
         if other and keep and other != keep:
-            apply_edit(layer, edit.merge_labels(np.asarray(layer.data), keep, other))
-            self._report(f"merged label {other} into {keep}")
+            self._edit(lambda lab: edit.merge_labels(lab, keep, other),
+                       f"merged label {other} into {keep}", layer)
 
     def _bind_keys(self, layer) -> None:
         if layer is None or getattr(layer, "_deepcens_keys", False):
@@ -194,6 +205,20 @@ class CorrectionWidget(Container):
         self._report(f"{len(shapes)} rotated boxes")
 
     # ------------------------------------------------------------------ export
+    def _guess_modality(self, image_layer) -> None:
+        """Preset the export's modality from the image (colour: histology; dark objects on a
+        bright background: brightfield; else fluorescence); the user can change it."""
+        from ..io.images import guess_modality
+
+        if image_layer is None:
+            return
+        try:
+            data = image_layer.data[-1] if image_layer.multiscale else image_layer.data
+            step = max(1, max(data.shape[:2]) // 512)  # lazy data: read a sample only
+            self._modality.value = guess_modality(np.asarray(data[::step, ::step]))
+        except Exception as exc:  # an odd layer keeps the current choice
+            log.debug("no modality guess for %s: %s", image_layer.name, exc)
+
     def export(self) -> Path | None:
         """Export the chosen image and labels to the dataset folder as a new sample."""
         from ..io.dataset_export import export_sample
@@ -231,6 +256,12 @@ class CorrectionWidget(Container):
         self._report("autosave on" if on else "autosave off: edits live in memory only")
 
     def _autosaved(self, entry: AutosaveEntry) -> None:
+        try:
+            self._show_autosaved(entry)
+        except RuntimeError:  # the viewer closed (its layers are saved as it goes): no widget
+            log.debug("autosaved %s after its widget closed", entry.path)
+
+    def _show_autosaved(self, entry: AutosaveEntry) -> None:
         choices = self._versions.choices
         on_newest = not choices or self._versions.value == choices[0]
         self._refresh_versions(select_newest=on_newest)  # follow the newest unless one was chosen

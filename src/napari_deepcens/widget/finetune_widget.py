@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import Container, FileEdit, ProgressBar, PushButton, SpinBox
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
+from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -73,8 +74,8 @@ class FineTuneWidget(Container):
         self._train = PushButton(text="Fine-tune")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self._loss = Label(label="loss", value="–")
-        self._status = Label(label="status", value="starts from the weights chosen for segmenting")
+        self._loss = status_label(label="loss", value="–")
+        self._status = status_label(value="starts from the weights chosen for segmenting")
         self.extend([self._dataset, self._epochs, self._steps, self._train, self._cancel,
                      self._progress, self._loss, self._status])
         self._worker = None

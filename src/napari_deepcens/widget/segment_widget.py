@@ -24,7 +24,6 @@ from magicgui.widgets import (
     FileEdit,
     FloatSlider,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -32,13 +31,14 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import DeepCeNSError
 from ..models.registry import MODELS
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
+from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -147,7 +147,7 @@ class SegmentWidget(Container):
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self._status = Label(label="status", value="pick an image and press Run")
+        self._status = status_label(value="pick an image and press Run")
         self._fg = FloatSlider(label="foreground", value=0.5, min=0.05, max=0.95, step=0.01,
                                tooltip="probability above which a pixel is nucleus")
         self._seed = FloatSlider(label="seed", value=0.1, min=0.01, max=0.9, step=0.01,
@@ -165,6 +165,8 @@ class SegmentWidget(Container):
                                    tooltip="large images: a dask.distributed scheduler address "
                                    "(tcp://host:8786); empty: a local cluster on this machine")
         self.insert(self.index(self._run), self._scheduler)
+        self._image.changed.connect(self._update_scheduler)
+        self._update_scheduler()
         self._chunk_cancel = None
 
         self._predictors: dict[tuple, Predictor] = {}
@@ -175,6 +177,7 @@ class SegmentWidget(Container):
         self._user_knobs = False  # until the user moves a knob, each model's tuned values apply
         self._started = 0.0
         self._box_classes_multi = False
+        self._writing_boxes = False
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -252,6 +255,11 @@ class SegmentWidget(Container):
         except Exception as exc:
             self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
             return
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            if bad < image.size:  # all-NaN is refused with its own message by the worker
+                show_warning(f"{layer.name!r} has {bad} NaN or infinite pixels: they are "
+                             "treated as background")
         load, _key = self._loader()
         diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
         estimate = bool(self._auto_diameter.value)
@@ -290,6 +298,9 @@ class SegmentWidget(Container):
         if isinstance(result, _Failed):
             self._error(result.error)
             return
+        if layer not in self._viewer.layers:  # removed while it ran: keep nothing of it
+            self._status.value = f"{layer.name!r} was removed during the run: result discarded"
+            return
         predictor, raw, params, seg = result
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
@@ -311,6 +322,10 @@ class SegmentWidget(Container):
     def _on_model_change(self) -> None:
         self._weights.value = None
         self._user_knobs = False
+        layer = self._image.value
+        if layer is not None and id(layer) in self._raw:
+            self._status.value = (f"model changed: press Run to segment with "
+                                  f"{MODELS[self._model.value].label}")
         detector = self._model.value != "unet"
         self._seed.visible = not detector
         self._score.visible = detector
@@ -320,7 +335,17 @@ class SegmentWidget(Container):
     def _on_knob(self) -> None:
         self._user_knobs = True
         layer = self._image.value
-        if layer is None or id(layer) not in self._raw:
+        if layer is None:
+            return
+        if id(layer) not in self._raw:
+            labels = self.labels_layer(layer)
+            if labels is not None and "deepcens_zarr" in labels.metadata:
+                self._status.value = ("large image: no maps are kept, so the thresholds apply "
+                                      "at the next Run")
+            return
+        if self._raw[id(layer)][0].model_name != self._model.value:
+            self._status.value = (f"the thresholds belong to {MODELS[self._model.value].label}: "
+                                  "press Run to segment with it first")
             return
         if self._post_worker is not None:  # coalesce fast slider moves
             self._post_pending = True
@@ -389,11 +414,15 @@ class SegmentWidget(Container):
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
             return
         if layer.metadata.get(EDITED_KEY):
-            kept = self._viewer.add_labels(layer.data.copy(), name=f"{layer.name} (edited)",
-                                           scale=layer.scale, translate=layer.translate,
-                                           metadata={EDITED_KEY: True})
+            kept = self._viewer.add_labels(
+                layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
+                translate=layer.translate,
+                metadata={EDITED_KEY: True,
+                          PROVENANCE_KEY: dict(layer.metadata.get(PROVENANCE_KEY, {}))})
             show_info(f"your edits were kept in the layer {kept.name!r}")
         layer.data = labels
+        if hasattr(layer, "_reset_history"):  # Ctrl+Z must not paint old pixels into new labels
+            layer._reset_history()
         layer.metadata[EDITED_KEY] = False
 
     def boxes_layer(self, image_layer) -> napari.layers.Shapes | None:
@@ -418,19 +447,32 @@ class SegmentWidget(Container):
         self._box_classes_multi = multi
         layer = self.boxes_layer(image_layer)
         if layer is not None:
-            layer.selected_data = set()
-            layer.data = shapes
-            layer.features = features
-            if shapes:
-                layer.edge_color = "score"
+            if layer.metadata.get(EDITED_KEY):  # boxes moved or deleted by hand: keep them
+                kept = self._viewer.add_shapes(
+                    layer.data, shape_type=layer.shape_type, name=f"{layer.name} (edited)",
+                    features=layer.features, edge_color="yellow", face_color="transparent",
+                    edge_width=1.5, scale=layer.scale, translate=layer.translate)
+                show_info(f"your box edits were kept in the layer {kept.name!r}")
+            self._writing_boxes = True
+            try:
+                layer.selected_data = set()
+                layer.data = shapes
+                layer.features = features
+                if shapes:
+                    layer.edge_color = "score"
+            finally:
+                self._writing_boxes = False
+            layer.metadata[EDITED_KEY] = False
             return
         layer = self._viewer.add_shapes(
             shapes, shape_type="rectangle", name=f"{image_layer.name} boxes", features=features,
             edge_color="score" if len(shapes) else "yellow", edge_colormap="plasma",
             face_color="transparent", edge_width=1.5, scale=image_layer.scale[-2:],
-            translate=image_layer.translate[-2:], metadata={SOURCE_KEY: id(image_layer)},
+            translate=image_layer.translate[-2:],
+            metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
         )
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
+        layer.events.data.connect(lambda _e, layer=layer: self._boxes_changed(layer))
         for cls in (list(boxes) if multi else [None]):
             labels = self.labels_layer(image_layer, cls)
             if labels is not None and not labels.metadata.get("deepcens_linked"):
@@ -493,6 +535,16 @@ class SegmentWidget(Container):
     def _mark_edited(layer) -> None:
         layer.metadata[EDITED_KEY] = True
 
+    def _boxes_changed(self, layer) -> None:
+        """A box added, moved or deleted by the user (not by this widget) is a hand edit."""
+        if not self._writing_boxes:
+            layer.metadata[EDITED_KEY] = True
+
+    def _update_scheduler(self, *_args) -> None:
+        """The Dask scheduler field matters for large images only: show it for those."""
+        layer = self._image.value
+        self._scheduler.visible = layer is not None and self._is_large(layer)
+
     # ------------------------------------------------------------------ large images (chunked)
     @staticmethod
     def _is_large(layer) -> bool:
@@ -553,6 +605,10 @@ class SegmentWidget(Container):
         if isinstance(result, _Failed):
             self._error(result.error)
             return
+        if layer not in self._viewer.layers:
+            self._status.value = (f"{layer.name!r} was removed during the run; its labels are in "
+                                  f"{result.output}")
+            return
         pyramids = read_ome_labels(result.output)
         for cls, levels in pyramids.items():
             name = f"{layer.name} {cls} labels" if len(pyramids) > 1 else f"{layer.name} labels"
@@ -563,7 +619,10 @@ class SegmentWidget(Container):
                           CLASS_KEY: cls if len(pyramids) > 1 else None,
                           "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)})
         seconds = time.perf_counter() - self._started
-        counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
+        counts = (f"{sum(result.counts.values())} objects" if len(result.counts) == 1 else
+                  ", ".join(f"{n} {c}" for c, n in result.counts.items()))
+        if self._auto_diameter.value and getattr(result, "diameter", None):
+            self._diameter.value = round(float(result.diameter), 1)
         self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
                               f"{result.halo} px halo); labels in {result.output}")
 
