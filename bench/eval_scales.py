@@ -25,10 +25,12 @@ from napari_deepcens.io.layout import list_samples
 from napari_deepcens.training.dataset import object_diameters
 
 
-def rescale(plane: np.ndarray, labels: np.ndarray, factor: float):
+def rescale(plane: np.ndarray, labels: np.ndarray, factor: float, antialias: bool = False):
+    """``antialias``: shrink by averaging each block (a lower magnification or binning on
+    the microscope) rather than sampling it (bilinear at pixel centres, aliased)."""
     size = (max(round(plane.shape[0] * factor), 16), max(round(plane.shape[1] * factor), 16))
     img = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear",
-                        align_corners=False)[0, 0].numpy()
+                        align_corners=False, antialias=antialias and factor < 1)[0, 0].numpy()
     # "nearest-exact" samples each output pixel's centre, the point bilinear (align_corners
     # False) samples too; torch's "nearest" takes the top-left source pixel of each block, which
     # shifts the labels by 1.5 source pixels against the image at x0.25 (0.375 output pixels:
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N images only")
     parser.add_argument("--no-estimate", action="store_true", help="use images as they are")
     parser.add_argument("--tta", action="store_true", help="average the network over four flips")
+    parser.add_argument("--antialias", action="store_true",
+                        help="shrink with an area (antialiasing) filter, as optics and binning do")
     parser.add_argument("--json")
     args = parser.parse_args()
     predictor = Predictor.from_name(args.model, weights=args.weights, device="auto", tta=args.tta)
@@ -58,7 +62,7 @@ def main() -> None:
         matches, ratios, est_all, true_all = [], [], [], []
         t0 = time.perf_counter()
         for plane, labels in items:
-            img, lab = rescale(plane, labels, factor) if factor != 1 else (plane, labels)
+            img, lab = rescale(plane, labels, factor, args.antialias) if factor != 1 else (plane, labels)
             true_d = float(np.median(object_diameters(lab))) if lab.max() else float("nan")
             raw = predictor.predict(img, normalised=True, estimate=not args.no_estimate)
             matches.append(match_image(lab, predictor.postprocess(raw)))

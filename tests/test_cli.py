@@ -95,6 +95,18 @@ def test_train_then_finetune_with_init(tmp_path, capsys):
     a, b = load_weights(w1)[0].state_dict(), load_weights(w2)[0].state_dict()
     assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)
 
+    # nothing is ever overwritten, and a finished or foreign checkpoint is said, not used
+    capsys.readouterr()
+    mine = tmp_path / "notes.safetensors"
+    mine.write_text("my own file")
+    assert main([*args[:3], str(mine), *args[4:]]) == 2
+    assert mine.read_text() == "my own file" and "exists" in capsys.readouterr().err
+    assert main(args) == 2                                  # the same run again
+    assert "already finished" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2"]) == 2              # another recipe, same output
+    err = capsys.readouterr().err
+    assert "another training run" in err and "epochs" in err and "Traceback" not in err
+
 
 def test_unknown_model_is_a_clear_error(one_image, tmp_path, capsys):
     image, _ = one_image
@@ -161,3 +173,43 @@ def test_tta_flag_gives_the_api_flip_averaged_labels(one_image, tmp_path):
     flipped = predictor.segment(read_image(image), tta=True)
     assert not np.array_equal(flipped, predictor.segment(read_image(image)))
     np.testing.assert_array_equal(tifffile.imread(out / "cells_labels.tif"), flipped)
+
+
+def test_partial_outputs_are_never_mixed_and_bad_options_are_one_line(one_image, tmp_path, capsys):
+    image, _ = one_image
+    out = tmp_path / "out"
+    assert main(["segment", str(image), "-o", str(out), "--model", "centerunet"]) == 0
+    (out / "cells_labels.tif").unlink()                     # an interrupted run
+    assert main(["segment", str(image), "-o", str(out), "--model", "centerunet"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "cells_boxes.csv").is_file()
+    assert main(["segment", str(image), "-o", str(out), "--model", "centerunet",
+                 "--overwrite"]) == 0
+    assert (out / "cells_labels.tif").is_file()
+
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    for bad in (["--tile", "80"], ["--diameter", "-5"], ["--diameter", "nan"], ["--min-size", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["segment", str(image), "-o", str(out), *bad])
+        assert exit_.value.code == 2
+    assert main(["segment", str(image), "-o", str(a_file)]) == 2
+    assert main(["evaluate", str(DSB_VAL), str(out), "--json", str(a_file)]) == 2
+    assert a_file.read_text() == "x"                        # --json never overwrites
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") >= 2
+
+
+def test_hidden_files_are_skipped_and_a_spare_axis_is_not_a_stack(one_image, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    image, _ = one_image
+    grey = iio.imread(image)
+    grey = grey[..., 0] if grey.ndim == 3 else grey
+    folder = image.parent
+    (folder / "._cells.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata
+    tifffile.imwrite(folder / "planes.tif", grey[None])     # (1, H, W)
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out)]) == 0, capsys.readouterr().err
+    a, b = tifffile.imread(out / "cells_labels.tif"), tifffile.imread(out / "planes_labels.tif")
+    assert a.shape == b.shape == grey.shape and np.array_equal(a, b)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tifffile
 
 from napari_deepcens.errors import ImageError
 from napari_deepcens.io.images import read_image, to_plane
@@ -89,3 +90,38 @@ def test_noise_floor_leaves_images_with_objects_unchanged(fluorescence):
         grey = img[..., 0] if img.ndim == 3 else img
         lo, hi = np.percentile(grey.astype(np.float32), (1.0, 99.8))
         np.testing.assert_allclose(plane, np.clip((grey - lo) / (hi - lo), -0.5, 1.5), atol=1e-5)
+
+
+def test_labels_that_would_score_garbage_are_refused(tmp_path, fluorescence):
+    from napari_deepcens.io.images import read_labels
+
+    _image, labels = fluorescence
+    rng = np.random.default_rng(0)
+    colours = rng.integers(1, 255, (int(labels.max()) + 1, 3), dtype=np.uint8)
+    colours[0] = 0
+    tifffile.imwrite(tmp_path / "colour.tif", colours[labels])      # objects told by colour
+    tifffile.imwrite(tmp_path / "prob.tif", (labels > 0).astype(np.float32) * 0.5)
+    tifffile.imwrite(tmp_path / "ok.tif", labels.astype(np.float32))  # integer-valued floats
+    with pytest.raises(ImageError, match="colour labels"):
+        read_labels(tmp_path / "colour.tif")
+    with pytest.raises(ImageError, match="fractional"):
+        read_labels(tmp_path / "prob.tif")
+    assert np.array_equal(read_labels(tmp_path / "ok.tif"), labels)
+
+
+def test_api_inputs_get_clear_messages(predictor, fluorescence):
+    from napari_deepcens.errors import DeepCeNSError
+
+    image, _labels = fluorescence
+    for bad in (np.array(5.0), image[0]):
+        with pytest.raises(DeepCeNSError, match="2-D"):
+            predictor.predict(bad)
+    with pytest.raises(DeepCeNSError, match="diameter"):
+        predictor.predict(image, diameter="20")
+    with pytest.raises(DeepCeNSError, match="tile"):
+        predictor.predict(image, tile=0)
+    raw = predictor.predict(image)
+    strict = predictor.postprocess(raw, {"fg_threshold": 0.9})       # a dict of changes
+    assert 0 < strict.max() and (strict > 0).sum() < (predictor.postprocess(raw) > 0).sum()
+    with pytest.raises(DeepCeNSError, match="unknown thresholds"):
+        predictor.postprocess(raw, {"fg": 0.9})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,30 @@ from pathlib import Path
 from .errors import DeepCeNSError
 
 log = logging.getLogger("napari_deepcens")
+
+
+def _number(kind, low: float | None = None, multiple: int | None = None, what: str = "a number"):
+    """An argparse type: ``kind`` (int/float), finite, ≥ ``low``, a multiple of ``multiple``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"{text} is too small: expected {what}")
+        if multiple and value % multiple:
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    return parse
+
+
+_POSITIVE = _number(int, 1, what="a whole number ≥ 1")
+_COUNT = _number(int, 0, what="a whole number ≥ 0")
+_DIAMETER = _number(float, 1e-6, what="a diameter in pixels (a positive number)")
+_TILE = _number(int, 256, 16, what="a tile size in pixels: a multiple of 16, at least 256")
+_CROP = _number(int, 64, 32, what="a crop size in pixels: a multiple of 32, at least 64")
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
@@ -26,24 +51,24 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="unet", help="model name (default: unet)")
     p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--diameter", type=float, default=None,
+    p.add_argument("--diameter", type=_DIAMETER, default=None,
                    help="typical object diameter in pixels (default: estimated per image; "
                         "images whose objects are not recognised run as they are)")
     p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
     p.add_argument("--seed-threshold", type=float, help="watershed seed threshold")
     p.add_argument("--score-threshold", type=float,
                    help="detection score threshold (centerunet, deepcens)")
-    p.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
+    p.add_argument("--min-size", type=_COUNT, help="smallest object kept, in pixels")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the network over four flips of the "
                         "image (four times slower; better masks, most for deepcens)")
-    p.add_argument("--tile", type=int, default=1024, help="tile size in pixels (default 1024)")
+    p.add_argument("--tile", type=_TILE, default=1024, help="tile size in pixels (default 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images whose output exists (default: skip them)")
     p.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="run on an existing dask.distributed cluster (e.g. tcp://host:8786; "
                         "default: a local cluster on this machine)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=_COUNT, default=0,
                    help="local cluster: this many worker processes (default: threads in this process)")
     p.add_argument("--chunk", type=int, default=1024, help="chunk size of the chunked path (default 1024)")
     p.add_argument("--halo", type=int, default=None,
@@ -62,19 +87,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val", type=Path, nargs="*", default=[],
                    help="validation folders: the best epoch on them is kept")
     p.add_argument("--init", type=Path, help="weights to fine-tune from")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--steps-per-epoch", type=int, default=250)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--crop", type=int, default=160, help="training crop size in pixels")
-    p.add_argument("--base-channels", type=int, default=12, help="U-Net width (new models)")
-    p.add_argument("--depth", type=int, default=4, help="U-Net depth (new models)")
+    p.add_argument("--epochs", type=_POSITIVE, default=40)
+    p.add_argument("--steps-per-epoch", type=_POSITIVE, default=250)
+    p.add_argument("--batch-size", type=_POSITIVE, default=8)
+    p.add_argument("--lr", type=_number(float, 1e-12, what="a positive learning rate"), default=2e-3)
+    p.add_argument("--crop", type=_CROP, default=160, help="training crop size in pixels")
+    p.add_argument("--base-channels", type=_POSITIVE, default=12, help="U-Net width (new models)")
+    p.add_argument("--depth", type=_number(int, 1, what="a depth from 1 to 6"), default=4,
+                   help="U-Net depth (new models)")
     p.add_argument("--backbone", default="resnest14d",
                    help="DeepCeNS backbone, a timm ResNeSt name (new models; default resnest14d)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="DeepCeNS input channels: 1 grey, 3 colour stains (default: 3 for COCO data)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=_COUNT, default=0,
                    help="processes preparing training crops (default 0; a GPU wants several)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -94,7 +120,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="new weights file (the input is never modified)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--confirm", type=int, default=3,
+    p.add_argument("--confirm", type=_COUNT, default=3,
                    help="run the N best threshold sets again end to end, each with its own size "
                         "estimate, and keep the best (default 3; each costs one pass over val)")
 
@@ -149,6 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only folder, a file where a folder should be
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say so in one line; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug in napari-deepcens; "
+              "run again with -v for the details and report them)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

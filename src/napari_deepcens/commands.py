@@ -26,15 +26,19 @@ def output_stem(path: Path) -> str:
     return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem  # x.ome.zarr, x.ome.tif
 
 
-def _output_paths(outdir: Path, stem: str, names: tuple[str, ...], chunked: bool) -> list[Path]:
-    """What segmenting one image writes; all of them existing means it is done."""
+def _output_paths(outdir: Path, stem: str, names: tuple[str, ...], chunked: bool,
+                  boxes: bool = False) -> list[Path]:
+    """What segmenting one image writes (labels last); all of them existing means it is done."""
     if chunked:
         return [outdir / f"{stem}_objects.csv", outdir / f"{stem}.zarr"]
-    return [outdir / (f"{stem}_{n}_labels.tif" if len(names) > 1 else f"{stem}_labels.tif") for n in names]
+    prefixes = [f"{stem}_{n}" if len(names) > 1 else stem for n in names]
+    return ([outdir / f"{p}_boxes.csv" for p in prefixes] if boxes else []) + [
+        outdir / f"{p}_labels.tif" for p in prefixes]
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor
+    from .models.registry import MODELS
     from .postprocess.params import PostprocessParams
     from .scale.fanout import expand_inputs, needs_chunks
 
@@ -52,15 +56,29 @@ def run_segment(args: argparse.Namespace) -> int:
         PostprocessParams(**{**predictor.default_params().to_dict(), **overrides})
     except ValueError as exc:
         raise DeepCeNSError(str(exc)) from exc
-    args.output.mkdir(parents=True, exist_ok=True)
+    if args.output.exists() and not args.output.is_dir():
+        raise DeepCeNSError(f"output {args.output} is a file: -o takes a folder")
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeepCeNSError(f"cannot create the output folder {args.output}: "
+                            f"{exc.strerror or exc}") from exc
     above = int(getattr(args, "chunked_above", 64.0) * 1e6)
     failures: list[tuple[Path, str]] = []
     small, large = [], []
     for path, stem in zip(images, stems, strict=True):
         chunked = needs_chunks(path, above)
-        targets = _output_paths(args.output, stem, predictor.class_names, chunked)
-        if all(t.exists() for t in targets) and not args.overwrite:
-            tqdm.write(f"skip {path.name}: {targets[-1].name} exists (--overwrite to redo)")
+        targets = _output_paths(args.output, stem, predictor.class_names, chunked,
+                                MODELS[predictor.model_name].boxes)
+        present = [t for t in targets if t.exists()]
+        if present and not args.overwrite:
+            if len(present) == len(targets):
+                tqdm.write(f"skip {path.name}: {targets[-1].name} exists (--overwrite to redo)")
+            else:  # half of an interrupted run, or of a run with another model: never mixed
+                missing = [t.name for t in targets if not t.exists()]
+                failures.append((path, f"{present[0].name} exists but {', '.join(missing)} does "
+                                       "not (an interrupted run, or one with another model): "
+                                       "--overwrite to redo this image"))
             continue
         (large if chunked else small).append((path, stem))
     scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", 0)
@@ -104,10 +122,19 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             size = (f"diameter {raw.diameter:.1f} px{' estimated' if raw.estimated else ''}"
                     if raw.diameter else "object size not recognised: image as it is"
                     if raw.size_unrecognised else "image as it is")
-            tqdm.write(f"{path.name}: {counts} ({size}) -> {written[-1].parent}")
+            name = path.name if stem == path.stem else f"{stem} ({path.name})"
+            tqdm.write(f"{name}: {counts} ({size}) -> {written[-1].parent}")
+            if args.diameter and not seg.labels.any():
+                tqdm.write(f"  nothing found at a diameter of {args.diameter:g} px: is that the "
+                           "objects' size? (leave --diameter out to estimate it)")
         except DeepCeNSError as exc:
             failures.append((path, str(exc)))
             tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
+        except Exception as exc:  # a bug on one image must not stop the others
+            log.debug("unexpected error on %s", path, exc_info=True)
+            failures.append((path, f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with "
+                                   "-v for details)"))
+            tqdm.write(f"error: {path.name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list, failures: list) -> None:
@@ -185,10 +212,28 @@ def _several_classes(paths: list[Path]) -> bool:
                for p in paths)
 
 
+def check_new_file(path: Path, what: str = "output") -> None:
+    """Fail early, before any work, if ``path`` cannot become a new file."""
+    if path.is_dir():
+        raise DeepCeNSError(f"{what} {path} is a folder: give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DeepCeNSError(f"cannot create {path}: {parent} is a file, not a folder")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .models.weights import read_info
     from .training.augment import AugmentConfig
     from .training.loop import TrainConfig, train_iter
+
+    check_new_file(args.output)
+    checkpoint = args.output.with_name(args.output.name + ".ckpt")
+    if args.output.exists() and (args.no_resume or not checkpoint.is_file()):
+        raise DeepCeNSError(f"{args.output} exists: choose a new file name (weights are never "
+                            "overwritten; an interrupted run resumes from its .ckpt beside it)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
 
     if args.init is not None:
         init_config = read_info(args.init).config
@@ -199,6 +244,12 @@ def run_train(args: argparse.Namespace) -> int:
         raise DeepCeNSError(f"the {args.model} model takes one grey channel; use --model deepcens")
     train_items = load_training_data(args.data, channels)
     val_items = load_training_data(args.val, channels)
+    if not train_items:
+        raise DeepCeNSError("no usable training images in " + ", ".join(map(str, args.data)))
+    classes = sorted({c for item in train_items for c in item.classes})
+    if args.model != "deepcens" and len(classes) > 1:
+        raise DeepCeNSError(f"this data has the classes {', '.join(classes)}; the {args.model} "
+                            "model learns one: use --model deepcens, or data with labels.* only")
     if args.output.exists() and args.init and args.output.resolve() == args.init.resolve():
         raise DeepCeNSError("--output must differ from --init: weights are never overwritten")
     if len({item.classes for item in train_items + val_items}) > 1:
@@ -236,6 +287,7 @@ def run_tune(args: argparse.Namespace) -> int:
 
     if args.output.exists() or args.output.resolve() == args.weights.resolve():
         raise DeepCeNSError(f"{args.output} exists: choose a new file name")
+    check_new_file(args.output)
     model, info = load_weights(args.weights)
     items = [item for folder in args.val for item in load_folder(folder)]
     metrics, params = validate(model, info, items, resolve_device(args.device), estimate=True,
@@ -250,11 +302,16 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate_folder, format_table
+    from .io.export import atomic_write
 
+    if args.json:  # before the scoring work, not after it
+        check_new_file(args.json, "--json")
+        if args.json.exists():
+            raise DeepCeNSError(f"{args.json} exists: choose a new file name for --json")
     results = evaluate_folder(args.gt_dir, args.pred_dir)
     print(format_table(results))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     return 0
 
 
@@ -266,6 +323,8 @@ def run_napari(args: argparse.Namespace) -> int:
     from .scale.lazy import open_lazy
     from .widget.dock import DeepCeNSDock
 
+    if args.image is not None and not args.image.exists():  # say so before napari starts
+        raise DeepCeNSError(f"image file not found: {args.image}")
     viewer = napari.Viewer()
     if args.image is None:
         from .sample_data import fluorescence

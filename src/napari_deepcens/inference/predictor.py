@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DeepCeNSError
-from ..io.images import to_channels
+from ..io.images import to_channels, validate_image
 from ..models.registry import bundled_weights
 from ..models.weights import WeightsInfo, file_sha256, load_weights
 from ..postprocess.centers import Detections, decode_centers, seeded_instances
@@ -164,6 +164,19 @@ def params_at_scale(params: PostprocessParams, scale: float,
     return params
 
 
+def check_diameter(diameter) -> float | None:
+    """A usable diameter: ``None`` or 0 (not given), else a finite number of pixels > 0."""
+    if diameter is None:
+        return None
+    try:
+        value = float(diameter)
+    except (TypeError, ValueError):
+        raise DeepCeNSError(f"diameter must be a number of pixels, got {diameter!r}") from None
+    if isinstance(diameter, (str, bytes)) or not np.isfinite(value) or value < 0:
+        raise DeepCeNSError(f"diameter must be a positive number of pixels, got {diameter!r}")
+    return value or None
+
+
 class Predictor:
     """A loaded network with its training metadata, ready to segment images."""
 
@@ -298,6 +311,12 @@ class Predictor:
         estimate never flips: it only needs object sizes.
         """
         tta = self.tta if tta is None else bool(tta)
+        diameter = check_diameter(diameter)
+        if not isinstance(tile, (int, np.integer)) or tile < 16 or tile % 16:
+            raise DeepCeNSError(f"tile must be a whole number of pixels, a multiple of 16; "
+                                f"got {tile!r}")
+        if not normalised:
+            image = validate_image(image)  # a clear message for 0-D, 1-D or odd arrays
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
@@ -365,8 +384,15 @@ class Predictor:
             except StopIteration as stop:
                 return stop.value
 
-    def instances(self, raw: RawOutput, params: PostprocessParams | None = None) -> Segmentation:
-        """Labels (and boxes, for detection models) from cached maps; never runs the network."""
+    def instances(self, raw: RawOutput, params: PostprocessParams | dict | None = None) -> Segmentation:
+        """Labels (and boxes, for detection models) from cached maps; never runs the network.
+        ``params``: :class:`PostprocessParams`, or a dict of the thresholds to change."""
+        if isinstance(params, dict):
+            unknown = set(params) - set(PostprocessParams.__dataclass_fields__)
+            if unknown:
+                raise DeepCeNSError(f"unknown thresholds {sorted(unknown)}: choose from "
+                                    f"{sorted(PostprocessParams.__dataclass_fields__)}")
+            params = PostprocessParams(**{**self.default_params(raw.scale).to_dict(), **params})
         params = params or self.default_params(raw.scale)
         if raw.meta.get("kind") == "detection":
             found = class_instances(raw.maps, raw.shape, self.class_names, params)
@@ -385,10 +411,11 @@ class Predictor:
         return Segmentation(instances_from_maps(raw.maps["foreground"], raw.maps["distance"], params,
                                                 object_scale=1.0 / raw.scale))
 
-    def postprocess(self, raw: RawOutput, params: PostprocessParams | None = None) -> np.ndarray:
+    def postprocess(self, raw: RawOutput, params: PostprocessParams | dict | None = None) -> np.ndarray:
         """Instance labels from cached maps: cheap, never runs the network."""
         return self.instances(raw, params).labels
 
-    def segment(self, image: np.ndarray, params: PostprocessParams | None = None, **kwargs) -> np.ndarray:
+    def segment(self, image: np.ndarray, params: PostprocessParams | dict | None = None,
+                **kwargs) -> np.ndarray:
         """Image → (H, W) int32 instance labels in one call."""
         return self.postprocess(self.predict(image, **kwargs), params)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DeepCeNSError
+
 #: Floor of the blending window, so image-border pixels covered by a single tile keep a weight.
 _EPS = 1e-3
 
@@ -42,7 +44,8 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     if tile >= length:
         return [0]
     if not 0 <= overlap < tile - align:
-        raise ValueError(f"overlap must be in [0, tile); got overlap={overlap}, tile={tile}")
+        raise DeepCeNSError(f"a tile of {tile} px is too small for an overlap of {overlap} px "
+                            f"between tiles: use tiles of at least {overlap + align + 16} px")
     step = tile - overlap - (align - 1)
     n = int(np.ceil((length - tile) / step)) + 1
     starts = np.linspace(0, length - tile, n) / align

@@ -24,14 +24,15 @@ class ModelSpec:
     config_class: type
     model_class: type
     bundled: str
+    boxes: bool = False  # gives rotated boxes beside the labels
 
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec("unet", "U-Net + watershed", UNetConfig, UNet, "unet_dsb2018.safetensors"),
     "centerunet": ModelSpec("centerunet", "CenterUNet (rotated boxes)", CenterUNetConfig, CenterUNet,
-                            "centerunet_dsb2018.safetensors"),
+                            "centerunet_dsb2018.safetensors", boxes=True),
     "deepcens": ModelSpec("deepcens", "DeepCeNS (Cascade Mask R-CNN)", DeepCeNSConfig, DeepCeNS,
-                          "deepcens_dsb2018.safetensors"),
+                          "deepcens_dsb2018.safetensors", boxes=True),
 }
 
 

@@ -95,7 +95,10 @@ def read_info(path: str | Path) -> WeightsInfo:
         info = WeightsInfo(**raw)
     except Exception as exc:
         raise WeightsError(f"{path.name}: unreadable napari-deepcens metadata") from exc
-    get_spec(info.model)  # known model name
+    try:
+        get_spec(info.model)  # known model name
+    except WeightsError as exc:
+        raise WeightsError(f"{path.name}: {exc}") from None
     return info
 
 
@@ -116,7 +119,11 @@ def load_weights(
             f"{path.name} holds weights for model {info.model!r}, not {expected_model!r}: "
             f"choose the {info.model!r} model or other weights"
         )
-    model = build_model(info.model, info.config)
+    try:
+        model = build_model(info.model, info.config)
+    except Exception as exc:  # hand-edited or foreign metadata: wrong types, unknown keys
+        raise WeightsError(f"{path.name}: its model settings {info.config} cannot build a "
+                           f"{info.model!r} network ({exc})") from exc
     try:
         tensors = load_file(str(path))
     except Exception as exc:

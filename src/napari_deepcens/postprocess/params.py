@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from ..errors import DeepCeNSError
+
 
 @dataclass(frozen=True)
 class PostprocessParams:
@@ -25,9 +27,9 @@ class PostprocessParams:
         for name in ("fg_threshold", "seed_threshold", "score_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise DeepCeNSError(f"{name} must lie in [0, 1], got {value}")
         if self.min_size < 0:
-            raise ValueError(f"min_size must be ≥ 0, got {self.min_size}")
+            raise DeepCeNSError(f"min_size must be ≥ 0, got {self.min_size}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -53,6 +53,8 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
         for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core",
                      "distributed.nanny", "distributed.http.proxy"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # "Worker process still alive after 4 s, killing": routine at shutdown, not a problem
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     cluster = None
     if address:
         try:

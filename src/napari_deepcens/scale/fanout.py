@@ -22,7 +22,10 @@ CHUNKED_ABOVE = 64_000_000
 
 
 def _is_input(path: Path) -> bool:
-    """An image to segment: not a label image nor one of our own outputs."""
+    """An image to segment: not a label image, one of our own outputs, nor a hidden file
+    (macOS's ``._name.png`` companions, editors' backups)."""
+    if path.name.startswith("."):
+        return False
     stem = path.name.split(".")[0].lower()
     return not (stem == "labels" or stem.startswith("labels_") or stem.endswith("_labels"))
 
@@ -45,7 +48,8 @@ def expand_inputs(items: Iterable[Path]) -> list[Path]:
             found.extend(hits)
         elif not item.exists() and any(ch in str(item) for ch in "*?["):
             hits = [Path(p) for p in sorted(glob.glob(str(item), recursive=True))]
-            hits = [p for p in hits if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(p)]
+            hits = [p for p in hits if ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                                        or is_zarr(p)) and not p.name.startswith(".")]
             if not hits:
                 raise DeepCeNSError(f"no images match {item}")
             found.extend(hits)

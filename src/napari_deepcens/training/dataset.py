@@ -147,7 +147,7 @@ class RandomCrops(IterableDataset):
     def __init__(self, items: list[AnnotatedImage], cfg: AugmentConfig, seed: int = 0,
                  model: str = "unet") -> None:
         if not items:
-            raise ValueError("no training images")
+            raise DeepCeNSError("no usable training images (each needs an image and labels of the same size)")
         self.items, self.cfg, self.seed, self.model = items, cfg, seed, model
         counts = Counter(item.modality for item in items)
         weights = np.asarray([1.0 / np.sqrt(counts[item.modality]) for item in items])

@@ -9,6 +9,7 @@ the model is chosen on ``val``, never on ``train``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -176,6 +177,32 @@ def grow(source: torch.nn.Module, info: WeightsInfo,
     return model, replace(info, config=model.config.to_dict())
 
 
+_RESUME_HINT = "delete it, pass --no-resume, or choose another output file"
+
+
+def run_signature(model_name: str, model_config: dict | None, config: TrainConfig) -> dict:
+    """What a checkpoint must share with a run to be resumed by it."""
+    return {"model": model_name, "config": dict(model_config or {}), "epochs": config.epochs,
+            "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
+            "lr": config.lr}
+
+
+def _load_checkpoint(path: Path, signature: dict, device) -> dict:
+    """A checkpoint this run can continue from, or a clear error."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise DeepCeNSError(f"cannot read the checkpoint {path} ({exc}): {_RESUME_HINT}") from exc
+    theirs = state.get("signature") if isinstance(state, dict) else None
+    if theirs is not None:
+        differ = [k for k in signature if json.dumps(theirs.get(k), sort_keys=True, default=str)
+                  != json.dumps(signature[k], sort_keys=True, default=str)]
+        if differ:
+            raise DeepCeNSError(f"{path} is the checkpoint of another training run (different "
+                                f"{', '.join(differ)}): {_RESUME_HINT}")
+    return state
+
+
 def train_iter(
     train_items: list[AnnotatedImage],
     output: str | Path,
@@ -228,13 +255,22 @@ def train_iter(
         optimizer, max_lr=config.lr, total_steps=total, pct_start=0.05
     )
     start_epoch, best_score = 0, -math.inf
+    signature = run_signature(model_name, model_config, config)
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = _load_checkpoint(ckpt_path, signature, dev)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise DeepCeNSError(f"{ckpt_path} is the checkpoint of another training run "
+                                f"({type(exc).__name__}): {_RESUME_HINT}") from exc
         start_epoch, best_score = state["epoch"], state["best_score"]
         thresholds = state.get("thresholds", thresholds)
+        if start_epoch >= config.epochs:
+            raise DeepCeNSError(f"{ckpt_path} says this run already finished its {config.epochs} "
+                                f"epochs (weights in {output}): nothing to do; choose a new "
+                                "output file to train again")
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
     info = WeightsInfo(
         model=model_name,
@@ -288,7 +324,8 @@ def train_iter(
             best_path = output
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                    "best_score": best_score, "thresholds": info.thresholds}, ckpt_path)
+                    "best_score": best_score, "thresholds": info.thresholds,
+                    "signature": signature}, ckpt_path)
         log.info("epoch %d: loss %.4f, val %s, %.0f s", epoch + 1, np.mean(losses), val,
                  time.perf_counter() - t0)
         yield TrainProgress(epoch + 1, step, total, float(np.mean(losses)), val, best_path)
