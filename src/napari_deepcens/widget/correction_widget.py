@@ -104,6 +104,9 @@ class CorrectionWidget(Container):
                     "the last 10 versions of each layer are kept for 14 days")
         self._versions = ComboBox(label="autosaved", choices=self._version_choices,
                                   tooltip="autosaved versions of edited labels, newest first")
+        combo = self._versions.native  # long entries must not widen the dock
+        combo.setSizeAdjustPolicy(combo.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(16)
         self._restore = PushButton(text="Restore as a new layer")
         self._status = status_label(value="Shift+D delete, Shift+M merge (under cursor)")
         self.extend([self._labels_layer, self._image, self._delete, self._fill, self._min_size,

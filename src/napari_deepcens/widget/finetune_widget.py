@@ -78,6 +78,7 @@ class FineTuneWidget(Container):
         self._status = status_label(value="starts from the weights chosen for segmenting")
         self.extend([self._dataset, self._epochs, self._steps, self._train, self._cancel,
                      self._progress, self._loss, self._status])
+        self.native.layout().addStretch(1)  # rows stay together at the top of a tall tab
         self._worker = None
         self._output: Path | None = None
         self._train.changed.connect(self.start)
