@@ -130,3 +130,21 @@ def test_correction_tab_labels_its_fields_and_guards_its_tools(correcting, qtbot
     widget._min_size.value = 10
     widget._remove.changed(True)
     assert -1 not in viewer.layers["negative"].data and "pixels changed" in widget._status.value
+
+
+def test_a_slow_write_is_never_queued_twice_and_the_last_edit_wins(correcting, monkeypatch):
+    _viewer, widget, layer, _labels = correcting
+    saver = widget._autosaver
+    save = saver.store.save
+
+    def slow(*args, **kwargs):                           # a large layer on a slow disk
+        time.sleep(0.5)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(saver.store, "save", slow)
+    layer.paint((20, 20), 91)
+    assert len(saver.save_dirty()) == 1
+    layer.paint((60, 60), 92)                            # while the first write runs
+    assert saver.save_dirty() == []                      # no second copy queued behind it
+    written = saver.flush()
+    assert len(written) == 2 and 92 in saver.store.load(written[-1])

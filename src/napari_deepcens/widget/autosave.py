@@ -14,6 +14,7 @@ nothing either.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import weakref
 import zlib
@@ -45,6 +46,8 @@ class _State:
     edited: bool = False   # the user has touched this layer's pixels
     dirty: bool = False    # changed since the last save
     saved_crc: int | None = None
+    writing: Future | None = None  # this layer's write in progress: one at a time, so a
+    # large layer painted on fast never queues copy after copy in memory
 
 
 def _checksum(data: np.ndarray) -> int:
@@ -115,15 +118,20 @@ class LabelsAutosaver:
     def _removed(self, layer) -> None:
         if id(layer) in self._states:
             if self.enabled:
-                self._save(layer)
+                self._save(layer, wait=True)
             self._states.pop(id(layer), None)
             self._layers.pop(id(layer), None)
 
     # ------------------------------------------------------------------ saving
-    def _save(self, layer) -> Future | None:
+    def _save(self, layer, wait: bool = False) -> Future | None:
         state = self._states.get(id(layer))
         if state is None or not state.dirty:
             return None
+        if state.writing is not None and not state.writing.done():
+            if not wait:  # try again at the next tick, with whatever the layer holds then
+                self._timer.start()
+                return None
+            concurrent.futures.wait([state.writing])
         state.dirty = False
         data = layer.data
         if not isinstance(data, np.ndarray):  # lazy (Dask/Zarr) labels are on disk already
@@ -133,6 +141,7 @@ class LabelsAutosaver:
                 "translate": [float(t) for t in layer.translate],
                 "provenance": layer.metadata.get(PROVENANCE_KEY, {})}
         future = self._executor.submit(self._write, state, layer.name, copy, meta)
+        state.writing = future
         future.add_done_callback(self._done)
         self._pending.append(future)
         return future
@@ -167,17 +176,20 @@ class LabelsAutosaver:
     def flush(self) -> list[AutosaveEntry]:
         """Save what is unsaved now and wait for every write (on quit, and in tests)."""
         self._timer.stop()
-        self.save_dirty()
+        if self.enabled:
+            for layer in list(self._layers.values()):
+                self._save(layer, wait=True)
         written = []
         for future in self._pending:
             try:
-                entry = future.result(timeout=60)
+                entry = future.result(timeout=120)
             except Exception as exc:  # reported by _done already
                 log.debug("autosave write failed: %s", exc)
                 continue
             if entry is not None:
                 written.append(entry)
         self._pending = []
+        self._timer.stop()
         return written
 
 
