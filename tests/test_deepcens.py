@@ -224,7 +224,7 @@ def tiny_two_class_weights(tmp_path):
 
 
 def test_widget_puts_each_class_in_its_own_labels_layer(make_napari_viewer, qtbot, monkeypatch,
-                                                        tiny_two_class_weights):
+                                                        tiny_two_class_weights, tmp_path):
     import imageio.v3 as iio
 
     from napari_deepcens.widget.segment_widget import SegmentWidget
@@ -252,6 +252,19 @@ def test_widget_puts_each_class_in_its_own_labels_layer(make_napari_viewer, qtbo
     boxes.selected_data = {index}
     boxes.events.highlight()
     assert nuclei.selected_label == int(boxes.features["label"].iloc[index])
+
+    # exporting either class layer writes one sample with both classes, each under its name
+    from napari_deepcens.io.images import read_labels
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    correct = CorrectionWidget(viewer)
+    correct._labels_layer.value, correct._image.value = cells, layer
+    correct._dataset.value = tmp_path / "ds"
+    folder = correct.export()
+    assert folder is not None and "cell + nucleus" in correct._status.value
+    assert np.array_equal(read_labels(folder / "labels_cell.tif"), cells.data)
+    assert np.array_equal(read_labels(folder / "labels_nucleus.tif"), nuclei.data)
+    assert not (folder / "labels.tif").exists()
 
     predictor, _raw = widget._raw[id(layer)]
     monkeypatch.setattr(predictor, "predict_iter", lambda *a, **k: pytest.fail("slider re-ran the network"))

@@ -125,3 +125,41 @@ def test_cancelled_finetune_leaves_no_checkpoint_and_keeps_the_segment_weights(d
     assert "cancelled" in dock.finetune.status
     assert dock.segment.chosen_weights() is None            # nothing saved: still the bundled
     assert not list((tmp_path / "ds" / "models").glob("*.ckpt"))
+
+
+def test_closing_the_window_mid_training_stops_it_cleanly(dock, qtbot, tmp_path, fluorescence):
+    """The dock deleted under a running fine-tune (the viewer closed): the worker stops, no
+    late signal reaches a deleted widget, and no checkpoint is left behind."""
+    from napari_deepcens.io.dataset_export import export_sample
+
+    _viewer, dock, _layer = dock
+    image, labels = fluorescence
+    export_sample(tmp_path / "ds", image, {"nucleus": labels}, "a")
+    tune = dock.finetune
+    tune._dataset.value = tmp_path / "ds"
+    tune._epochs.value, tune._steps.value = 2, 3
+    tune.start()
+    worker = tune._worker
+    qtbot.waitUntil(lambda: tune._progress.value >= 1, timeout=60_000)
+    dock.deleteLater()                                      # what closing napari does
+    qtbot.waitUntil(lambda: worker.abort_requested, timeout=10_000)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=120_000)
+    qtbot.wait(300)                                         # the queued 'finished' handlers
+    assert not list((tmp_path / "ds" / "models").glob("*.ckpt"))
+
+
+def test_finetune_refuses_weights_of_another_model(dock, qtbot, tmp_path, fluorescence):
+    from napari_deepcens.io.dataset_export import export_sample
+    from napari_deepcens.models.registry import bundled_weights
+
+    _viewer, dock, _layer = dock
+    image, labels = fluorescence
+    export_sample(tmp_path / "ds", image, {"nucleus": labels}, "a")
+    dock.segment.set_options(model="centerunet")
+    dock.segment.set_options(weights=bundled_weights("unet"))
+    dock.finetune._dataset.value = tmp_path / "ds"
+    dock.finetune.start()
+    qtbot.waitUntil(lambda: dock.finetune._worker is None, timeout=60_000)
+    assert "holds weights for model 'unet'" in dock.finetune.status
+    assert not (tmp_path / "ds" / "models").exists() or not list(
+        (tmp_path / "ds" / "models").glob("*.safetensors"))

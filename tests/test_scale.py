@@ -363,3 +363,38 @@ def test_chunked_two_classes_keep_their_own_labels_and_table_rows(tmp_path, clie
         rows = table[table["class"] == cls]
         assert len(rows) == n and rows["label"].is_unique
         assert np.array_equal(rows.sort_values("label")["area"].to_numpy(), np.bincount(labels.ravel())[1:])
+
+
+def test_the_object_table_has_one_row_per_object_claimed_first_by_its_top_left_block(tmp_path):
+    """A detector's mask split in two by the seam merge looks, to the block right of the seam,
+    as if it started there; the table keeps the claim of the block holding its top-left."""
+    from napari_deepcens.scale.zarr_out import assemble_table
+
+    left, right = tmp_path / "part_0_0.csv", tmp_path / "part_0_1.csv"
+    row = ["7", "cell", "0.9", "2262", "40.0", "230.0", "10", "215", "70", "300"] + ["0"] * 5
+    piece = ["7", "cell", "0.9", "290", "45.0", "270.0", "20", "256", "60", "300"] + ["0"] * 5
+    other = ["8", "cell", "0.8", "300", "45.0", "400.0", "20", "380", "60", "420"] + ["0"] * 5
+    nucleus = ["7", "nucleus", "0.7", "200", "40.0", "230.0", "30", "220", "50", "240"] + ["0"] * 5
+    left.write_text("\n".join(",".join(r) for r in (row, nucleus)) + "\n")
+    right.write_text("\n".join(",".join(r) for r in (piece, other)) + "\n")
+    table = pd.read_csv(assemble_table([left, right], tmp_path / "objects.csv"))
+    assert list(table.columns) == list(TABLE_COLUMNS) and len(table) == 3
+    assert table.set_index(["label", "class"]).loc[(7, "cell"), "area"] == 2262
+
+
+def test_a_killed_runs_temporary_store_is_removed_by_the_next_run(tmp_path):
+    import os
+    import subprocess
+
+    from napari_deepcens.scale.chunked import remove_stale_runs
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                             # a process that no longer exists
+    output = tmp_path / "slide.zarr"
+    stale = tmp_path / f".slide.zarr.tmp-{gone.pid}-1795735053"
+    ours = tmp_path / f".slide.zarr.tmp-{os.getpid()}-1795735099"
+    other = tmp_path / ".other.zarr.tmp-1-1"
+    for folder in (stale, ours, other):
+        (folder / ".scratch").mkdir(parents=True)
+    assert remove_stale_runs(output) == [stale]
+    assert not stale.exists() and ours.exists() and other.exists()

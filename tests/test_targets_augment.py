@@ -81,3 +81,31 @@ def test_low_resolution_matches_what_the_predictor_does_to_small_objects(fluores
     # fine texture (pixel-to-pixel differences) mostly gone; the nuclei themselves stay
     assert np.abs(np.diff(degraded, axis=1)).mean() < 0.5 * np.abs(np.diff(plane, axis=1)).mean()
     assert np.corrcoef(degraded.ravel(), plane.ravel())[0, 1] > 0.8
+
+
+def test_coco_outlines_that_are_empty_or_degenerate_are_skipped(tmp_path, monkeypatch):
+    import json
+
+    import imageio.v3 as iio
+
+    from napari_deepcens.training import dataset
+    from napari_deepcens.training.dataset import load_coco
+
+    said = []
+    monkeypatch.setattr(dataset.log, "warning", lambda msg, *args: said.append(msg % args))
+
+    image = np.zeros((64, 64), np.uint8)
+    image[10:30, 10:30] = 200
+    iio.imwrite(tmp_path / "a.png", image)
+    square = [10, 10, 30, 10, 30, 30, 10, 30]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}],
+            "categories": [{"id": 1, "name": "nucleus"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square]},
+                {"id": 2, "image_id": 1, "category_id": 1, "segmentation": []},
+                {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 2, 2]]},
+                {"id": 4, "image_id": 1, "category_id": 1, "segmentation": None}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (item,) = load_coco(tmp_path / "coco.json")
+    assert int(item.labels.max()) == 1 and (item.labels > 0).sum() >= 400
+    assert any("3 empty or unreadable outlines skipped" in m for m in said)

@@ -50,3 +50,30 @@ def test_grown_deepcens_starts_as_the_trained_one():
     assert len(a["boxes"]) >= 5
     assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
     assert torch.allclose(a["scores"], b["scores"], atol=1e-4)
+
+
+def test_fine_tuning_on_larger_nuclei_keeps_the_models_object_size(tmp_path):
+    """Fine-tuning records the diameter the model was trained at, not the new data's, and
+    trains on the data zoomed to it: the diameter knob and the estimate keep their meaning."""
+    import shutil
+    from pathlib import Path
+
+    from napari_deepcens.models.weights import read_info
+    from napari_deepcens.training.dataset import median_diameter
+    from napari_deepcens.training.loop import to_model_scale
+
+    data = tmp_path / "data" / "u2os"
+    data.mkdir(parents=True)
+    for name in ("image.png", "labels.png"):               # nuclei ~44 px, 2.2x the model's
+        shutil.copy(Path(__file__).parent / "data" / "u2os_nuclei" / name, data / name)
+    bundled = read_info(bundled_weights("unet"))
+    items = load_folder(tmp_path / "data")
+    zoomed, _ = to_model_scale(bundled, items, None)
+    assert median_diameter(items) > 1.8 * bundled.median_diameter
+    assert abs(median_diameter(zoomed) / bundled.median_diameter - 1) < 0.1
+
+    out = tmp_path / "tuned.safetensors"
+    assert main(["train", str(tmp_path / "data"), "-o", str(out), "--init",
+                 str(bundled_weights("unet")), "--epochs", "1", "--steps-per-epoch", "1",
+                 "--batch-size", "2", "--crop", "64", "--device", "cpu"]) == 0
+    assert read_info(out).median_diameter == bundled.median_diameter

@@ -39,6 +39,7 @@ _POSITIVE = _number(int, 1, what="a whole number ≥ 1")
 _COUNT = _number(int, 0, what="a whole number ≥ 0")
 _DIAMETER = _number(float, 1e-6, what="a diameter in pixels (a positive number)")
 _TILE = _number(int, 256, 16, what="a tile size in pixels: a multiple of 16, at least 256")
+_CHUNK = _number(int, 64, 32, what="a chunk size in pixels: a multiple of 32, at least 64")
 _CROP = _number(int, 64, 32, what="a crop size in pixels: a multiple of 32, at least 64")
 
 
@@ -70,11 +71,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                         "default: a local cluster on this machine)")
     p.add_argument("--workers", type=_COUNT, default=0,
                    help="local cluster: this many worker processes (default: threads in this process)")
-    p.add_argument("--chunk", type=int, default=1024, help="chunk size of the chunked path (default 1024)")
-    p.add_argument("--halo", type=int, default=None,
+    p.add_argument("--chunk", type=_CHUNK, default=1024,
+                   help="chunk size of the chunked path (default 1024)")
+    p.add_argument("--halo", type=_COUNT, default=None,
                    help="pixels of context around each chunk (default: 4 object diameters, ≥ 128)")
     p.add_argument("--chunked-above", type=float, default=64.0, metavar="MP",
-                   help="images above this many megapixels, and Zarr stores, go chunked (default 64)")
+                   help="TIFFs above this many megapixels, and Zarr stores, go chunked (default "
+                        "64; PNG/JPEG always run in memory)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def run_segment(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise DeepCeNSError(f"cannot create the output folder {args.output}: "
                             f"{exc.strerror or exc}") from exc
+    if not os.access(args.output, os.W_OK):  # say so before segmenting anything
+        raise DeepCeNSError(f"cannot write to the output folder {args.output} (read-only)")
     above = int(getattr(args, "chunked_above", 64.0) * 1e6)
     failures: list[tuple[Path, str]] = []
     small, large = [], []

@@ -247,6 +247,13 @@ class Predictor:
 
     def prepare(self, image: np.ndarray, invert: bool | None = None) -> np.ndarray:
         """The network input for ``image``: (H, W) for grey models, (C, H, W) otherwise."""
+        image = np.asarray(image)
+        if self.in_channels > 1 and (image.ndim == 2 or image.shape[-1] == 1):
+            log.warning("%s was trained on %d colour channels (one per stain) and is given a "
+                        "grey image: every channel gets the same grey, which it never saw; "
+                        "expect poor results",
+                        self.weights_path.name if self.weights_path else "this model",
+                        self.in_channels)
         return to_channels(image, self.in_channels, invert=invert)
 
     @torch.inference_mode()

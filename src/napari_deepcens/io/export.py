@@ -19,9 +19,12 @@ def atomic_write(path: Path, write, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise DeepCeNSError(f"{path} exists already; not overwritten")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise DeepCeNSError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         write(tmp)
         os.chmod(tmp, 0o644)

@@ -535,6 +535,32 @@ def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
     return len(rows)
 
 
+def remove_stale_runs(output: Path) -> list[Path]:
+    """Delete the temporary stores of earlier runs for ``output`` whose process is gone (a
+    run killed outright, or out of memory, cannot clean up after itself)."""
+    removed = []
+    for stale in output.parent.glob(f".{output.name}.tmp-*"):
+        try:
+            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue  # a run going on now (this process or another)
+        shutil.rmtree(stale, ignore_errors=True)
+        log.warning("removed %s, left by an interrupted run", stale)
+        removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (psutil ships with Dask's distributed)."""
+    try:
+        import psutil
+    except ImportError:  # cannot tell: leave the folder alone
+        return True
+    return psutil.pid_exists(pid)
+
+
 # ---------------------------------------------------------------------------- union-find
 def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
                    matches: list[dict[str, list[tuple]]]) -> tuple[dict, dict, dict]:
@@ -673,6 +699,10 @@ def segment_chunked_iter(
     if not 0 <= halo <= chunk:
         raise DeepCeNSError(f"halo must lie in [0, chunk]; got halo {halo}, chunk {chunk}")
     classes = tuple(predictor.class_names)
+    remove_stale_runs(output)
+    if halo == 0:
+        log.warning("halo 0: objects on chunk borders are segmented without context and may "
+                    "be cut or merged wrongly")
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{int(time.time())}")
     scratch = tmp / ".scratch"
     plan = Plan(tuple(image.shape[:2]), chunk, halo, norm, run_d, dict(params or {}), classes,

@@ -10,7 +10,6 @@ processes can write the same store without locks and no array is ever held whole
 from __future__ import annotations
 
 import csv
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -122,14 +121,28 @@ def write_table_part(path: Path, rows: list[tuple]) -> None:
 
 
 def assemble_table(parts: list[Path], target: Path, overwrite: bool = False) -> Path:
-    """Concatenate the parts under one header into ``target``, atomically, streaming."""
+    """Concatenate the parts (in raster order of their blocks) under one header into
+    ``target``, atomically, streaming; one row per (label, class).
+
+    A block claims the objects whose bounding box starts in its core, as far as its window
+    shows; an object in several pieces (a detector's mask split by the seam merge) can look
+    as if it started in a later block too. The first claim, from the block holding the
+    object's true top-left, is the one kept.
+    """
 
     def write(tmp: str) -> None:
+        seen: set[tuple[str, str]] = set()
         with open(tmp, "w", newline="") as out:
-            csv.writer(out).writerow(TABLE_COLUMNS)
+            writer = csv.writer(out)
+            writer.writerow(TABLE_COLUMNS)
             for part in parts:
-                if part.exists():
-                    with open(part, newline="") as fh:
-                        shutil.copyfileobj(fh, out)
+                if not part.exists():
+                    continue
+                with open(part, newline="") as fh:
+                    for row in csv.reader(fh):
+                        key = (row[0], row[1])
+                        if key not in seen:
+                            seen.add(key)
+                            writer.writerow(row)
 
     return atomic_write(target, write, overwrite)

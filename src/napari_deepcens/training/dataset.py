@@ -98,22 +98,40 @@ def load_coco(annotations: str | Path, channels: int = 3,
         h, w = plane.shape[-2:]
         labels = np.zeros((len(names), h, w), np.int32)
         counts = [0] * len(names)
+        skipped = 0
         for ann in by_image.get(info["id"], []):
             name = categories.get(ann["category_id"])
             if name not in names or ann.get("iscrowd", 0):
                 continue
-            seg = ann["segmentation"]
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = seg
-            mask = mask_utils.decode(rle).astype(bool)
+            seg = ann.get("segmentation")
+            try:
+                if isinstance(seg, list):  # polygons (each of ≥ 3 points)
+                    polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+                    if not polygons:
+                        raise ValueError("no polygon of 3 points or more")
+                    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+                elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):  # uncompressed
+                    rle = mask_utils.frPyObjects(seg, h, w)
+                elif isinstance(seg, dict):
+                    rle = seg
+                else:
+                    raise ValueError(f"segmentation of type {type(seg).__name__}")
+                mask = mask_utils.decode(rle).astype(bool)
+            except Exception as exc:  # one bad outline must not stop a dataset
+                log.debug("%s: annotation %s of %s skipped (%s)", annotations.name,
+                            ann.get("id"), info["file_name"], exc)
+                skipped += 1
+                continue
+            if not mask.any():
+                skipped += 1
+                continue
             k = names.index(name)
             counts[k] += 1
             labels[k][mask] = counts[k]
         sample_id = Path(info["file_name"]).parent.name or Path(info["file_name"]).stem
+        if skipped:
+            log.warning("%s: %d empty or unreadable outlines skipped in %s", annotations.name,
+                        skipped, info["file_name"])
         items.append(AnnotatedImage(sample_id, plane, labels, "fluorescence", names))
     if not items:
         raise DeepCeNSError(f"{annotations}: no images")
@@ -125,6 +143,30 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
     areas = np.bincount(labels.ravel())[1:]
     areas = areas[areas > 0]
     return 2.0 * np.sqrt(areas / np.pi)
+
+
+def rescale_items(items: list[AnnotatedImage], factor: float) -> list[AnnotatedImage]:
+    """The same samples zoomed by ``factor`` (planes bilinear, labels nearest at pixel
+    centres): how fine-tuning brings a user's objects to the size the model was trained at."""
+    import torch
+    from torch.nn import functional as F
+
+    out = []
+    for item in items:
+        h, w = item.plane.shape[-2:]
+        size = (max(16, round(h * factor)), max(16, round(w * factor)))
+        plane = torch.from_numpy(np.ascontiguousarray(item.plane, dtype=np.float32))
+        plane = plane[None, None] if plane.ndim == 2 else plane[None]
+        plane = F.interpolate(plane, size=size, mode="bilinear", align_corners=False,
+                              antialias=factor < 1)[0]
+        labels = torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.float32))
+        labels = labels[None, None] if labels.ndim == 2 else labels[None]
+        labels = F.interpolate(labels, size=size, mode="nearest-exact")[0]
+        out.append(AnnotatedImage(
+            item.id, (plane[0] if item.plane.ndim == 2 else plane).numpy(),
+            (labels[0] if item.labels.ndim == 2 else labels).numpy().astype(np.int32),
+            item.modality, item.classes))
+    return out
 
 
 def median_diameter(items: list[AnnotatedImage]) -> float:

@@ -29,7 +29,13 @@ from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
 from ..postprocess.params import PostprocessParams
 from .augment import AugmentConfig
-from .dataset import AnnotatedImage, RandomCrops, collate_detection, median_diameter
+from .dataset import (
+    AnnotatedImage,
+    RandomCrops,
+    collate_detection,
+    median_diameter,
+    rescale_items,
+)
 from .losses import LOSSES
 from .triton_guard import block_triton_in_gui_process
 
@@ -177,6 +183,25 @@ def grow(source: torch.nn.Module, info: WeightsInfo,
     return model, replace(info, config=model.config.to_dict())
 
 
+def to_model_scale(init_info: WeightsInfo, train_items: list[AnnotatedImage],
+                   val_items: list[AnnotatedImage] | None) -> tuple[list, list | None]:
+    """Fine-tuning data zoomed so its objects have the size the model was trained at.
+
+    The model's recorded median diameter is what the diameter knob and the size estimate
+    mean; recording the fine-tuning data's own median instead would silently change the
+    zoom of every later run (a few corrected images of large nuclei made the bundled U-Net
+    run its val images at 2.6× the wrong size). Within ×1.25 the data is used as it is, as at
+    inference.
+    """
+    target, found = init_info.median_diameter, median_diameter(train_items)
+    if target <= 0 or found <= 0 or 0.8 <= target / found <= 1.25:
+        return train_items, val_items
+    factor = target / found
+    log.info("fine-tuning data zoomed ×%.2f: objects of %.1f px to the model's %.1f px",
+             factor, found, target)
+    return rescale_items(train_items, factor), rescale_items(val_items, factor) if val_items else val_items
+
+
 _RESUME_HINT = "delete it, pass --no-resume, or choose another output file"
 
 
@@ -227,10 +252,13 @@ def train_iter(
     ckpt_path = output.with_name(output.name + ".ckpt")
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
+    scale_d = 0.0
     if init is not None:
         source, init_info = load_weights(init)
         if init_info.model == model_name:  # fine-tuning: keep the architecture
             model, model_config, thresholds = source, init_info.config, init_info.thresholds
+            train_items, val_items = to_model_scale(init_info, train_items, val_items)
+            scale_d = init_info.median_diameter  # the knob keeps its meaning
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
             body = {k: v for k, v in init_info.config.items() if k in ("base_channels", "depth",
                                                                       "max_channels")}
@@ -275,7 +303,7 @@ def train_iter(
     info = WeightsInfo(
         model=model_name,
         config=model_config,
-        median_diameter=median_diameter(train_items),
+        median_diameter=scale_d or median_diameter(train_items),
         thresholds=thresholds,
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},

@@ -34,7 +34,7 @@ from ..io.autosave import AutosaveEntry
 from ..postprocess import edit
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
-from .keys import EDITED_KEY, PROVENANCE_KEY
+from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -239,12 +239,15 @@ class CorrectionWidget(Container):
             provenance = dict(layer.metadata.get(PROVENANCE_KEY, {}))
             source = getattr(getattr(image_layer, "source", None), "path", None)
             provenance.setdefault("source", str(source) if source else image_layer.name)
-            folder = export_sample(dataset, image, {"nucleus": np.asarray(layer.data)}, name,
-                                   provenance=provenance, modality=self._modality.value)
+            classes = self._class_layers(layer)
+            if len(classes) > 1:  # the record describes the sample, not one of its layers
+                provenance.pop("class", None)
+            folder = export_sample(dataset, image, {c: np.asarray(ly.data) for c, ly in classes.items()},
+                                   name, provenance=provenance, modality=self._modality.value)
         except DeepCeNSError as exc:
             self._fail(exc)
             return None
-        self._report(f"exported to {folder}")
+        self._report(f"exported {' + '.join(classes)} labels to {folder}")
         show_info(f"exported sample {folder.name} to {folder.parent}")
         return folder
 
@@ -299,9 +302,26 @@ class CorrectionWidget(Container):
         layer = self._viewer.add_labels(
             data, name=f"{entry.layer} (autosaved {entry.when})",
             scale=meta.get("scale") or None, translate=meta.get("translate") or None,
-            metadata={EDITED_KEY: False, PROVENANCE_KEY: dict(meta.get("provenance") or {})})
+            metadata={EDITED_KEY: False, PROVENANCE_KEY: dict(meta.get("provenance") or {}),
+                      CLASS_KEY: (meta.get("provenance") or {}).get("class")})
         self._report(f"restored {layer.name!r} ({entry.n_objects} objects)")
         return layer
+
+    def _class_layers(self, layer) -> dict:
+        """The labels to export, by class: a multi-class model's layer brings the other
+        classes of the same image along (one sample, ``labels_<class>`` each), so cells are
+        never saved as nuclei; any other layer is one class, nuclei."""
+        cls = layer.metadata.get(CLASS_KEY)
+        source = layer.metadata.get(SOURCE_KEY)
+        if cls is None or source is None:  # e.g. a kept or restored copy of one class
+            return {cls or "nucleus": layer}
+        found = {ly.metadata[CLASS_KEY]: ly for ly in self._viewer.layers
+                 if ly.__class__.__name__ == "Labels" and ly.metadata.get(SOURCE_KEY) == source
+                 and ly.metadata.get(CLASS_KEY) is not None}
+        found[cls] = layer  # the chosen layer, even if a sibling was renamed or copied
+        for other in found.values():
+            self._layer(other)  # in memory, like the chosen one
+        return dict(sorted(found.items()))
 
     def _fail(self, exc: Exception) -> None:
         self._status.value = str(exc)

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
 from .status import status_label
+from .workers import stop_on_close
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -47,7 +48,11 @@ def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: i
     from ..training.loop import TrainConfig, train_iter
 
     try:
-        channels = int(read_info(init).config.get("in_channels", 1))
+        info = read_info(init)
+        if info.model != model:  # would silently train a fresh network beside the given body
+            raise DeepCeNSError(f"{init.name} holds weights for model {info.model!r}, not "
+                                f"{model!r}: choose the {info.model!r} model or other weights")
+        channels = int(info.config.get("in_channels", 1))
         items = load_folder(dataset, channels=channels)
         if model == "deepcens":  # a detector: fewer, larger crops and a gentler step
             config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=1e-4, batch_size=2,
@@ -112,6 +117,8 @@ class FineTuneWidget(Container):
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        checkpoint = self._output.with_name(self._output.name + ".ckpt")
+        stop_on_close(self.native, worker, after=lambda: checkpoint.unlink(missing_ok=True))
         self._train.enabled, self._cancel.enabled = False, True
         worker.start()
 

@@ -39,6 +39,7 @@ from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .status import status_label
+from .workers import stop_on_close
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -273,6 +274,7 @@ class SegmentWidget(Container):
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
         worker.finished.connect(self._on_finished)
         self._worker = worker
+        stop_on_close(self.native, worker)
         self._busy(True)
         worker.start()
 
@@ -360,6 +362,7 @@ class SegmentWidget(Container):
         worker.returned.connect(lambda labels, layer=layer: self._on_postprocessed(layer, labels))
         worker.finished.connect(self._on_post_finished)
         self._post_worker = worker
+        stop_on_close(self.native, worker)
         worker.start()
 
     def _on_postprocessed(self, layer, seg) -> None:
@@ -417,7 +420,7 @@ class SegmentWidget(Container):
             kept = self._viewer.add_labels(
                 layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
                 translate=layer.translate,
-                metadata={EDITED_KEY: True,
+                metadata={EDITED_KEY: True, CLASS_KEY: layer.metadata.get(CLASS_KEY),
                           PROVENANCE_KEY: dict(layer.metadata.get(PROVENANCE_KEY, {}))})
             show_info(f"your edits were kept in the layer {kept.name!r}")
         layer.data = labels
@@ -591,6 +594,7 @@ class SegmentWidget(Container):
         worker.returned.connect(lambda result, layer=layer: self._on_chunked(layer, result))
         worker.finished.connect(self._on_chunked_finished)
         self._worker = worker
+        stop_on_close(self.native, worker)
         self._busy(True)
         worker.start()
 
