@@ -8,43 +8,65 @@ import pytest
 
 from napari_deepcens.io.autosave import AutosaveStore
 
+NOW = "20261126-120000-000000-1"
+
 
 def test_versions_round_trip_rotate_and_survive_damaged_files(tmp_path, fluorescence):
     _image, labels = fluorescence
-    store = AutosaveStore(tmp_path, keep=3, session="now")
+    store = AutosaveStore(tmp_path, keep=3, session=NOW)
     versions = []
     for i in range(5):                                   # five saves while editing
         edited = labels.copy()
         edited[:10, :10] = 70_000 + i                    # a label beyond uint16
         versions.append(edited)
         store.save("nuclei labels: run 2/3", edited, {"scale": [0.5, 0.5]})
-    (tmp_path / "now" / "junk__20260101-000000-000000.tif").write_bytes(b"not a tiff")
+    (tmp_path / NOW / "junk__20260101-000000-000000.tif").write_bytes(b"not a tiff")
 
     entries = store.entries()
-    assert len(entries) == 3                             # the 3 newest; the junk file skipped
+    assert len(entries) == 4        # the 3 newest + 1 of the older ten minutes; junk skipped
     assert [e.saved for e in entries] == sorted((e.saved for e in entries), reverse=True)
     newest = entries[0]
     assert newest.layer == "nuclei labels: run 2/3" and newest.meta["scale"] == [0.5, 0.5]
     assert newest.n_objects == np.unique(versions[-1]).size - 1 >= 50
     back = store.load(newest)
     assert back.dtype == labels.dtype and np.array_equal(back, versions[-1])
-    assert np.array_equal(store.load(entries[-1]), versions[2])
+    assert np.array_equal(store.load(entries[-1]), versions[1])   # the oldest, versions[0], went
     assert not list(tmp_path.rglob("*.part"))            # written atomically
-    assert all(":" not in p.name and "/" not in p.name for p in (tmp_path / "now").iterdir())
+    assert all(":" not in p.name and "/" not in p.name for p in (tmp_path / NOW).iterdir())
 
 
-def test_old_sessions_are_pruned_and_this_one_never(tmp_path, fluorescence):
+def test_old_sessions_are_pruned_and_nothing_else_ever(tmp_path, fluorescence):
     _image, labels = fluorescence
-    old, recent = AutosaveStore(tmp_path, session="old"), AutosaveStore(tmp_path, session="recent")
+    old_id, recent_id = "20261001-090000-000000-11", "20261120-090000-000000-12"
+    old, recent = AutosaveStore(tmp_path, session=old_id), AutosaveStore(tmp_path, session=recent_id)
     old.save("a", labels)
     recent.save("b", labels)
+    mine = tmp_path / "20261001-090000-000000-13"        # named like a session, but a user's
+    mine.mkdir()
+    (mine / "cells.tif").write_bytes(b"a user's file")
+    (tmp_path / "experiment1").mkdir()                    # the root pointed at a data folder
+    (tmp_path / "experiment1" / "cells.tif").write_bytes(b"a user's file")
     month_ago = time.time() - 30 * 86400
-    for path in (tmp_path / "old").iterdir():
+    for path in [*(tmp_path / old_id).iterdir(), mine / "cells.tif",
+                 tmp_path / "experiment1" / "cells.tif"]:
         os.utime(path, (month_ago, month_ago))
-    current = AutosaveStore(tmp_path, session="old", max_age_days=14)   # "old" is in use
+    current = AutosaveStore(tmp_path, session=old_id, max_age_days=14)   # in use: kept
     assert current.prune() == 0
-    assert AutosaveStore(tmp_path, session="new", max_age_days=14).prune() == 1
-    assert [e.session for e in AutosaveStore(tmp_path).entries()] == ["recent"]
+    assert AutosaveStore(tmp_path, max_age_days=14).prune() == 1
+    assert [e.session for e in AutosaveStore(tmp_path).entries()] == [recent_id]
+    assert (mine / "cells.tif").exists() and (tmp_path / "experiment1" / "cells.tif").exists()
+
+
+def test_two_layers_of_one_name_keep_their_own_versions(tmp_path, fluorescence):
+    _image, labels = fluorescence
+    store = AutosaveStore(tmp_path, keep=2)
+    deleted = labels.copy()
+    deleted[:5, :5] = 9
+    store.save("Labels", deleted, key="first")            # a deleted layer's last edits
+    for _ in range(4):                                    # the next layer napari names "Labels"
+        store.save("Labels", labels, key="second")
+    kept = [store.load(e) for e in store.entries()]
+    assert len(kept) == 1 + 2 + 1 and sum((k[:5, :5] == 9).all() for k in kept) == 1
 
 
 @pytest.fixture
@@ -148,3 +170,24 @@ def test_a_slow_write_is_never_queued_twice_and_the_last_edit_wins(correcting, m
     assert saver.save_dirty() == []                      # no second copy queued behind it
     written = saver.flush()
     assert len(written) == 2 and 92 in saver.store.load(written[-1])
+
+
+def test_a_failed_write_is_said_once_and_retried(correcting, monkeypatch, qtbot):
+    _viewer, widget, layer, _labels = correcting
+    saver = widget._autosaver
+    save, calls = saver.store.save, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(saver.store, "save", full_disk)
+    said = []
+    monkeypatch.setattr("napari_deepcens.widget.autosave.show_error", said.append)
+    layer.paint((20, 20), 93)
+    assert saver.flush() == []                           # the write failed...
+    qtbot.waitUntil(lambda: bool(said), timeout=5000)    # ...the user is told...
+    (entry,) = saver.flush()                             # ...and the edits are saved after all
+    assert 93 in saver.store.load(entry) and "No space left" in said[0] and len(said) == 1

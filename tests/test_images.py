@@ -107,6 +107,12 @@ def test_labels_that_would_score_garbage_are_refused(tmp_path, fluorescence):
     with pytest.raises(ImageError, match="fractional"):
         read_labels(tmp_path / "prob.tif")
     assert np.array_equal(read_labels(tmp_path / "ok.tif"), labels)
+    from PIL import Image  # labelme/CVAT: indexed PNG labels
+
+    indexed = Image.fromarray(labels.astype(np.uint8), mode="P")
+    indexed.putpalette(colours.ravel().tolist())
+    indexed.save(tmp_path / "indexed.png")
+    assert np.array_equal(read_labels(tmp_path / "indexed.png"), labels)
 
 
 def test_api_inputs_get_clear_messages(predictor, fluorescence):

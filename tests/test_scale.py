@@ -385,16 +385,23 @@ def test_the_object_table_has_one_row_per_object_claimed_first_by_its_top_left_b
 def test_a_killed_runs_temporary_store_is_removed_by_the_next_run(tmp_path):
     import os
     import subprocess
+    import time
 
-    from napari_deepcens.scale.chunked import remove_stale_runs
+    from napari_deepcens.scale.chunked import _HOST, remove_stale_runs
 
     gone = subprocess.Popen(["true"])
     gone.wait()                                             # a process that no longer exists
     output = tmp_path / "slide.zarr"
-    stale = tmp_path / f".slide.zarr.tmp-{gone.pid}-1795735053"
-    ours = tmp_path / f".slide.zarr.tmp-{os.getpid()}-1795735099"
+    stale = tmp_path / f".slide.zarr.tmp-{_HOST}-{gone.pid}-1795735053"
+    ours = tmp_path / f".slide.zarr.tmp-{_HOST}-{os.getpid()}-1795735099"
+    elsewhere = tmp_path / f".slide.zarr.tmp-othernode-{gone.pid}-1795735053"   # shared disk
+    fresh = tmp_path / f".slide.zarr.tmp-{_HOST}-{gone.pid}-1795739999"
     other = tmp_path / ".other.zarr.tmp-1-1"
-    for folder in (stale, ours, other):
+    hour_ago = time.time() - 7200
+    for folder in (stale, ours, elsewhere, fresh, other):
         (folder / ".scratch").mkdir(parents=True)
+        if folder is not fresh:
+            for path in (folder / ".scratch", folder):
+                os.utime(path, (hour_ago, hour_ago))
     assert remove_stale_runs(output) == [stale]
-    assert not stale.exists() and ours.exists() and other.exists()
+    assert all(f.exists() for f in (ours, elsewhere, fresh, other))

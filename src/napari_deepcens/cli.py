@@ -38,7 +38,7 @@ def _number(kind, low: float | None = None, multiple: int | None = None, what: s
 _POSITIVE = _number(int, 1, what="a whole number ≥ 1")
 _COUNT = _number(int, 0, what="a whole number ≥ 0")
 _DIAMETER = _number(float, 1e-6, what="a diameter in pixels (a positive number)")
-_TILE = _number(int, 256, 16, what="a tile size in pixels: a multiple of 16, at least 256")
+_TILE = _number(int, 128, 16, what="a tile size in pixels: a multiple of 16, at least 128")
 _CHUNK = _number(int, 64, 32, what="a chunk size in pixels: a multiple of 32, at least 64")
 _CROP = _number(int, 64, 32, what="a crop size in pixels: a multiple of 32, at least 64")
 
@@ -182,7 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("error: out of memory: give the object diameter so large images can be "
+              "shrunk, or use the chunked path (--chunked-above 0 for TIFF)", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: say so in one line; -v shows the traceback
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            print("error: the GPU ran out of memory: try --device cpu, a smaller --tile, or "
+                  "close other programs using the GPU", file=sys.stderr)
+            return 2
         if args.verbose:
             raise
         print(f"error: unexpected {type(exc).__name__}: {exc} (this is a bug in napari-deepcens; "

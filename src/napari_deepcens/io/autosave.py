@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,36 +81,53 @@ class AutosaveEntry:
         return f"{self.when} · {self.layer} · {self.n_objects} objects · {size}"
 
 
+_SESSION = re.compile(r"\d{8}-\d{6}-\d{6}-\d+")
+_VERSION = re.compile(r"(?P<key>.+)__(?P<stamp>\d{8}-\d{6}-\d{6})")
+
+
 class AutosaveStore:
     """Versions of edited labels on disk, per session and layer.
 
     Parameters
     ----------
     root : the folder (default :func:`default_root`).
-    keep : versions kept per layer and session; older ones are deleted as new ones arrive.
+    keep : the newest versions kept per layer; of older ones, one per ``spacing_s`` seconds
+        is kept as well (at most ``keep`` more), so an edit regretted an hour later can
+        still be undone from here.
     max_age_days : whole sessions older than this are deleted when a store opens.
-    session : this session's folder name (default: start time and process id).
+    session : this session's folder name (default: start time to the microsecond and
+        process id).
     """
 
     def __init__(self, root: str | Path | None = None, keep: int = 10,
-                 max_age_days: float = 14.0, session: str | None = None) -> None:
+                 max_age_days: float = 14.0, session: str | None = None,
+                 spacing_s: float = 600.0) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.keep = max(1, int(keep))
         self.max_age_days = float(max_age_days)
-        self.session = session or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.spacing_s = float(spacing_s)
+        self.session = session or f"{datetime.now().strftime(_TIME_FORMAT)}-{os.getpid()}"
+        self._cache: dict[Path, tuple[float, AutosaveEntry | None]] = {}
 
     @property
     def folder(self) -> Path:
         return self.root / self.session
 
     # ------------------------------------------------------------------ writing
-    def save(self, layer: str, labels: np.ndarray, meta: dict | None = None) -> AutosaveEntry:
-        """Write one version of ``labels`` (atomically) and drop this layer's oldest ones."""
+    def save(self, layer: str, labels: np.ndarray, meta: dict | None = None,
+             key: str | None = None) -> AutosaveEntry:
+        """Write one version of ``labels`` (atomically) and thin out older ones.
+
+        ``key``: identifies one layer object (default: its name). Two layers of the same
+        name, e.g. a deleted "Labels" and the next new "Labels", must not rotate each
+        other's versions away.
+        """
         labels = np.asarray(labels)
         now = time.time()
         stamp = datetime.fromtimestamp(now).strftime(_TIME_FORMAT)
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{_safe(layer)}__{stamp}{SUFFIX}"
+        base = _safe(layer) + (f"-{key}" if key else "")
+        path = self.folder / f"{base}__{stamp}{SUFFIX}"
         n_objects = int(np.unique(labels[labels != 0]).size) if labels.size else 0
         info = {"layer": layer, "saved": now, "session": self.session, "dtype": str(labels.dtype),
                 "shape": list(labels.shape), "n_objects": n_objects, "meta": meta or {}}
@@ -119,44 +135,77 @@ class AutosaveStore:
         tifffile.imwrite(tmp, _compact(labels), compression="zlib", metadata=None,
                          description=json.dumps(info, default=str))
         os.replace(tmp, path)
-        self._rotate(layer)
+        self._rotate(base)
         return AutosaveEntry(path, layer, now, self.session, tuple(labels.shape), n_objects,
                              str(labels.dtype), info["meta"])
 
-    def _rotate(self, layer: str) -> None:
-        prefix = f"{_safe(layer)}__"
-        versions = sorted(p for p in self.folder.glob(f"*{SUFFIX}") if p.name.startswith(prefix)
-                          and re.fullmatch(r"\d{8}-\d{6}-\d{6}", p.stem[len(prefix):]))
-        for old in versions[: -self.keep]:
-            old.unlink(missing_ok=True)
+    def _rotate(self, base: str) -> None:
+        versions = []
+        for path in self.folder.glob(f"*{SUFFIX}"):
+            match = _VERSION.fullmatch(path.stem)
+            if match and match["key"] == base:
+                stamp = datetime.strptime(match["stamp"], _TIME_FORMAT).timestamp()
+                versions.append((stamp, path))
+        versions.sort(reverse=True)  # newest first
+        kept, buckets = 0, set()
+        for stamp, path in versions[self.keep:]:
+            bucket = int(stamp // self.spacing_s)
+            if bucket not in buckets and kept < self.keep:  # one per spacing, older history
+                buckets.add(bucket)
+                kept += 1
+            else:
+                path.unlink(missing_ok=True)
 
     def prune(self) -> int:
-        """Delete sessions older than ``max_age_days`` (never this one); returns how many."""
+        """Delete sessions older than ``max_age_days`` (never this one); returns how many.
+
+        Only folders that are autosave sessions (named so, holding nothing but autosave
+        files) are touched, whatever else the folder holds.
+        """
         if not self.root.is_dir():
             return 0
         cutoff = time.time() - self.max_age_days * 86400
         removed = 0
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.name != self.session:
-                newest = max((p.stat().st_mtime for p in folder.iterdir()), default=0.0)
-                if newest < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed += 1
+            if not (folder.is_dir() and _SESSION.fullmatch(folder.name)) or folder == self.folder:
+                continue
+            try:
+                files = list(folder.iterdir())
+                ours = all(f.is_file() and _VERSION.fullmatch(f.name.removesuffix(".part")
+                                                              .removesuffix(SUFFIX)) for f in files)
+                newest = max((f.stat().st_mtime for f in files), default=folder.stat().st_mtime)
+            except OSError:  # another napari pruning or saving there now
+                continue
+            if ours and newest < cutoff:
+                for f in files:
+                    f.unlink(missing_ok=True)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    continue
+                removed += 1
         return removed
 
     # ------------------------------------------------------------------ reading
     def entries(self, session: str | None = None) -> list[AutosaveEntry]:
-        """Every readable version (of one session, or all), newest first; broken files skipped."""
+        """Every readable version (of one session, or all), newest first; broken files skipped.
+        Each file's header is read once (cached by modification time)."""
         if not self.root.is_dir():
             return []
         folders = [self.root / session] if session else [
-            p for p in self.root.iterdir() if p.is_dir()]
+            p for p in self.root.iterdir() if p.is_dir() and _SESSION.fullmatch(p.name)]
         found = []
         for folder in folders:
             for path in folder.glob(f"*{SUFFIX}"):
-                entry = read_entry(path)
-                if entry is not None:
-                    found.append(entry)
+                try:
+                    mtime = path.stat().st_mtime
+                except OSError:
+                    continue
+                cached = self._cache.get(path)
+                if cached is None or cached[0] != mtime:
+                    cached = self._cache[path] = (mtime, read_entry(path))
+                if cached[1] is not None:
+                    found.append(cached[1])
         return sorted(found, key=lambda e: e.saved, reverse=True)
 
     @staticmethod

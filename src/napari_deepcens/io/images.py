@@ -69,7 +69,8 @@ def read_labels(path: str | Path) -> np.ndarray:
     told apart by colour, not by value) and fractional values (a probability map).
     """
     name = Path(path).name
-    labels = np.squeeze(read_image(path))
+    labels = np.squeeze(_palette_indices(Path(path)) if Path(path).suffix.lower() == ".png"
+                        else read_image(path))
     if labels.ndim == 3 and labels.shape[-1] in (3, 4):  # label PNGs saved as RGB grey
         rgb = labels[..., :3]
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -82,7 +83,23 @@ def read_labels(path: str | Path) -> np.ndarray:
         if not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels)):
             raise ImageError(f"{name}: labels hold fractional values (a probability map?): "
                              "expected one integer value per object (0 = background)")
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int32).max:
+        raise ImageError(f"{name}: label values above {np.iinfo(np.int32).max} are not supported")
     return labels.astype(np.int32, copy=False)
+
+
+def _palette_indices(path: Path) -> np.ndarray:
+    """A PNG's pixel values; for an indexed ("P" mode) PNG the palette indices, which
+    labelling tools (labelme, CVAT, VOC) use as object ids, not the colours they map to."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            if image.mode == "P":
+                return np.asarray(image)
+    except Exception:  # not readable by PIL: read_image says why
+        pass
+    return read_image(path)
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:

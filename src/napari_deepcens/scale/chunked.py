@@ -31,7 +31,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Generator
@@ -535,17 +537,26 @@ def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
     return len(rows)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]+", "", socket.gethostname())[:32] or "host"
+
+
 def remove_stale_runs(output: Path) -> list[Path]:
     """Delete the temporary stores of earlier runs for ``output`` whose process is gone (a
-    run killed outright, or out of memory, cannot clean up after itself)."""
+    run killed outright, or out of memory, cannot clean up after itself).
+
+    Only stores made on this machine are judged (a run on another node of a shared file
+    system has a process id that means nothing here), and only when untouched for an hour.
+    """
     removed = []
-    for stale in output.parent.glob(f".{output.name}.tmp-*"):
+    for stale in output.parent.glob(f".{output.name}.tmp-{_HOST}-*"):
         try:
-            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
+            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[1])
+            idle = time.time() - max((p.stat().st_mtime for p in stale.rglob("*")),
+                                     default=stale.stat().st_mtime)
+        except (IndexError, ValueError, OSError):
             continue
-        if pid == os.getpid() or _alive(pid):
-            continue  # a run going on now (this process or another)
+        if pid == os.getpid() or _alive(pid) or idle < 3600:
+            continue  # a run going on now (this process or another), or just now
         shutil.rmtree(stale, ignore_errors=True)
         log.warning("removed %s, left by an interrupted run", stale)
         removed.append(stale)
@@ -703,7 +714,7 @@ def segment_chunked_iter(
     if halo == 0:
         log.warning("halo 0: objects on chunk borders are segmented without context and may "
                     "be cut or merged wrongly")
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}-{int(time.time())}")
+    tmp = output.with_name(f".{output.name}.tmp-{_HOST}-{os.getpid()}-{int(time.time())}")
     scratch = tmp / ".scratch"
     plan = Plan(tuple(image.shape[:2]), chunk, halo, norm, run_d, dict(params or {}), classes,
                 str(scratch), str(tmp), copy_image)

@@ -121,28 +121,35 @@ def write_table_part(path: Path, rows: list[tuple]) -> None:
 
 
 def assemble_table(parts: list[Path], target: Path, overwrite: bool = False) -> Path:
-    """Concatenate the parts (in raster order of their blocks) under one header into
-    ``target``, atomically, streaming; one row per (label, class).
+    """The parts under one header in ``target``, atomically; one row per (label, class).
 
     A block claims the objects whose bounding box starts in its core, as far as its window
     shows; an object in several pieces (a detector's mask split by the seam merge) can look
-    as if it started in a later block too. The first claim, from the block holding the
-    object's true top-left, is the one kept.
+    as if it started in another block too, measured from part of it. Of several claims the
+    one measuring the largest area (the most of the object) is kept. Two streaming passes:
+    the table is never held in memory, only one number per object.
     """
 
+    def rows():
+        for index, part in enumerate(parts):
+            if part.exists():
+                with open(part, newline="") as fh:
+                    for number, row in enumerate(csv.reader(fh)):
+                        yield (index, number), row
+
+    best: dict[tuple[str, str], tuple[int, tuple[int, int]]] = {}
+    for where, row in rows():
+        key, area = (row[0], row[1]), int(row[3])
+        if key not in best or area > best[key][0]:
+            best[key] = (area, where)
+    chosen = {where for _area, where in best.values()}
+
     def write(tmp: str) -> None:
-        seen: set[tuple[str, str]] = set()
         with open(tmp, "w", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(TABLE_COLUMNS)
-            for part in parts:
-                if not part.exists():
-                    continue
-                with open(part, newline="") as fh:
-                    for row in csv.reader(fh):
-                        key = (row[0], row[1])
-                        if key not in seen:
-                            seen.add(key)
-                            writer.writerow(row)
+            for where, row in rows():
+                if where in chosen:
+                    writer.writerow(row)
 
     return atomic_write(target, write, overwrite)

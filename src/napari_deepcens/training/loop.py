@@ -9,6 +9,7 @@ the model is chosen on ``val``, never on ``train``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -197,6 +198,10 @@ def to_model_scale(init_info: WeightsInfo, train_items: list[AnnotatedImage],
     if target <= 0 or found <= 0 or 0.8 <= target / found <= 1.25:
         return train_items, val_items
     factor = target / found
+    if not 0.25 <= factor <= 4.0:  # beyond that, zoom reinvents or destroys the objects
+        log.warning("fine-tuning objects of %.1f px for a model trained at %.1f px: zoom "
+                    "limited to ×%.2f", found, target, min(max(factor, 0.25), 4.0))
+        factor = min(max(factor, 0.25), 4.0)
     log.info("fine-tuning data zoomed ×%.2f: objects of %.1f px to the model's %.1f px",
              factor, found, target)
     return rescale_items(train_items, factor), rescale_items(val_items, factor) if val_items else val_items
@@ -205,11 +210,15 @@ def to_model_scale(init_info: WeightsInfo, train_items: list[AnnotatedImage],
 _RESUME_HINT = "delete it, pass --no-resume, or choose another output file"
 
 
-def run_signature(model_name: str, model_config: dict | None, config: TrainConfig) -> dict:
-    """What a checkpoint must share with a run to be resumed by it."""
+def run_signature(model_name: str, model_config: dict | None, config: TrainConfig,
+                  items: list[AnnotatedImage] | None = None, init: str | Path | None = None) -> dict:
+    """What a checkpoint must share with a run to be resumed by it: the recipe, the
+    training images (ids and sizes) and the weights it started from."""
+    data = hashlib.sha1(json.dumps(sorted((i.id, list(i.plane.shape)) for i in items or [])
+                                   ).encode()).hexdigest()[:16]
     return {"model": model_name, "config": dict(model_config or {}), "epochs": config.epochs,
             "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
-            "lr": config.lr}
+            "lr": config.lr, "data": data, "init": Path(init).name if init else None}
 
 
 def _load_checkpoint(path: Path, signature: dict, device) -> dict:
@@ -283,7 +292,7 @@ def train_iter(
         optimizer, max_lr=config.lr, total_steps=total, pct_start=0.05
     )
     start_epoch, best_score = 0, -math.inf
-    signature = run_signature(model_name, model_config, config)
+    signature = run_signature(model_name, model_config, config, train_items, init)
     if resume and ckpt_path.is_file():
         state = _load_checkpoint(ckpt_path, signature, dev)
         try:
@@ -295,6 +304,9 @@ def train_iter(
                                 f"({type(exc).__name__}): {_RESUME_HINT}") from exc
         start_epoch, best_score = state["epoch"], state["best_score"]
         thresholds = state.get("thresholds", thresholds)
+        if not output.exists():
+            raise DeepCeNSError(f"{ckpt_path} is left from a run whose weights {output.name} are "
+                                f"gone: {_RESUME_HINT}")
         if start_epoch >= config.epochs:
             raise DeepCeNSError(f"{ckpt_path} says this run already finished its {config.epochs} "
                                 f"epochs (weights in {output}): nothing to do; choose a new "

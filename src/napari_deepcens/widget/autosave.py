@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import uuid
 import weakref
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QApplication
 
@@ -39,6 +41,7 @@ class _Relay(QObject):
     """Carries 'saved' from the writer thread to the GUI thread (a queued signal)."""
 
     saved = Signal(object)
+    failed = Signal(object, str)  # (state, message)
 
 
 @dataclass
@@ -48,6 +51,13 @@ class _State:
     saved_crc: int | None = None
     writing: Future | None = None  # this layer's write in progress: one at a time, so a
     # large layer painted on fast never queues copy after copy in memory
+    key: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # this layer object
+    history: tuple[int, int] = (0, 0)  # undo/redo lengths: changed by an undo, not a scroll
+    failing: bool = False  # the last write failed (said once, retried)
+
+
+def _history(layer) -> tuple[int, int]:
+    return (len(getattr(layer, "_undo_history", ())), len(getattr(layer, "_redo_history", ())))
 
 
 def _checksum(data: np.ndarray) -> int:
@@ -64,6 +74,7 @@ class LabelsAutosaver:
         self._relay = _Relay()
         #: emitted on the GUI thread with each written :class:`AutosaveEntry`
         self.saved = self._relay.saved
+        self._relay.failed.connect(self._on_failed)  # a failed write is retried
         self.enabled = True
         self._states: dict[int, _State] = {}
         self._layers: dict[int, object] = {}
@@ -100,12 +111,19 @@ class LabelsAutosaver:
         if state is None:
             return
         state.edited = state.dirty = True
+        state.history = _history(layer)
         if self.enabled and not self._timer.isActive():
             self._timer.start()
 
     def _maybe_undo(self, layer) -> None:
+        """``set_data`` also fires when the view is refreshed or scrolled: only a change of
+        the undo/redo history (an undo or a redo) counts as an edit."""
         state = self._states.get(id(layer))
-        if state is not None and state.edited:
+        if state is None or not state.edited:
+            return
+        history = _history(layer)
+        if history != state.history:
+            state.history = history
             self._edited(layer)
 
     def _replaced(self, layer) -> None:
@@ -142,7 +160,7 @@ class LabelsAutosaver:
                 "provenance": layer.metadata.get(PROVENANCE_KEY, {})}
         future = self._executor.submit(self._write, state, layer.name, copy, meta)
         state.writing = future
-        future.add_done_callback(self._done)
+        future.add_done_callback(lambda f, state=state: self._done(f, state))
         self._pending.append(future)
         return future
 
@@ -151,16 +169,28 @@ class LabelsAutosaver:
         crc = _checksum(data)
         if crc == state.saved_crc:
             return None
-        entry = self.store.save(name, data, meta)
+        entry = self.store.save(name, data, meta, key=state.key)
         state.saved_crc = crc
         return entry
 
-    def _done(self, future: Future) -> None:
+    def _done(self, future: Future, state: _State) -> None:
         exc = future.exception()
         if exc is not None:
             log.error("autosave failed: %s", exc)
-        elif future.result() is not None:  # queued to the GUI thread: it may touch widgets
+            self._relay.failed.emit(state, f"{exc}")
+        elif future.result() is not None:
+            state.failing = False  # queued to the GUI thread: it may touch widgets
             self._relay.saved.emit(future.result())
+
+    def _on_failed(self, state: _State, message: str) -> None:
+        """On the GUI thread: the edits are still unsaved; try again at the next tick and
+        tell the user once (not every 10 s while the disk stays full)."""
+        state.dirty = True
+        if self.enabled:
+            self._timer.start()
+        if not state.failing:
+            state.failing = True
+            show_error(f"autosave failed, will retry: {message}")
 
     def _on_timer(self) -> None:
         self._pending = [f for f in self._pending if not f.done()]  # finished writes: forget

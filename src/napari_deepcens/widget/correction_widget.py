@@ -101,7 +101,8 @@ class CorrectionWidget(Container):
             text="autosave edits", value=True,
             tooltip=f"every edited labels layer is saved to {self._autosaver.store.root} "
                     "(at most every 10 s while you edit, and when the layer is deleted); "
-                    "the last 10 versions of each layer are kept for 14 days")
+                    "the last 10 versions of each layer, and one per 10 minutes before those, are "
+                    "kept for 14 days")
         self._versions = ComboBox(label="autosaved", choices=self._version_choices,
                                   tooltip="autosaved versions of edited labels, newest first")
         combo = self._versions.native  # long entries must not widen the dock
