@@ -18,6 +18,7 @@ DSB_VAL = DATA / "dsb_val"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 # widgets autosave edited labels; tests must not write into the user's data folder
 os.environ["NAPARI_DEEPCENS_AUTOSAVE_DIR"] = tempfile.mkdtemp(prefix="deepcens-autosave-")
+os.environ["NAPARI_DEEPCENS_RESULTS_DIR"] = tempfile.mkdtemp(prefix="deepcens-results-")
 
 
 @pytest.fixture(scope="session")

@@ -241,6 +241,9 @@ def test_widget_segments_a_large_layer_chunked_into_lazy_labels(make_napari_view
     assert int(np.asarray(labels.data).max()) > 20, widget.status
     assert len(seen) >= 3 and widget._progress.max > 6 and "chunked" in widget.status
     assert "objects" in widget.status
+    from napari_deepcens.io.paths import results_root  # kept where a reboot leaves it
+
+    assert Path(labels.metadata["deepcens_zarr"]).parent == results_root()
     widget.set_options(fg=0.9)                        # no maps kept: the slider says so
     assert "next Run" in widget.status
 

@@ -34,6 +34,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..errors import DeepCeNSError
+from ..io.paths import results_root
 from ..models.registry import MODELS
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
@@ -561,7 +562,6 @@ class SegmentWidget(Container):
         """Segment a large layer chunk by chunk on Dask; labels go to an OME-Zarr in the temp
         folder and come back as a lazily loaded (multiscale) Labels layer."""
         import re
-        import tempfile
         import threading
 
         from ..scale.chunked import ModelSpec
@@ -578,7 +578,7 @@ class SegmentWidget(Container):
             return
         load, (model, weights, device) = self._loader()
         spec = ModelSpec(model, weights, device, tta=bool(self._tta.value))
-        folder = Path(tempfile.gettempdir()) / "napari-deepcens"
+        folder = results_root()
         folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name)
         output = folder / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
