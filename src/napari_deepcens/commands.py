@@ -215,10 +215,13 @@ def _several_classes(paths: list[Path]) -> bool:
                for p in paths)
 
 
-def check_new_file(path: Path, what: str = "output") -> None:
-    """Fail early, before any work, if ``path`` cannot become a new file."""
+def check_new_file(path: Path, what: str = "output", exists_ok: bool = False) -> None:
+    """Fail early, before any work, if ``path`` cannot become a new file (nothing the user
+    has is ever overwritten)."""
     if path.is_dir():
         raise DeepCeNSError(f"{what} {path} is a folder: give a file name")
+    if path.exists() and not exists_ok:
+        raise DeepCeNSError(f"{path} exists: choose a new file name for {what}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -231,7 +234,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .training.augment import AugmentConfig
     from .training.loop import TrainConfig, train_iter
 
-    check_new_file(args.output)
+    check_new_file(args.output, exists_ok=True)  # an existing one only to resume, below
     checkpoint = args.output.with_name(args.output.name + ".ckpt")
     if args.output.exists() and (args.no_resume or not checkpoint.is_file()):
         raise DeepCeNSError(f"{args.output} exists: choose a new file name (weights are never "
@@ -288,8 +291,6 @@ def run_tune(args: argparse.Namespace) -> int:
     from .training.dataset import load_folder
     from .training.loop import validate
 
-    if args.output.exists() or args.output.resolve() == args.weights.resolve():
-        raise DeepCeNSError(f"{args.output} exists: choose a new file name")
     check_new_file(args.output)
     model, info = load_weights(args.weights)
     items = [item for folder in args.val for item in load_folder(folder)]
@@ -309,8 +310,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.json:  # before the scoring work, not after it
         check_new_file(args.json, "--json")
-        if args.json.exists():
-            raise DeepCeNSError(f"{args.json} exists: choose a new file name for --json")
     results = evaluate_folder(args.gt_dir, args.pred_dir)
     print(format_table(results))
     if args.json:

@@ -5,9 +5,11 @@ writes each edited Labels layer to a private folder (never next to the user's ow
 nothing the user saved is touched) as a compressed TIFF carrying its metadata, written
 atomically (temporary file + rename: a crash mid-write leaves the previous version intact).
 
-Layout: ``<root>/<session>/<layer>__<time>.tif``, one folder per napari session so a new
-session never rotates away the versions of a crashed one; the newest ``keep`` versions of
-each layer are kept, and sessions older than ``max_age_days`` are removed.
+Layout: ``<root>/<session>/<layer name>-<layer key>__<time>.tif``, one folder per napari
+session so a new session never rotates away the versions of a crashed one, and one key per
+layer object so two layers of one name keep their own versions; the newest ``keep`` versions
+of each layer are kept, plus one per ``spacing_s`` before those, and sessions older than
+``max_age_days`` are removed (only folders that are sessions of this store).
 """
 
 from __future__ import annotations
@@ -24,20 +26,12 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .paths import autosave_root
+
 log = logging.getLogger(__name__)
 
-ENV_DIR = "NAPARI_DEEPCENS_AUTOSAVE_DIR"
 SUFFIX = ".tif"
 _TIME_FORMAT = "%Y%m%d-%H%M%S-%f"
-
-
-def default_root() -> Path:
-    """``$NAPARI_DEEPCENS_AUTOSAVE_DIR``, else the user's data folder (per OS conventions)."""
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-deepcens", appauthor=False)) / "autosave"
 
 
 def _safe(name: str) -> str:
@@ -90,7 +84,7 @@ class AutosaveStore:
 
     Parameters
     ----------
-    root : the folder (default :func:`default_root`).
+    root : the folder (default :func:`~napari_deepcens.io.paths.autosave_root`).
     keep : the newest versions kept per layer; of older ones, one per ``spacing_s`` seconds
         is kept as well (at most ``keep`` more), so an edit regretted an hour later can
         still be undone from here.
@@ -102,7 +96,7 @@ class AutosaveStore:
     def __init__(self, root: str | Path | None = None, keep: int = 10,
                  max_age_days: float = 14.0, session: str | None = None,
                  spacing_s: float = 600.0) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(root) if root is not None else autosave_root()
         self.keep = max(1, int(keep))
         self.max_age_days = float(max_age_days)
         self.spacing_s = float(spacing_s)

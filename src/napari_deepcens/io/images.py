@@ -56,8 +56,7 @@ def read_image(path: str | Path) -> np.ndarray:
     data = np.asarray(data)
     if data.size == 0:
         raise ImageError(f"cannot read {path.name}: the file holds no pixels (corrupt or empty)")
-    if data.ndim == 3 and data.shape[-1] == 2 and path.suffix.lower() != ".tif" and (
-            path.suffix.lower() != ".tiff"):
+    if data.ndim == 3 and data.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
         data = data[..., 0]  # grey + alpha (a PNG's "LA" mode): the alpha is not a channel
     return data
 

@@ -51,7 +51,7 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
     torch_threads = torch.get_num_threads()
     if not logging.getLogger().isEnabledFor(logging.INFO):  # deepcens -v shows Dask's log
         for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core",
-                     "distributed.nanny", "distributed.http.proxy"):
+                     "distributed.http.proxy"):
             logging.getLogger(name).setLevel(logging.WARNING)
         # "Worker process still alive after 4 s, killing": routine at shutdown, not a problem
         logging.getLogger("distributed.nanny").setLevel(logging.ERROR)

@@ -146,24 +146,23 @@ def object_diameters(labels: np.ndarray) -> np.ndarray:
 
 
 def rescale_items(items: list[AnnotatedImage], factor: float) -> list[AnnotatedImage]:
-    """The same samples zoomed by ``factor`` (planes bilinear, labels nearest at pixel
-    centres): how fine-tuning brings a user's objects to the size the model was trained at."""
+    """The same samples zoomed by ``factor``: planes as inference zooms images
+    (:func:`~napari_deepcens.inference.predictor.resize`), labels nearest at pixel centres.
+    How fine-tuning brings a user's objects to the size the model was trained at."""
     import torch
     from torch.nn import functional as F
+
+    from ..inference.predictor import resize
 
     out = []
     for item in items:
         h, w = item.plane.shape[-2:]
         size = (max(16, round(h * factor)), max(16, round(w * factor)))
-        plane = torch.from_numpy(np.ascontiguousarray(item.plane, dtype=np.float32))
-        plane = plane[None, None] if plane.ndim == 2 else plane[None]
-        plane = F.interpolate(plane, size=size, mode="bilinear", align_corners=False,
-                              antialias=factor < 1)[0]
         labels = torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.float32))
         labels = labels[None, None] if labels.ndim == 2 else labels[None]
         labels = F.interpolate(labels, size=size, mode="nearest-exact")[0]
         out.append(AnnotatedImage(
-            item.id, (plane[0] if item.plane.ndim == 2 else plane).numpy(),
+            item.id, resize(item.plane, size),
             (labels[0] if item.labels.ndim == 2 else labels).numpy().astype(np.int32),
             item.modality, item.classes))
     return out

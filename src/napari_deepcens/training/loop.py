@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..errors import DeepCeNSError
 from ..evaluation.metrics import match_image, summarize
 from ..inference.device import resolve_device
-from ..inference.predictor import Predictor, params_at_scale
+from ..inference.predictor import SNAP, Predictor, params_at_scale
 from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
 from ..postprocess.params import PostprocessParams
@@ -191,11 +191,11 @@ def to_model_scale(init_info: WeightsInfo, train_items: list[AnnotatedImage],
     The model's recorded median diameter is what the diameter knob and the size estimate
     mean; recording the fine-tuning data's own median instead would silently change the
     zoom of every later run (a few corrected images of large nuclei made the bundled U-Net
-    run its val images at 2.6× the wrong size). Within ×1.25 the data is used as it is, as at
-    inference.
+    run its val images at 2.6× the wrong size). Within ``SNAP`` (×1.25) the data is used as
+    it is, as images are at inference.
     """
     target, found = init_info.median_diameter, median_diameter(train_items)
-    if target <= 0 or found <= 0 or 0.8 <= target / found <= 1.25:
+    if target <= 0 or found <= 0 or abs(math.log(target / found)) < math.log(SNAP):
         return train_items, val_items
     factor = target / found
     if not 0.25 <= factor <= 4.0:  # beyond that, zoom reinvents or destroys the objects

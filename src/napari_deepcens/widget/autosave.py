@@ -46,6 +46,7 @@ class _Relay(QObject):
 
 @dataclass
 class _State:
+    layer: object            # the napari Labels layer watched
     edited: bool = False   # the user has touched this layer's pixels
     dirty: bool = False    # changed since the last save
     saved_crc: int | None = None
@@ -76,8 +77,7 @@ class LabelsAutosaver:
         self.saved = self._relay.saved
         self._relay.failed.connect(self._on_failed)  # a failed write is retried
         self.enabled = True
-        self._states: dict[int, _State] = {}
-        self._layers: dict[int, object] = {}
+        self._states: dict[int, _State] = {}  # id(layer) -> its state
         self._pending: list[Future] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepcens-autosave")
         self._timer = QTimer()
@@ -97,9 +97,7 @@ class LabelsAutosaver:
     def _watch(self, layer) -> None:
         if layer.__class__.__name__ != "Labels" or id(layer) in self._states:
             return
-        state = _State()
-        self._states[id(layer)] = state
-        self._layers[id(layer)] = layer
+        self._states[id(layer)] = _State(layer)
         layer.events.paint.connect(lambda _e, layer=layer: self._edited(layer))
         layer.events.set_data.connect(lambda _e, layer=layer: self._maybe_undo(layer))
         layer.events.data.connect(lambda _e, layer=layer: self._replaced(layer))
@@ -138,7 +136,6 @@ class LabelsAutosaver:
             if self.enabled:
                 self._save(layer, wait=True)
             self._states.pop(id(layer), None)
-            self._layers.pop(id(layer), None)
 
     # ------------------------------------------------------------------ saving
     def _save(self, layer, wait: bool = False) -> Future | None:
@@ -186,6 +183,7 @@ class LabelsAutosaver:
         """On the GUI thread: the edits are still unsaved; try again at the next tick and
         tell the user once (not every 10 s while the disk stays full)."""
         state.dirty = True
+        self._states.setdefault(id(state.layer), state)  # a deleted layer's edits too
         if self.enabled:
             self._timer.start()
         if not state.failing:
@@ -195,20 +193,24 @@ class LabelsAutosaver:
     def _on_timer(self) -> None:
         self._pending = [f for f in self._pending if not f.done()]  # finished writes: forget
         self.save_dirty()
+        for key, state in list(self._states.items()):  # deleted layers, once their edits are safe
+            if state.layer not in self.viewer.layers and not state.dirty and (
+                    state.writing is None or state.writing.done()):
+                self._states.pop(key, None)
 
     def save_dirty(self) -> list[Future]:
         """Start saving every layer edited since its last save (the timer calls this)."""
         if not self.enabled:
             return []
-        futures = [self._save(layer) for layer in list(self._layers.values())]
+        futures = [self._save(state.layer) for state in list(self._states.values())]
         return [f for f in futures if f is not None]
 
     def flush(self) -> list[AutosaveEntry]:
         """Save what is unsaved now and wait for every write (on quit, and in tests)."""
         self._timer.stop()
         if self.enabled:
-            for layer in list(self._layers.values()):
-                self._save(layer, wait=True)
+            for state in list(self._states.values()):
+                self._save(state.layer, wait=True)
         written = []
         for future in self._pending:
             try:

@@ -559,8 +559,9 @@ class SegmentWidget(Container):
                     or int(np.prod(shape)) > CHUNKED_ABOVE)
 
     def _run_chunked(self, layer) -> None:
-        """Segment a large layer chunk by chunk on Dask; labels go to an OME-Zarr in the temp
-        folder and come back as a lazily loaded (multiscale) Labels layer."""
+        """Segment a large layer chunk by chunk on Dask; labels go to an OME-Zarr in the
+        results folder (:func:`~napari_deepcens.io.paths.results_root`) and come back as a
+        lazily loaded (multiscale) Labels layer."""
         import re
         import threading
 
@@ -625,7 +626,7 @@ class SegmentWidget(Container):
         seconds = time.perf_counter() - self._started
         counts = (f"{sum(result.counts.values())} objects" if len(result.counts) == 1 else
                   ", ".join(f"{n} {c}" for c, n in result.counts.items()))
-        if self._auto_diameter.value and getattr(result, "diameter", None):
+        if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
         self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
                               f"{result.halo} px halo); labels in {result.output}")
