@@ -21,7 +21,11 @@ python3 -c "import torch, torchvision, timm; print(torch.__version__, torchvisio
 T0=$(date +%s)
 nvidia-smi dmon -s um -d 15 > $W/dmon.log 2>&1 & DMON=$!
 D=.devdata/train; B=src/napari_deepcens/weights; PIDS=""; NAMES=""
-WIDE="--scale-min 0.3 --scale-max 2.5 --lowres-probability 0.35"
+# overridable per session (docs/models.md "On a GPU" lists each session's values)
+WIDE=${WIDE:-"--scale-min 0.3 --scale-max 2.5 --lowres-probability 0.35"}
+UNET=${UNET:-"--batch-size 16 --lr 1e-3"}
+CU=${CU:-"--lr 1e-3"}
+DC=${DC:-"--lr 4e-4"}
 train() {  # NAME MINUTES ARGS...
   local name=$1 min=$2; shift 2
   python3 tools/train_timed.py $D -o $W/$name.safetensors --minutes $min "$@" > $W/$name.log 2>&1 &
@@ -29,15 +33,15 @@ train() {  # NAME MINUTES ARGS...
 }
 dense() {  # MINUTES WORKERS
   train unet $1 --model unet --init $B/unet_dsb2018.safetensors \
-    --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers $2
+    --epochs 3 --crop 256 --workers $2 $UNET
   train cu_wide $1 --model centerunet --init $B/centerunet_dsb2018.safetensors \
-    --epochs 3 --batch-size 16 --crop 256 --lr 1e-3 --workers $2 $WIDE
+    --epochs 3 --batch-size 16 --crop 256 --workers $2 $WIDE $CU
 }
 deepcens() {  # MINUTES WORKERS
   train dc_wide $1 --model deepcens --init $B/deepcens_dsb2018.safetensors \
-    --epochs 3 --batch-size 8 --crop 256 --lr 4e-4 --workers $2 --probe-steps 24 $WIDE
+    --epochs 3 --batch-size 8 --crop 256 --workers $2 --probe-steps 24 $WIDE $DC
 }
-timeout 60 python3 tools/cuda_check.py cuda > $W/cuda_check.log 2>&1 &
+[ "${CHECK:-1}" = 1 ] && timeout 60 python3 tools/cuda_check.py cuda > $W/cuda_check.log 2>&1 &
 TS=$(date +%s)
 case $PLAN in
   dc) deepcens $MIN 12 ;;
