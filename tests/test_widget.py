@@ -214,3 +214,21 @@ def test_long_messages_wrap_instead_of_widening_the_dock(docked):
                             "not 'unet': choose the 'centerunet' model or other weights " * 2)
     assert widget.native.minimumSizeHint().width() <= before + 10
     assert "holds weights" in widget._status.native.toolTip()
+
+
+def test_library_warnings_reach_napari_as_notifications(docked, qtbot):
+    """NaN pixels are logged by io.images inside the worker; the user sees it in napari,
+    named after the layer, and the run still completes."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget, layer = docked
+    image = layer.data.astype(np.float32)
+    image[:8, :8] = np.nan
+    layer.data = image
+    seen: list[str] = []
+    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
+    run_and_wait(qtbot, widget)
+    qtbot.waitUntil(lambda: any("NaN" in m for m in seen), timeout=5_000)
+    assert [m for m in seen if "NaN" in m] == ["nuclei: image has 64 NaN/infinite pixels; "
+                                               "treated as background"]
+    assert viewer.layers["nuclei labels"].data.max() > 30

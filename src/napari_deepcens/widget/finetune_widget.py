@@ -19,7 +19,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
 from .status import status_label
-from .workers import stop_on_close
+from .workers import relay_warnings, show_warnings, stop_on_close
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -53,14 +53,16 @@ def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: i
             raise DeepCeNSError(f"{init.name} holds weights for model {info.model!r}, not "
                                 f"{model!r}: choose the {info.model!r} model or other weights")
         channels = int(info.config.get("in_channels", 1))
-        items = load_folder(dataset, channels=channels)
         if model == "deepcens":  # a detector: fewer, larger crops and a gentler step
             config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=1e-4, batch_size=2,
                                  augment=AugmentConfig(crop=256))
         else:
             config = TrainConfig(epochs=epochs, steps_per_epoch=steps, lr=5e-4)
-        yield from train_iter(items, output, model_name=model, config=config, init=init,
-                              resume=False)
+        # skipped samples and the zoom to the model's object size are said in napari
+        with relay_warnings(f"{dataset.name}: "):
+            items = load_folder(dataset, channels=channels)
+            yield from train_iter(items, output, model_name=model, config=config, init=init,
+                                  resume=False)
         return output
     except DeepCeNSError as exc:
         return str(exc)
@@ -119,6 +121,7 @@ class FineTuneWidget(Container):
         self._worker = worker
         checkpoint = self._output.with_name(self._output.name + ".ckpt")
         stop_on_close(self.native, worker, after=lambda: checkpoint.unlink(missing_ok=True))
+        show_warnings(worker)
         self._train.enabled, self._cancel.enabled = False, True
         worker.start()
 

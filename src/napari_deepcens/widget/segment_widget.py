@@ -31,7 +31,7 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
 from ..io.paths import results_root
@@ -40,7 +40,7 @@ from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .status import status_label
-from .workers import stop_on_close
+from .workers import relay_warnings, show_warnings, stop_on_close
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -64,17 +64,20 @@ class _Failed:
 
 @thread_worker
 def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: bool, params,
-                    tta: bool = False):
+                    tta: bool = False, name: str = ""):
     """Load the model (first time only), predict tile by tile, post-process.
 
     User errors come back as the result (shown as one clear notification); only bugs raise,
-    and napari reports those with their traceback.
+    and napari reports those with their traceback. Library warnings about the image ``name``
+    (NaN pixels, a grey image for a colour model) become warning notifications.
     """
     try:
-        predictor = load()
-        raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate, tta=tta)
-        params = params or predictor.default_params(raw.scale)
-        return predictor, raw, params, predictor.instances(raw, params)
+        with relay_warnings(f"{name}: " if name else ""):
+            predictor = load()
+            raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate,
+                                                    tta=tta)
+            params = params or predictor.default_params(raw.scale)
+            return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -95,7 +98,7 @@ def _chunked_worker(load, spec, image, output, scheduler: str | None, diameter, 
 
     try:
         predictor = load()
-        with dask_client(scheduler) as client:
+        with relay_warnings(f"{getattr(image, 'name', 'image')}: "), dask_client(scheduler) as client:
             result = yield from segment_chunked_iter(
                 client, image, output, spec, predictor=predictor, chunk=CHUNK, diameter=diameter,
                 estimate=estimate,
@@ -257,11 +260,6 @@ class SegmentWidget(Container):
         except Exception as exc:
             self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
             return
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
-            bad = int((~np.isfinite(image)).sum())
-            if bad < image.size:  # all-NaN is refused with its own message by the worker
-                show_warning(f"{layer.name!r} has {bad} NaN or infinite pixels: they are "
-                             "treated as background")
         load, _key = self._loader()
         diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
         estimate = bool(self._auto_diameter.value)
@@ -269,13 +267,15 @@ class SegmentWidget(Container):
         self._status.value = f"segmenting {layer.name}…"
         self._started = time.perf_counter()
         params = self._params() if self._user_knobs else None
-        worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value))
+        worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value),
+                                 layer.name)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         stop_on_close(self.native, worker)
+        show_warnings(worker)
         self._busy(True)
         worker.start()
 
@@ -596,6 +596,7 @@ class SegmentWidget(Container):
         worker.finished.connect(self._on_chunked_finished)
         self._worker = worker
         stop_on_close(self.native, worker)
+        show_warnings(worker)
         self._busy(True)
         worker.start()
 

@@ -1,12 +1,22 @@
-"""Long work that outlives its window: stop it and cut its links to the deleted widgets.
+"""What every long-running thread worker of the widgets needs.
 
-Closing napari while a thread worker runs deletes the widgets its signals would update; a
-late signal then touches a deleted Qt object (at best an error printed, at worst an abort).
+* :func:`stop_on_close`: closing napari while a thread worker runs deletes the widgets its
+  signals would update; a late signal then touches a deleted Qt object (at best an error
+  printed, at worst an abort).
+* :func:`relay_warnings`: the library reports recoverable problems (NaN pixels, a grey image
+  given to a colour model, skipped training samples) through :mod:`logging`, which the CLI
+  prints; in napari a log line is invisible, so the worker turns them into notifications.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from superqt.utils import ensure_main_thread
 
 _SIGNALS = ("started", "yielded", "returned", "errored", "aborted", "finished")
 
@@ -35,3 +45,44 @@ def stop_on_close(native, worker, after: Callable[[], None] | None = None) -> No
             pass
 
     worker.finished.connect(done)
+
+
+class _Relay(logging.Handler):
+    """Re-issues the warnings logged on one thread as Python warnings."""
+
+    def __init__(self, thread: int, prefix: str) -> None:
+        super().__init__(level=logging.WARNING)
+        self.thread, self.prefix = thread, prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            warnings.warn(self.prefix + record.getMessage(), UserWarning, stacklevel=2)
+
+
+@contextmanager
+def relay_warnings(prefix: str = "", logger: str = "napari_deepcens") -> Iterator[None]:
+    """Inside a napari thread worker: library warnings logged by this thread become Python
+    warnings, which napari's workers show as warning notifications. ``prefix`` names what
+    they are about (e.g. the layer). Other threads' records are left alone."""
+    handler = _Relay(threading.get_ident(), prefix)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+@ensure_main_thread
+def _notify(args: tuple) -> None:
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.receive_warning(*args)
+
+
+def show_warnings(worker) -> None:
+    """Show the Python warnings raised inside ``worker`` as napari notifications, on the GUI
+    thread. napari's workers mean to do this themselves, but their notifying mixin is never
+    initialised (napari 0.6–0.9: it comes after QRunnable in the MRO); the notification
+    manager drops an identical repeat, so a fixed napari does not show them twice."""
+    worker.warned.connect(_notify)
