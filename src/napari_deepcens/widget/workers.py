@@ -83,6 +83,6 @@ def _notify(args: tuple) -> None:
 def show_warnings(worker) -> None:
     """Show the Python warnings raised inside ``worker`` as napari notifications, on the GUI
     thread. napari's workers mean to do this themselves, but their notifying mixin is never
-    initialised (napari 0.6–0.9: it comes after QRunnable in the MRO); the notification
+    initialised (napari 0.9.2: it comes after QRunnable in the MRO); the notification
     manager drops an identical repeat, so a fixed napari does not show them twice."""
     worker.warned.connect(_notify)
