@@ -232,3 +232,25 @@ def test_library_warnings_reach_napari_as_notifications(docked, qtbot):
     assert [m for m in seen if "NaN" in m] == ["nuclei: image has 64 NaN/infinite pixels; "
                                                "treated as background"]
     assert viewer.layers["nuclei labels"].data.max() > 30
+
+
+def test_a_relay_left_by_an_abandoned_worker_is_replaced_on_its_thread():
+    """Cancelled generator workers are abandoned mid-run; the next worker on the same pool
+    thread must not relay under the old prefix (seen in CI: a fine-tune's dataset name on a
+    segmentation's warning)."""
+    import logging
+    import warnings
+
+    from napari_deepcens.widget.workers import relay_warnings
+
+    log = logging.getLogger("napari_deepcens.test")
+    abandoned = relay_warnings("ds: ")
+    abandoned.__enter__()                                # never exited, like a cancelled worker
+    with warnings.catch_warnings(record=True) as caught, relay_warnings("nuclei: "):
+        warnings.simplefilter("always")
+        log.warning("image has 64 NaN/infinite pixels")
+    assert [str(w.message) for w in caught] == ["nuclei: image has 64 NaN/infinite pixels"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log.warning("outside any worker")
+    assert caught == []

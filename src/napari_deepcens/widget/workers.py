@@ -59,18 +59,29 @@ class _Relay(logging.Handler):
             warnings.warn(self.prefix + record.getMessage(), UserWarning, stacklevel=2)
 
 
+#: The relay of each pool thread. A cancelled generator worker is abandoned, not closed, so
+#: its ``finally`` may run late or never; the next worker on that pool thread replaces it.
+_RELAYS: dict[int, _Relay] = {}
+
+
 @contextmanager
 def relay_warnings(prefix: str = "", logger: str = "napari_deepcens") -> Iterator[None]:
     """Inside a napari thread worker: library warnings logged by this thread become Python
     warnings, which napari's workers show as warning notifications. ``prefix`` names what
     they are about (e.g. the layer). Other threads' records are left alone."""
-    handler = _Relay(threading.get_ident(), prefix)
+    thread = threading.get_ident()
     log = logging.getLogger(logger)
+    stale = _RELAYS.pop(thread, None)
+    if stale is not None:
+        log.removeHandler(stale)
+    handler = _RELAYS[thread] = _Relay(thread, prefix)
     log.addHandler(handler)
     try:
         yield
     finally:
         log.removeHandler(handler)
+        if _RELAYS.get(thread) is handler:
+            del _RELAYS[thread]
 
 
 @ensure_main_thread
