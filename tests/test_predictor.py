@@ -122,3 +122,52 @@ def test_batch_norm_is_folded_for_inference_only(fluorescence):
         fused, plain = predictor.model.maps(plane), net.eval().maps(plane)
     for name in plain:
         np.testing.assert_allclose(fused[name].numpy(), plain[name].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["unet", "centerunet"])
+def test_onnx_runtime_gives_torch_s_maps_and_objects(model, fluorescence, monkeypatch):
+    """On fp32 CPUs the dense networks run on ONNX Runtime (faster); the maps match torch's
+    and so do the objects. Forcing torch (the environment switch) and a runtime that cannot
+    be built both fall back to torch without a word to the user."""
+    import pickle
+
+    from napari_deepcens import Predictor
+    from napari_deepcens.inference import onnx_cpu
+    from napari_deepcens.inference.onnx_cpu import OnnxMaps
+
+    image, labels = fluorescence
+    fast = Predictor.from_name(model, device="cpu", precision="fp32")
+    raw = fast.predict(image, estimate=False)
+    assert isinstance(fast._onnx, OnnxMaps)
+
+    monkeypatch.setenv(onnx_cpu.RUNTIME_ENV, "torch")
+    plain = Predictor.from_name(model, device="cpu", precision="fp32")
+    ref = plain.predict(image, estimate=False)
+    assert plain._onnx is False
+    for name in ref.maps:
+        np.testing.assert_allclose(raw.maps[name], ref.maps[name], atol=1e-4)
+    a, b = fast.postprocess(raw), plain.postprocess(ref)
+    assert a.max() == b.max() and match_image(labels, a).ap(0.5) > 0.6
+    np.testing.assert_array_equal(a, b)
+
+    monkeypatch.delenv(onnx_cpu.RUNTIME_ENV)
+    monkeypatch.setattr(onnx_cpu.torch.onnx, "export",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no exporter")))
+    broken = Predictor.from_name(model, device="cpu", precision="fp32")
+    np.testing.assert_array_equal(broken.segment(image, estimate=False), b)
+    assert broken._onnx is False
+
+    # a predictor travels to Dask workers without its session and builds one there
+    clone = pickle.loads(pickle.dumps(fast))
+    assert clone._onnx is None and fast._onnx is not None
+
+
+def test_onnx_runtime_is_left_to_reduced_precision_and_detection():
+    """bf16 CPUs and detection models stay on torch (bf16 is faster there; RoI ops do not
+    export)."""
+    from napari_deepcens import Predictor
+
+    half = Predictor.from_name("unet", device="cpu", precision="half")
+    half.autocast_dtype = __import__("torch").bfloat16  # as on a CPU with native bf16
+    half._predict_tile(np.zeros((64, 64), np.float32))
+    assert half._onnx is False

@@ -30,9 +30,11 @@ from ..postprocess.centers import Detections, decode_centers, seeded_instances
 from ..postprocess.masks import class_instances
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
+from . import onnx_cpu
 from .detection import detect_tiled
 from .device import resolve_device
 from .fusion import fuse_conv_bn
+from .onnx_cpu import OnnxMaps
 from .tiling import predict_tiled
 from .tta import flip_averaged_maps, flip_fused_detections
 
@@ -191,6 +193,9 @@ class Predictor:
         self.in_channels = int(getattr(model.config, "in_channels", 1))
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
+        #: ONNX Runtime for dense networks on fp32 CPUs (:mod:`.onnx_cpu`): built at the first
+        #: tile; ``False`` once it proved unusable here, so it is tried once only.
+        self._onnx: OnnxMaps | bool | None = None
         self.info = info
         self.weights_path = weights_path
         self._weights_hash: str | None = None
@@ -266,8 +271,26 @@ class Predictor:
                 "classes": dets["classes"].cpu().numpy(),
                 "masks": dets["masks"].cpu().numpy().astype(np.float16)}
 
-    @torch.inference_mode()
+    def _onnx_runner(self) -> OnnxMaps | None:
+        """ONNX Runtime for this network where it is the faster choice: a dense network on
+        the CPU in fp32 (CUDA, and bf16 on CPUs that have it, stay on torch)."""
+        if self._onnx is None:
+            usable = (self.device.type == "cpu" and self.kind == "dense"
+                      and self.autocast_dtype is None and onnx_cpu.wanted())
+            self._onnx = (usable and onnx_cpu.build(self.model, torch.get_num_threads())) or False
+        return self._onnx or None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_onnx"] = None  # a runtime session does not pickle; rebuilt where it lands
+        return state
+
     def _predict_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
+        runner = self._onnx_runner()  # (outside inference mode: the exporter traces)
+        return runner(tile) if runner is not None else self._torch_tile(tile)
+
+    @torch.inference_mode()
+    def _torch_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(tile)[None, None].to(self.device)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
