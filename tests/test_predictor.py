@@ -127,8 +127,8 @@ def test_batch_norm_is_folded_for_inference_only(fluorescence):
 @pytest.mark.parametrize("model", ["unet", "centerunet"])
 def test_onnx_runtime_gives_torch_s_maps_and_objects(model, fluorescence, monkeypatch):
     """On fp32 CPUs the dense networks run on ONNX Runtime (faster); the maps match torch's
-    and so do the objects. Forcing torch (the environment switch) and a runtime that cannot
-    be built both fall back to torch without a word to the user."""
+    and so do the objects. Forcing torch (the environment switch) and an exporter that fails
+    both fall back to torch without a word to the user."""
     import pickle
 
     from napari_deepcens import Predictor
@@ -138,17 +138,19 @@ def test_onnx_runtime_gives_torch_s_maps_and_objects(model, fluorescence, monkey
     image, labels = fluorescence
     fast = Predictor.from_name(model, device="cpu", precision="fp32")
     raw = fast.predict(image, estimate=False)
-    assert isinstance(fast._onnx, OnnxMaps)
+    assert isinstance(fast._onnx_runner(), OnnxMaps)
 
     monkeypatch.setenv(onnx_cpu.RUNTIME_ENV, "torch")
     plain = Predictor.from_name(model, device="cpu", precision="fp32")
     ref = plain.predict(image, estimate=False)
-    assert plain._onnx is False
+    assert plain._onnx is False and plain._onnx_runner() is None
     for name in ref.maps:
         np.testing.assert_allclose(raw.maps[name], ref.maps[name], atol=1e-4)
     a, b = fast.postprocess(raw), plain.postprocess(ref)
     assert a.max() == b.max() and match_image(labels, a).ap(0.5) > 0.6
     np.testing.assert_array_equal(a, b)
+    fast.release_memory()  # the widget's call after each run: the next run is unchanged
+    np.testing.assert_array_equal(fast.segment(image, estimate=False), a)
 
     monkeypatch.delenv(onnx_cpu.RUNTIME_ENV)
     monkeypatch.setattr(onnx_cpu.torch.onnx, "export",
@@ -157,17 +159,51 @@ def test_onnx_runtime_gives_torch_s_maps_and_objects(model, fluorescence, monkey
     np.testing.assert_array_equal(broken.segment(image, estimate=False), b)
     assert broken._onnx is False
 
-    # a predictor travels to Dask workers without its session and builds one there
+    # a predictor travels to Dask workers without its sessions and builds them there
     clone = pickle.loads(pickle.dumps(fast))
-    assert clone._onnx is None and fast._onnx is not None
+    assert clone._onnx is None and clone._sessions == {} and fast._sessions
+
+
+def test_onnx_runtime_is_built_once_across_threads_and_follows_the_thread_count(monkeypatch):
+    """Dask's threads share one predictor: the first tiles of several threads at once export
+    the network once (torch's exporter is not thread-safe), and a session made for Dask's
+    one thread is not kept for a later run with all threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from napari_deepcens import Predictor
+    from napari_deepcens.inference import onnx_cpu
+
+    calls = []
+    real = onnx_cpu.export
+    monkeypatch.setattr(onnx_cpu, "export", lambda model: calls.append(1) or real(model))
+    predictor = Predictor.from_name("unet", device="cpu", precision="fp32")
+    tile = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    before = torch.get_num_threads()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: predictor._predict_tile(tile), range(8)))
+    assert len(calls) == 1 and predictor._onnx
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out["foreground"], outs[0]["foreground"])
+    try:
+        torch.set_num_threads(1)
+        assert predictor._onnx_runner().threads == 1
+    finally:
+        torch.set_num_threads(before)
+    assert predictor._onnx_runner().threads == before and len(calls) == 1
 
 
 def test_onnx_runtime_is_left_to_reduced_precision_and_detection():
     """bf16 CPUs and detection models stay on torch (bf16 is faster there; RoI ops do not
     export)."""
+    import torch
+
     from napari_deepcens import Predictor
 
     half = Predictor.from_name("unet", device="cpu", precision="half")
-    half.autocast_dtype = __import__("torch").bfloat16  # as on a CPU with native bf16
+    half.autocast_dtype = torch.bfloat16  # as on a CPU with native bf16
     half._predict_tile(np.zeros((64, 64), np.float32))
     assert half._onnx is False
+    detector = Predictor.from_name("deepcens", device="cpu", precision="fp32")
+    assert detector._onnx_runner() is None and detector._onnx is False

@@ -218,7 +218,7 @@ def test_long_messages_wrap_instead_of_widening_the_dock(docked):
 
 def test_library_warnings_reach_napari_as_notifications(docked, qtbot):
     """NaN pixels are logged by io.images inside the worker; the user sees it in napari,
-    named after the layer, and the run still completes."""
+    named after the layer, once per run (a second run says it again), and the run completes."""
     from napari.utils.notifications import notification_manager
 
     viewer, widget, layer = docked
@@ -226,11 +226,19 @@ def test_library_warnings_reach_napari_as_notifications(docked, qtbot):
     image[:8, :8] = np.nan
     layer.data = image
     seen: list[str] = []
-    notification_manager.notification_ready.connect(lambda n: seen.append(str(n.message)))
-    run_and_wait(qtbot, widget)
-    qtbot.waitUntil(lambda: any("NaN" in m for m in seen), timeout=5_000)
-    assert [m for m in seen if "NaN" in m] == ["nuclei: image has 64 NaN/infinite pixels; "
-                                               "treated as background"]
+
+    def note(n) -> None:
+        seen.append(str(n.message))
+
+    notification_manager.notification_ready.connect(note)
+    try:
+        for run in (1, 2):
+            run_and_wait(qtbot, widget)
+            qtbot.waitUntil(lambda run=run: sum("NaN" in m for m in seen) == run, timeout=5_000)
+    finally:
+        notification_manager.notification_ready.disconnect(note)
+    assert [m for m in seen if "NaN" in m] == 2 * ["nuclei: image has 64 NaN/infinite pixels; "
+                                                   "treated as background"]
     assert viewer.layers["nuclei labels"].data.max() > 30
 
 
@@ -254,3 +262,37 @@ def test_a_relay_left_by_an_abandoned_worker_is_replaced_on_its_thread():
         warnings.simplefilter("always")
         log.warning("outside any worker")
     assert caught == []
+
+
+def test_other_threads_log_as_before_while_a_worker_relays(monkeypatch):
+    """While a worker relays, a warning logged on another thread is not swallowed: with no
+    handler configured it still reaches Python's last-resort handler (stderr)."""
+    import logging
+    import threading
+
+    from napari_deepcens.widget.workers import relay_warnings
+
+    printed: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            printed.append(record.getMessage())
+
+    monkeypatch.setattr(logging, "lastResort", Record())
+    monkeypatch.setattr(logging.root, "handlers", [])
+    entered, leave = threading.Event(), threading.Event()
+
+    def worker():
+        with relay_warnings("x: "):
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    entered.wait(10)
+    try:
+        logging.getLogger("napari_deepcens.io.images").warning("from the GUI thread")
+    finally:
+        leave.set()
+        thread.join()
+    assert printed == ["from the GUI thread"]

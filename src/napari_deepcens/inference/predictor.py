@@ -14,6 +14,7 @@ post-processing, so labels always align with the user's image.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from . import onnx_cpu
 from .detection import detect_tiled
 from .device import resolve_device
 from .fusion import fuse_conv_bn
-from .onnx_cpu import OnnxMaps
+from .onnx_cpu import Exported, OnnxMaps
 from .tiling import predict_tiled
 from .tta import flip_averaged_maps, flip_fused_detections
 
@@ -193,9 +194,12 @@ class Predictor:
         self.in_channels = int(getattr(model.config, "in_channels", 1))
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
-        #: ONNX Runtime for dense networks on fp32 CPUs (:mod:`.onnx_cpu`): built at the first
-        #: tile; ``False`` once it proved unusable here, so it is tried once only.
-        self._onnx: OnnxMaps | bool | None = None
+        #: ONNX Runtime for dense networks on fp32 CPUs (:mod:`.onnx_cpu`): the export, made
+        #: at the first tile (``False`` once it proved unusable, so it is tried once only),
+        #: and one session per torch thread count; the lock serialises their building.
+        self._onnx: Exported | bool | None = None
+        self._sessions: dict[int, OnnxMaps | None] = {}
+        self._onnx_lock = threading.Lock()
         self.info = info
         self.weights_path = weights_path
         self._weights_hash: str | None = None
@@ -273,17 +277,40 @@ class Predictor:
 
     def _onnx_runner(self) -> OnnxMaps | None:
         """ONNX Runtime for this network where it is the faster choice: a dense network on
-        the CPU in fp32 (CUDA, and bf16 on CPUs that have it, stay on torch)."""
-        if self._onnx is None:
-            usable = (self.device.type == "cpu" and self.kind == "dense"
-                      and self.autocast_dtype is None and onnx_cpu.wanted())
-            self._onnx = (usable and onnx_cpu.build(self.model, torch.get_num_threads())) or False
-        return self._onnx or None
+        the CPU in fp32 (CUDA, and bf16 on CPUs that have it, stay on torch). The session
+        follows torch's thread count (Dask threads run with one thread, the widget with all)."""
+        if self._onnx is False:
+            return None
+        threads = torch.get_num_threads()
+        if self._onnx is not None and threads in self._sessions:
+            return self._sessions[threads]
+        with self._onnx_lock:
+            if self._onnx is None:
+                usable = (self.device.type == "cpu" and self.kind == "dense"
+                          and self.autocast_dtype is None and onnx_cpu.wanted())
+                self._onnx = (usable and onnx_cpu.export(self.model)) or False
+            if self._onnx is False:
+                return None
+            if threads not in self._sessions:
+                self._sessions[threads] = onnx_cpu.session(self._onnx, threads)
+            return self._sessions[threads]
+
+    def release_memory(self) -> None:
+        """Free what the network runtime keeps between images (ONNX Runtime's arena, see
+        :meth:`.onnx_cpu.OnnxMaps.release`; nothing on torch). The widget calls it after each
+        run, since it keeps its predictors for the session; batch runs keep the arena."""
+        for runner in list(self._sessions.values()):
+            if runner is not None:
+                runner.release()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_onnx"] = None  # a runtime session does not pickle; rebuilt where it lands
+        # runtime sessions and locks do not pickle: rebuilt where the predictor lands
+        state.update(_onnx=None, _sessions={}, _onnx_lock=None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _onnx_lock=threading.Lock())
 
     def _predict_tile(self, tile: np.ndarray) -> dict[str, np.ndarray]:
         runner = self._onnx_runner()  # (outside inference mode: the exporter traces)

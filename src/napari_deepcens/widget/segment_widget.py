@@ -77,6 +77,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
             raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate,
                                                     tta=tta)
             params = params or predictor.default_params(raw.scale)
+            predictor.release_memory()  # the widget keeps its predictors for the session
             return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
@@ -98,7 +99,7 @@ def _chunked_worker(load, spec, image, output, scheduler: str | None, diameter, 
 
     try:
         predictor = load()
-        with relay_warnings(f"{getattr(image, 'name', 'image')}: "), dask_client(scheduler) as client:
+        with relay_warnings(), dask_client(scheduler) as client:
             result = yield from segment_chunked_iter(
                 client, image, output, spec, predictor=predictor, chunk=CHUNK, diameter=diameter,
                 estimate=estimate,

@@ -47,53 +47,81 @@ def stop_on_close(native, worker, after: Callable[[], None] | None = None) -> No
     worker.finished.connect(done)
 
 
-class _Relay(logging.Handler):
-    """Re-issues the warnings logged on one thread as Python warnings."""
+class RelayedWarning(UserWarning):
+    """A library warning re-issued inside a thread worker for the user to see."""
 
-    def __init__(self, thread: int, prefix: str) -> None:
+
+class _Relay(logging.Handler):
+    """One handler on the package logger for every worker thread: a record logged on a
+    thread that :func:`relay_warnings` registered becomes a :class:`RelayedWarning`; other
+    threads' records go on as if it were not there (to ``logging.lastResort`` when nothing
+    else would print them, as without this handler)."""
+
+    def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
-        self.thread, self.prefix = thread, prefix
+        #: thread id → (owner token, prefix). A cancelled generator worker is abandoned, not
+        #: closed, so its ``finally`` may run late or never: the next worker on that pool
+        #: thread takes the entry over, and a late ``finally`` only removes its own.
+        self.threads: dict[int, tuple[object, str]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            warnings.warn(self.prefix + record.getMessage(), UserWarning, stacklevel=2)
+        entry = self.threads.get(record.thread)
+        if entry is not None:
+            warnings.warn(entry[1] + record.getMessage(), RelayedWarning, stacklevel=2)
+        elif not _other_handlers(logging.getLogger(record.name)) and logging.lastResort:
+            logging.lastResort.handle(record)
 
 
-#: The relay of each pool thread. A cancelled generator worker is abandoned, not closed, so
-#: its ``finally`` may run late or never; the next worker on that pool thread replaces it.
-_RELAYS: dict[int, _Relay] = {}
+def _other_handlers(log: logging.Logger | None) -> bool:
+    """Whether a handler other than the relay would receive records of ``log``."""
+    while log is not None:
+        if any(h is not _RELAY for h in log.handlers):
+            return True
+        log = log.parent if log.propagate else None
+    return False
+
+
+_RELAY = _Relay()
+_RELAY_LOCK = threading.Lock()
 
 
 @contextmanager
 def relay_warnings(prefix: str = "", logger: str = "napari_deepcens") -> Iterator[None]:
-    """Inside a napari thread worker: library warnings logged by this thread become Python
-    warnings, which napari's workers show as warning notifications. ``prefix`` names what
-    they are about (e.g. the layer). Other threads' records are left alone."""
-    thread = threading.get_ident()
+    """Inside a napari thread worker: library warnings logged by this thread become
+    :class:`RelayedWarning` warnings, which :func:`show_warnings` shows as napari
+    notifications. ``prefix`` names what they are about (e.g. the layer)."""
+    thread, token = threading.get_ident(), object()
     log = logging.getLogger(logger)
-    stale = _RELAYS.pop(thread, None)
-    if stale is not None:
-        log.removeHandler(stale)
-    handler = _RELAYS[thread] = _Relay(thread, prefix)
-    log.addHandler(handler)
+    with _RELAY_LOCK:
+        _RELAY.threads[thread] = (token, prefix)
+        if _RELAY not in log.handlers:
+            log.addHandler(_RELAY)
     try:
         yield
     finally:
-        log.removeHandler(handler)
-        if _RELAYS.get(thread) is handler:
-            del _RELAYS[thread]
-
-
-@ensure_main_thread
-def _notify(args: tuple) -> None:
-    from napari.utils.notifications import notification_manager
-
-    notification_manager.receive_warning(*args)
+        with _RELAY_LOCK:
+            if _RELAY.threads.get(thread, (None,))[0] is token:
+                del _RELAY.threads[thread]
+            if not _RELAY.threads:
+                log.removeHandler(_RELAY)
 
 
 def show_warnings(worker) -> None:
-    """Show the Python warnings raised inside ``worker`` as napari notifications, on the GUI
-    thread. napari's workers mean to do this themselves, but their notifying mixin is never
-    initialised (napari 0.9.2: it comes after QRunnable in the MRO); the notification
-    manager drops an identical repeat, so a fixed napari does not show them twice."""
-    worker.warned.connect(_notify)
+    """Show the :class:`RelayedWarning` warnings raised inside ``worker`` as napari warning
+    notifications, each message once per run (not once per napari session, as napari's
+    ``receive_warning`` would: the same NaN image run twice is said twice). Other warnings
+    raised in the worker (a dependency's deprecation notes) are not the user's business.
+    napari's own relay of worker warnings is not connected in napari 0.9.2 (its mixin comes
+    after QRunnable in the MRO and is never initialised)."""
+    seen: set[str] = set()
+
+    @ensure_main_thread
+    def notify(args: tuple) -> None:
+        from napari.utils.notifications import show_warning
+
+        message, category = str(args[0]), args[1]
+        if issubclass(category, RelayedWarning) and message not in seen:
+            seen.add(message)
+            show_warning(message)
+
+    worker.warned.connect(notify)
