@@ -296,3 +296,21 @@ def test_other_threads_log_as_before_while_a_worker_relays(monkeypatch):
         leave.set()
         thread.join()
     assert printed == ["from the GUI thread"]
+
+
+def test_runtime_memory_is_kept_between_runs_and_given_back_when_quiet(docked, qtbot, monkeypatch):
+    """ONNX Runtime's arena makes the next run fast, so a run does not give it back at once;
+    a quiet minute after the last run does, unless a run has started since."""
+    _viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    predictor, _raw = widget._raw[id(layer)]
+    released = []
+    monkeypatch.setattr(predictor, "release_memory", lambda: released.append(1))
+    assert widget._release_timer.isActive() and widget._release_timer.interval() == 60_000
+    assert released == []
+    widget._worker = object()                  # a run under way keeps it
+    widget._release_timer.timeout.emit()
+    assert released == []
+    widget._worker = None
+    widget._release_timer.timeout.emit()
+    assert released == [1]

@@ -297,8 +297,8 @@ class Predictor:
 
     def release_memory(self) -> None:
         """Free what the network runtime keeps between images (ONNX Runtime's arena, see
-        :meth:`.onnx_cpu.OnnxMaps.release`; nothing on torch). The widget calls it after each
-        run, since it keeps its predictors for the session; batch runs keep the arena."""
+        :meth:`.onnx_cpu.OnnxMaps.release`; nothing on torch). The widget, which keeps its
+        predictors for the session, calls it after a quiet minute; batch runs keep the arena."""
         for runner in list(self._sessions.values()):
             if runner is not None:
                 runner.release()

@@ -32,6 +32,7 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from ..errors import DeepCeNSError
 from ..io.paths import results_root
@@ -77,11 +78,13 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
             raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate,
                                                     tta=tta)
             params = params or predictor.default_params(raw.scale)
-            predictor.release_memory()  # the widget keeps its predictors for the session
             return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
 
+
+#: Quiet time after a run before the predictors' runtime memory is given back.
+RELEASE_AFTER_MS = 60_000
 
 #: Images above this many pixels (and multiscale or Dask-backed layers) are segmented chunk by
 #: chunk on Dask (scale/): in one piece their cached maps alone would take ~40 bytes a pixel.
@@ -176,6 +179,12 @@ class SegmentWidget(Container):
         self._chunk_cancel = None
 
         self._predictors: dict[tuple, Predictor] = {}
+        # the network runtime's memory (ONNX Runtime's arena, ~0.35 GB) is what makes the
+        # next run fast; kept while the user works, given back after a quiet minute
+        self._release_timer = QTimer(self.native)
+        self._release_timer.setSingleShot(True)
+        self._release_timer.setInterval(RELEASE_AFTER_MS)
+        self._release_timer.timeout.connect(self._release_memory)
         self._raw: dict[int, tuple[Predictor, RawOutput]] = {}  # image layer id -> cached maps
         self._worker = None
         self._post_worker = None
@@ -297,6 +306,14 @@ class SegmentWidget(Container):
     def _on_finished(self) -> None:
         self._worker = None
         self._busy(False)
+        self._release_timer.start()
+
+    def _release_memory(self) -> None:
+        """Give back what the cached predictors' runtimes keep between runs, unless a run
+        is under way (it will restart the timer when it ends)."""
+        if self._worker is None:
+            for predictor in self._predictors.values():
+                predictor.release_memory()
 
     def _on_segmented(self, layer, result) -> None:
         if isinstance(result, _Failed):
