@@ -66,7 +66,8 @@ class OnnxMaps:
         """Give the session's memory arena back. The arena keeps the buffers of the largest
         tile so far (~0.35 GB for 1024² tiles), which is where the speed comes from (without
         it ONNX Runtime is no faster than torch); an app that keeps predictors between runs
-        releases it after each run, and the next run's first tile pays for it again."""
+        releases it when idle (the widget: after a quiet minute), and the next run's first
+        tile pays for it again."""
         import onnxruntime as ort
 
         options = ort.RunOptions()
