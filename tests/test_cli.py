@@ -10,7 +10,9 @@ from napari_deepcens.cli import main
 from napari_deepcens.models.registry import bundled_weights
 from napari_deepcens.models.weights import load_weights
 
-from .conftest import DSB_VAL
+from .conftest import DATA, DSB_VAL
+
+DSB_TINY, DSB_SPARSE = DATA / "dsb_tiny", DATA / "dsb_sparse"
 
 
 @pytest.fixture
@@ -142,14 +144,18 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     must be those of the new file run end to end (the estimate itself uses the thresholds)."""
     import json
 
-    from napari_deepcens.training.loop import SEARCH
+    from napari_deepcens import Predictor
+    from napari_deepcens.training.loop import search_space
 
     tuned = tmp_path / "tuned.safetensors"
     bundled = bundled_weights("unet")
+    # the object scorer refitted on two other images (the CLI path; the bundled one saw 503)
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned), "--confirm", "2",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--fit-scorer", str(DSB_TINY), str(DSB_SPARSE),
+                 "--scorer-zooms", "1"]) == 0
     _model, info = load_weights(tuned)
-    assert info.thresholds in [p.to_dict() for p in SEARCH["unet"]]
+    assert info.object_scorer and info.object_scorer != load_weights(bundled)[1].object_scorer
+    assert info.thresholds in [p.to_dict() for p in search_space(Predictor.from_weights(tuned))]
     out = tmp_path / "pred"
     assert main(["segment", *map(str, sorted(DSB_VAL.glob("*/image.png"))), "-o", str(out),
                  "--weights", str(tuned), "--device", "cpu"]) == 0

@@ -42,6 +42,13 @@ def test_run_creates_labels_and_slider_updates_them_without_network(docked, qtbo
     assert (labels_layer.data > 0).sum() < (before > 0).sum()
     assert len(viewer.layers) == 2                    # updated in place, no new layer
 
+    # the bundled U-Net scores its objects: the score knob is shown and drops the doubtful
+    assert not widget._score.native.isHidden() and not widget._seed.native.isHidden()
+    n_before = int(labels_layer.data.max())
+    widget.set_options(score=0.95)
+    qtbot.waitUntil(lambda: widget._post_worker is None
+                    and int(labels_layer.data.max()) < n_before, timeout=20_000)
+
 
 def test_rerun_keeps_hand_edits(docked, qtbot):
     viewer, widget, _layer = docked

@@ -58,7 +58,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
     p.add_argument("--seed-threshold", type=float, help="watershed seed threshold")
     p.add_argument("--score-threshold", type=float,
-                   help="detection score threshold (centerunet, deepcens)")
+                   help="objects scoring below this are dropped (detections; U-Net objects "
+                        "when its weights carry an object scorer)")
     p.add_argument("--min-size", type=_COUNT, help="smallest object kept, in pixels")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the network over four flips of the "
@@ -126,6 +127,13 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confirm", type=_COUNT, default=3,
                    help="run the N best threshold sets again end to end, each with its own size "
                         "estimate, and keep the best (default 3; each costs one pass over val)")
+    p.add_argument("--fit-scorer", type=Path, nargs="+", metavar="DATA_DIR", default=[],
+                   help="U-Net: first fit its object scorer on these annotated folders (the "
+                        "training images, not the validation ones), which learns which of the "
+                        "network's objects annotators would not draw")
+    p.add_argument("--scorer-zooms", type=float, nargs="+", default=None, metavar="ZOOM",
+                   help="magnifications the --fit-scorer images are also shown at "
+                        "(default 1 0.5 0.25: small nuclei look different to the scorer too)")
 
 
 def _add_napari(sub: argparse._SubParsersAction) -> None:

@@ -293,15 +293,40 @@ def run_tune(args: argparse.Namespace) -> int:
 
     check_new_file(args.output)
     model, info = load_weights(args.weights)
+    device = resolve_device(args.device)
+    if args.fit_scorer:
+        info.object_scorer = _fit_scorer(model, info, args.fit_scorer, device,
+                                         args.scorer_zooms).to_dict()
     items = [item for folder in args.val for item in load_folder(folder)]
-    metrics, params = validate(model, info, items, resolve_device(args.device), estimate=True,
-                               confirm=args.confirm)
+    metrics, params = validate(model, info, items, device, estimate=True, confirm=args.confirm)
     info.thresholds = params.to_dict()
     info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
     save_weights(args.output, model, info)
     print(f"thresholds {params.to_dict()}")
     print(f"val AP@0.5 {metrics['AP@0.5']:.3f}, DSB {metrics['DSB']:.3f} -> {args.output}")
     return 0
+
+
+def _fit_scorer(model, info, folders: list[Path], device, zooms: list[float] | None = None):
+    """The U-Net's object scorer fitted on ``folders`` (its predictions there, no score
+    filter, against their annotations)."""
+    from dataclasses import replace
+
+    from .inference.predictor import Predictor
+    from .training.dataset import load_folder
+    from .training.object_scorer import ZOOMS, fit_for
+
+    if info.model != "unet":
+        raise DeepCeNSError(f"--fit-scorer is for U-Net weights; these are {info.model!r}")
+    items = [item for folder in folders for item in load_folder(folder)]
+    predictor = Predictor(model, replace(info, object_scorer={}), device=device)
+    zooms = tuple(zooms or ZOOMS)
+    if any(not 0.05 <= z <= 20 for z in zooms):
+        raise DeepCeNSError(f"--scorer-zooms must lie in [0.05, 20]; got {list(zooms)}")
+    with tqdm(total=len(items) * len(zooms), desc="fitting the object scorer", unit="image") as bar:
+        scorer = fit_for(predictor, items, progress=lambda k: bar.update(k - bar.n), zooms=zooms)
+    model.train()  # validate() expects the network as training leaves it
+    return scorer
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,6 +56,11 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
 
     train = predictor.info.median_diameter
     params = predictor.default_params()
+    if getattr(predictor, "object_scorer", None) is not None:
+        # the ladder's readings are judged by how fragments and clusters look; the U-Net's
+        # object scorer would drop exactly those, and it was fitted on objects at their
+        # estimated size, not on a zoomed crop it is told is at the training scale
+        params = replace(params, score_threshold=0.0)
 
     def reading(zoom: float, side: int = budget) -> tuple[float, int] | None:
         """(median physical diameter, count) of what the network finds at ``zoom``."""

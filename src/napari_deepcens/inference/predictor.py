@@ -29,6 +29,7 @@ from ..models.registry import bundled_weights
 from ..models.weights import WeightsInfo, file_sha256, load_weights
 from ..postprocess.centers import Detections, decode_centers, seeded_instances
 from ..postprocess.masks import class_instances
+from ..postprocess.object_score import ObjectScorer, drop_low_scores
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
 from . import onnx_cpu
@@ -85,6 +86,8 @@ class Segmentation:
     labels: np.ndarray
     boxes: Detections | None = None
     name: str = "nucleus"
+    #: Dense models with an object scorer: the score of label ``i`` at ``scores[i - 1]``.
+    scores: np.ndarray | None = None
     others: dict[str, Segmentation] = field(default_factory=dict)
 
     def by_class(self) -> dict[str, Segmentation]:
@@ -202,6 +205,9 @@ class Predictor:
         self._onnx_lock = threading.Lock()
         self.info = info
         self.weights_path = weights_path
+        #: Scores each U-Net object (:mod:`..postprocess.object_score`); ``None`` when the
+        #: weights carry no scorer (then ``score_threshold`` does nothing for them).
+        self.object_scorer = ObjectScorer.from_dict(info.object_scorer) if info.object_scorer else None
         self._weights_hash: str | None = None
 
     @classmethod
@@ -465,8 +471,15 @@ class Predictor:
                                    params.score_threshold, stride=raw.strides["heatmap"])
             labels, kept = seeded_instances(m["segmentation"], found.scaled(1.0 / raw.scale), params)
             return Segmentation(labels, kept)
-        return Segmentation(instances_from_maps(raw.maps["foreground"], raw.maps["distance"], params,
-                                                object_scale=1.0 / raw.scale))
+        fg, dist = raw.maps["foreground"], raw.maps["distance"]
+        labels = instances_from_maps(fg, dist, params, object_scale=1.0 / raw.scale)
+        if self.object_scorer is None:
+            return Segmentation(labels)
+        scores = self.object_scorer.score(labels, fg, dist, object_scale=1.0 / raw.scale)
+        if params.score_threshold > 0:
+            labels = drop_low_scores(labels, scores, params.score_threshold)
+            scores = scores[scores >= params.score_threshold]
+        return Segmentation(labels, scores=scores.astype(np.float32))
 
     def postprocess(self, raw: RawOutput, params: PostprocessParams | dict | None = None) -> np.ndarray:
         """Instance labels from cached maps: cheap, never runs the network."""

@@ -34,6 +34,9 @@ class WeightsInfo:
     thresholds: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: Dense models: the object scorer fitted on the model's own predictions
+    #: (postprocess.object_score.ObjectScorer.to_dict); empty when there is none.
+    object_scorer: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **self.__dict__}, sort_keys=True)

@@ -375,8 +375,9 @@ class BlockResult:
 
 
 def _scores(seg_part, raw, labels: np.ndarray, n: int) -> np.ndarray:
-    """Score of each local label 1..n (index 0 unused): the detection score of its box, or
-    for the U-Net the mean foreground probability over the object."""
+    """Score of each local label 1..n (index 0 unused): the detection score of its box, the
+    U-Net's object score, or (weights without an object scorer) the mean foreground
+    probability over the object."""
     from scipy import ndimage as ndi
 
     out = np.full(n + 1, np.nan, np.float32)
@@ -384,6 +385,8 @@ def _scores(seg_part, raw, labels: np.ndarray, n: int) -> np.ndarray:
         return out
     if seg_part.boxes is not None and len(seg_part.boxes) >= n:
         out[1:] = seg_part.boxes.score[:n]
+    elif seg_part.scores is not None and len(seg_part.scores) >= n:
+        out[1:] = seg_part.scores[:n]
     elif "foreground" in raw.maps:
         out[1:] = ndi.mean(raw.maps["foreground"], labels, index=np.arange(1, n + 1))
     return out

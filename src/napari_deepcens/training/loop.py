@@ -85,6 +85,17 @@ SEARCH = {
 }
 
 
+#: Score thresholds tried with the other U-Net knobs when its weights carry an object scorer.
+UNET_SCORES = (0.3, 0.4, 0.5)
+
+
+def search_space(predictor: Predictor) -> list[PostprocessParams]:
+    """The threshold sets :func:`validate` tries for ``predictor``'s model."""
+    if predictor.model_name == "unet" and predictor.object_scorer is not None:
+        return [replace(p, score_threshold=s) for p in SEARCH["unet"] for s in UNET_SCORES]
+    return SEARCH[predictor.model_name]
+
+
 def _matches(item: AnnotatedImage, seg) -> list:
     """Matches of every class of ``item`` against the same class of a segmentation."""
     predicted = {name: part.labels for name, part in seg.by_class().items()}
@@ -116,7 +127,7 @@ def validate(model: torch.nn.Module, info: WeightsInfo, items: list[AnnotatedIma
     model.eval()
     predictor = Predictor(model, info, device=device)
     raws = [predictor.predict(item.plane, estimate=estimate, normalised=True) for item in items]
-    ranked = sorted(((_score(predictor, items, raws, params), params) for params in SEARCH[info.model]),
+    ranked = sorted(((_score(predictor, items, raws, params), params) for params in search_space(predictor)),
                     key=lambda pair: -pair[0]["DSB"])
     best = ranked[0]
     if estimate:
@@ -262,10 +273,12 @@ def train_iter(
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     scale_d = 0.0
+    scorer: dict = {}
     if init is not None:
         source, init_info = load_weights(init)
         if init_info.model == model_name:  # fine-tuning: keep the architecture
             model, model_config, thresholds = source, init_info.config, init_info.thresholds
+            scorer = init_info.object_scorer  # features the fine-tuned net's maps alike
             train_items, val_items = to_model_scale(init_info, train_items, val_items)
             scale_d = init_info.median_diameter  # the knob keeps its meaning
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
@@ -317,6 +330,7 @@ def train_iter(
         config=model_config,
         median_diameter=scale_d or median_diameter(train_items),
         thresholds=thresholds,
+        object_scorer=scorer,
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )

@@ -163,7 +163,8 @@ class SegmentWidget(Container):
                                  tooltip="lower splits touching nuclei more eagerly, "
                                  "higher merges them")
         self._score = FloatSlider(label="score", value=0.3, min=0.01, max=0.99, step=0.01,
-                                  visible=False, tooltip="detections scoring below this are dropped")
+                                  tooltip="objects scoring below this are dropped (how likely "
+                                  "each is a nucleus an annotator would draw)")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
@@ -325,6 +326,7 @@ class SegmentWidget(Container):
         predictor, raw, params, seg = result
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
+        self._score.visible = self._scores_objects(predictor)
         self._show_segmentation(layer, seg)
         if raw.estimated and raw.diameter:
             self._diameter.value = round(raw.diameter, 1)
@@ -335,6 +337,12 @@ class SegmentWidget(Container):
             size = ", object size not recognised: run as it is (set the diameter if needed)"
         flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
         self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}"
+
+    @staticmethod
+    def _scores_objects(predictor) -> bool:
+        """Whether the score knob does anything for ``predictor``: detection models score
+        their detections, the U-Net its objects when its weights carry a scorer."""
+        return predictor.model_name != "unet" or predictor.object_scorer is not None
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
@@ -349,7 +357,7 @@ class SegmentWidget(Container):
                                   f"{MODELS[self._model.value].label}")
         detector = self._model.value != "unet"
         self._seed.visible = not detector
-        self._score.visible = detector
+        self._score.visible = True  # the bundled U-Net scores its objects too; see _on_segmented
         self._fg.label = "mask" if self._model.value == "deepcens" else "foreground"
 
     # ------------------------------------------------------------------ live thresholds
@@ -657,6 +665,6 @@ class SegmentWidget(Container):
 
     def set_options(self, **values: Any) -> None:
         """Set widgets by name (image, model, weights, device, auto_diameter, diameter, tta, fg,
-        seed, min_size)."""
+        seed, score, min_size)."""
         for name, value in values.items():
             getattr(self, f"_{name}").value = value
