@@ -33,6 +33,7 @@ def test_features_of_hand_made_objects():
     fg = np.full(labels.shape, 0.1, np.float32)
     fg[labels > 0] = 0.9
     fg[7, 12] = 0.55                       # one weak pixel inside square 1 (not on its rim)
+    fg[5, 16:22] = 0.7                     # square 2's top side (part of its rim) is weaker
     dist = np.zeros(labels.shape, np.float32)
     dist[8, 13] = 1.0                       # square 1 has a confident centre
     f = object_features(labels, fg, dist, object_scale=0.5)
@@ -44,6 +45,15 @@ def test_features_of_hand_made_objects():
     assert f[0, _column("fg_core_min")] == pytest.approx(0.55)
     assert f[1, _column("fg_core_min")] == pytest.approx(0.9)
     assert f[0, _column("fg_mean")] == pytest.approx((35 * 0.9 + 0.55) / 36)
+    assert f[1, _column("fg_rim_mean")] == pytest.approx((6 * 0.7 + 14 * 0.9) / 20)
+    assert f[0, _column("fg_rim_mean")] == pytest.approx(0.9)
+    np.testing.assert_allclose(f[:, _column("dist_mean")], [1 / 36, 0, 0, 0], rtol=1e-6)
+    # a 1-px-wide sliver is all rim: its lowest probability anywhere stands for the core
+    sliver = np.zeros((5, 9), np.int32)
+    sliver[2, 1:8] = 1
+    low = np.full(sliver.shape, 0.9, np.float32)
+    low[2, 4] = 0.3
+    assert object_features(sliver, low, low * 0)[0, _column("fg_core_min")] == pytest.approx(0.3)
     np.testing.assert_allclose(f[:, _column("dist_max")], [1, 0, 0, 0])
     # the 20-px rim of each square; 6 of it is the shared side
     np.testing.assert_allclose(f[:, _column("shared_rim")], [6 / 20, 6 / 20, 0, 0], rtol=1e-6)
@@ -88,6 +98,10 @@ def test_malformed_or_foreign_scorers_are_refused():
         ObjectScorer.from_dict({**good, "layers": [[[[1.0, 2.0]], [0.0]]]})
     with pytest.raises(WeightsError, match="malformed"):
         ObjectScorer.from_dict({k: v for k, v in good.items() if k != "mean"})
+    with pytest.raises(WeightsError, match="not finite"):
+        ObjectScorer.from_dict({**good, "std": [0.0] * len(FEATURES)})
+    with pytest.raises(WeightsError, match="not finite"):
+        ObjectScorer.from_dict({**good, "mean": [float("nan"), *good["mean"][1:]]})
     with pytest.raises(WeightsError, match="features"):
         ObjectScorer.from_dict({**good, "features": ["area", *good["features"][1:]]})
 
@@ -136,10 +150,20 @@ def test_weights_without_a_scorer_keep_every_object(tmp_path):
     rng = np.random.default_rng(0)
     fg = rng.random((64, 64)).astype(np.float32)
     from napari_deepcens.inference.predictor import RawOutput
+    from napari_deepcens.postprocess.watershed import instances_from_maps
 
     raw = RawOutput(maps={"foreground": fg, "distance": fg * 0.5}, shape=(64, 64))
     seg = predictor.instances(raw, {"score_threshold": 0.99})
-    assert seg.scores is None and seg.labels.max() > 0
+    plain_labels = instances_from_maps(fg, fg * 0.5, replace(predictor.default_params(),
+                                                             score_threshold=0.99))
+    assert seg.scores is None and seg.labels.max() > 5
+    np.testing.assert_array_equal(seg.labels, plain_labels)
+    # and its metadata has no scorer entry, so versions before object scores read it too
+    import json
+
+    from safetensors import safe_open
+    with safe_open(str(plain), framework="pt") as fh:
+        assert "object_scorer" not in json.loads(next(iter(fh.metadata().values())))
 
 
 def test_a_broken_scorer_in_weights_is_a_weights_error(tmp_path):
@@ -169,3 +193,35 @@ def test_training_images_shown_at_another_zoom_keep_their_objects():
     big = rescaled(item, 2.0)
     np.testing.assert_array_equal(big.labels[::2, ::2], labels)
     assert rescaled(item, 1.0) is item
+
+
+def test_the_size_estimate_does_not_depend_on_the_scorer(fluorescence):
+    from napari_deepcens import Predictor
+
+    image, _labels = fluorescence
+    with_scorer = Predictor.from_name("unet", device="cpu")
+    without = Predictor(with_scorer.model, replace(with_scorer.info, object_scorer={}), device="cpu")
+    plane = with_scorer.prepare(image)
+    a = with_scorer.estimate_diameter(plane, normalised=True)
+    b = without.estimate_diameter(plane, normalised=True)
+    assert a.diameter == pytest.approx(b.diameter) and a.per_zoom == b.per_zoom
+
+
+def test_a_fine_tune_keeps_the_scorer_and_a_broken_one_stops_it_at_once(tmp_path, capsys):
+    from napari_deepcens.cli import main
+    from napari_deepcens.models.registry import bundled_weights
+    from napari_deepcens.models.weights import load_weights, save_weights
+
+    bundled = bundled_weights("unet")
+    args = ["train", str(DSB_VAL), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+            "--crop", "64", "--device", "cpu"]
+    out = tmp_path / "tuned.safetensors"
+    assert main([*args, "-o", str(out), "--init", str(bundled)]) == 0
+    assert load_weights(out)[1].object_scorer == load_weights(bundled)[1].object_scorer
+    model, info = load_weights(bundled)
+    broken = save_weights(tmp_path / "broken.safetensors", model,
+                          replace(info, object_scorer={**info.object_scorer, "std": [0.0] * 12}))
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "never.safetensors"), "--init", str(broken)]) == 2
+    assert "object scorer" in capsys.readouterr().err
+    assert not (tmp_path / "never.safetensors").exists()

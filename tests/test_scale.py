@@ -81,6 +81,15 @@ def test_lazy_reads_ome_zarr_tiff_pyramid_and_5d_axes(tmp_path, mosaic):
     assert np.array_equal(five.sources[0].region(slice(0, 64), slice(0, 80)), np.moveaxis(rgb, 0, -1))
 
 
+def _best_overlaps(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
+    """(label in a, label in b) for each object of ``a`` and the ``b`` object sharing over
+    half of its pixels."""
+    both = (a > 0) & (b > 0)
+    pairs, counts = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area = np.bincount(a.ravel())
+    return [(int(x), int(y)) for (x, y), c in zip(pairs.T, counts, strict=True) if c > area[x] / 2]
+
+
 def test_chunked_on_local_cluster_matches_one_piece(tmp_path, mosaic, client, predictor):
     """Objects straddling chunk borders come out whole and once, as in one-piece segmentation."""
     write_ome_zarr(tmp_path / "m.zarr", mosaic)
@@ -110,6 +119,13 @@ def test_chunked_on_local_cluster_matches_one_piece(tmp_path, mosaic, client, pr
     areas = np.bincount(labels.ravel())
     assert np.array_equal(table.sort_values("label")["area"].to_numpy(), areas[1:])
     assert (table["score"].between(0, 1)).all() and (table["class"] == "nucleus").all()
+    # the U-Net's object scores, thresholded once per stitched object, as in one piece
+    seg = predictor.instances(predictor.predict(mosaic, estimate=False))
+    assert table["score"].min() >= predictor.default_params().score_threshold
+    rows = table.set_index("label")
+    pairs = [(rows.loc[c, "score"], seg.scores[w - 1]) for c, w in _best_overlaps(labels, seg.labels)]
+    diffs = np.abs(np.subtract(*np.array(pairs).T))
+    assert len(pairs) >= 0.95 * n and np.median(diffs) < 0.02, (len(pairs), np.median(diffs))
     # the output is an OME-Zarr image with its labels beside it: image copied, pyramid levels
     out = open_lazy(result.output)
     assert np.array_equal(np.asarray(out.levels[0]), mosaic) and out.multiscale

@@ -321,3 +321,23 @@ def test_runtime_memory_is_kept_between_runs_and_given_back_when_quiet(docked, q
     widget._worker = None
     widget._release_timer.timeout.emit()
     assert released == [1]
+
+
+def test_the_score_knob_follows_the_weights(docked, tmp_path):
+    """Shown for detection models and for U-Net weights with an object scorer (the bundled
+    ones), hidden for U-Net weights without one, where it would do nothing."""
+    from dataclasses import replace
+
+    from napari_deepcens.models.registry import bundled_weights
+    from napari_deepcens.models.weights import load_weights, save_weights
+
+    _viewer, widget, _layer = docked
+    assert not widget._score.native.isHidden()
+    model, info = load_weights(bundled_weights("unet"))
+    plain = save_weights(tmp_path / "plain.safetensors", model, replace(info, object_scorer={}))
+    widget.set_options(weights=plain)
+    assert widget._score.native.isHidden()
+    widget.set_options(model="centerunet")
+    assert not widget._score.native.isHidden()
+    widget.set_options(model="unet")
+    assert not widget._score.native.isHidden() and widget._score.min == 0.0

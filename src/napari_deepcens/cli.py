@@ -132,7 +132,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                         "training images, not the validation ones), which learns which of the "
                         "network's objects annotators would not draw")
     p.add_argument("--scorer-zooms", type=float, nargs="+", default=None, metavar="ZOOM",
-                   help="magnifications the --fit-scorer images are also shown at "
+                   help="magnifications, from 0.1 to 4, the --fit-scorer images are shown at "
                         "(default 1 0.5 0.25: small nuclei look different to the scorer too)")
 
 

@@ -292,12 +292,16 @@ def run_tune(args: argparse.Namespace) -> int:
     from .training.loop import validate
 
     check_new_file(args.output)
+    if args.scorer_zooms and not args.fit_scorer:
+        raise DeepCeNSError("--scorer-zooms goes with --fit-scorer (the folders to fit on)")
+    zooms = tuple(args.scorer_zooms or ())
+    if any(not 0.1 <= z <= 4 for z in zooms):
+        raise DeepCeNSError(f"--scorer-zooms must lie in [0.1, 4]; got {list(zooms)}")
     model, info = load_weights(args.weights)
     device = resolve_device(args.device)
+    items = [item for folder in args.val for item in load_folder(folder)]  # a bad path fails now
     if args.fit_scorer:
-        info.object_scorer = _fit_scorer(model, info, args.fit_scorer, device,
-                                         args.scorer_zooms).to_dict()
-    items = [item for folder in args.val for item in load_folder(folder)]
+        info.object_scorer = _fit_scorer(model, info, args.fit_scorer, device, zooms).to_dict()
     metrics, params = validate(model, info, items, device, estimate=True, confirm=args.confirm)
     info.thresholds = params.to_dict()
     info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
@@ -307,7 +311,7 @@ def run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_scorer(model, info, folders: list[Path], device, zooms: list[float] | None = None):
+def _fit_scorer(model, info, folders: list[Path], device, zooms: tuple[float, ...] = ()):
     """The U-Net's object scorer fitted on ``folders`` (its predictions there, no score
     filter, against their annotations)."""
     from dataclasses import replace
@@ -320,9 +324,7 @@ def _fit_scorer(model, info, folders: list[Path], device, zooms: list[float] | N
         raise DeepCeNSError(f"--fit-scorer is for U-Net weights; these are {info.model!r}")
     items = [item for folder in folders for item in load_folder(folder)]
     predictor = Predictor(model, replace(info, object_scorer={}), device=device)
-    zooms = tuple(zooms or ZOOMS)
-    if any(not 0.05 <= z <= 20 for z in zooms):
-        raise DeepCeNSError(f"--scorer-zooms must lie in [0.05, 20]; got {list(zooms)}")
+    zooms = zooms or ZOOMS
     with tqdm(total=len(items) * len(zooms), desc="fitting the object scorer", unit="image") as bar:
         scorer = fit_for(predictor, items, progress=lambda k: bar.update(k - bar.n), zooms=zooms)
     model.train()  # validate() expects the network as training leaves it

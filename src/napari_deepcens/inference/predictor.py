@@ -476,10 +476,11 @@ class Predictor:
         if self.object_scorer is None:
             return Segmentation(labels)
         scores = self.object_scorer.score(labels, fg, dist, object_scale=1.0 / raw.scale)
+        scores = scores.astype(np.float32)
         if params.score_threshold > 0:
             labels = drop_low_scores(labels, scores, params.score_threshold)
             scores = scores[scores >= params.score_threshold]
-        return Segmentation(labels, scores=scores.astype(np.float32))
+        return Segmentation(labels, scores=scores)
 
     def postprocess(self, raw: RawOutput, params: PostprocessParams | dict | None = None) -> np.ndarray:
         """Instance labels from cached maps: cheap, never runs the network."""

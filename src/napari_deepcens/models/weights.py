@@ -39,7 +39,10 @@ class WeightsInfo:
     object_scorer: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, **self.__dict__}, sort_keys=True)
+        # an empty scorer is left out, so weights without one stay readable by versions
+        # that predate object scores
+        fields = {k: v for k, v in self.__dict__.items() if k != "object_scorer" or v}
+        return json.dumps({"format": FORMAT, **fields}, sort_keys=True)
 
 
 def file_sha256(path: str | Path) -> str:

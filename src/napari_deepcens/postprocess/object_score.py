@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import expit
 
 from ..errors import WeightsError
 
@@ -26,7 +27,8 @@ FEATURES = (
     "log_area",       # log of the area in pixels at the training scale
     "log_rel_area",   # log of the area over the image's median object area
     "fg_mean",        # mean foreground probability
-    "fg_core_min",    # lowest foreground probability inside the object (rim excluded)
+    "fg_core_min",    # lowest foreground probability inside the object (rim excluded;
+                      # the whole object for slivers that are all rim)
     "fg_rim_mean",    # mean foreground probability on the rim
     "dist_max",       # highest normalised distance (1 at a confident nucleus centre)
     "dist_mean",      # mean normalised distance
@@ -93,7 +95,8 @@ def object_features(labels: np.ndarray, foreground: np.ndarray, distance: np.nda
     n_rim = total(where=on_rim)
     fg_rim = np.divide(total(fg, on_rim), n_rim, out=fg_mean.copy(), where=n_rim > 0)
     core_min = np.minimum.reduceat(np.where(on_rim, np.inf, fg), starts)
-    fg_core = np.where(np.isfinite(core_min), core_min, fg_mean)
+    # objects all rim (slivers ≤ 2 px wide): their lowest probability anywhere
+    fg_core = np.where(np.isfinite(core_min), core_min, np.minimum.reduceat(fg, starts))
     n_shared = total(where=shared.ravel()[inside][order])
     border = np.zeros(n + 1, bool)
     for side in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
@@ -135,7 +138,7 @@ class ObjectScorer:
             x = x @ w.T + b
             if i < len(self.layers) - 1:
                 x = np.tanh(x)
-        return 1.0 / (1.0 + np.exp(-x[:, 0]))
+        return expit(x[:, 0])
 
     def score(self, labels: np.ndarray, foreground: np.ndarray, distance: np.ndarray,
               object_scale: float = 1.0) -> np.ndarray:
@@ -165,6 +168,9 @@ class ObjectScorer:
                 width = w.shape[0]
             if width != 1 or scorer.mean.shape != (len(features),) or scorer.std.shape != (len(features),):
                 raise ValueError("shapes")
+            arrays = [scorer.mean, scorer.std, *(a for pair in layers for a in pair)]
+            if not all(np.isfinite(a).all() for a in arrays) or (scorer.std <= 0).any():
+                raise ValueError("numbers that are not finite, or a spread that is not positive")
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"the object scorer in these weights is malformed ({exc})") from exc
         if features != FEATURES:

@@ -3,7 +3,8 @@
 * ``fg_threshold``: probability above which a pixel belongs to some object.
 * ``seed_threshold``: U-Net only — how far a peak of the distance map must rise above its
   surroundings to seed an object of its own (lower splits more, higher merges more).
-* ``score_threshold``: CenterUNet/DeepCeNS — detections scoring below it are dropped.
+* ``score_threshold``: objects scoring below it are dropped: CenterUNet/DeepCeNS detections,
+  and U-Net objects when its weights carry an object scorer (0 keeps every object).
 * ``min_size``: objects smaller than this many pixels are dropped.
 """
 

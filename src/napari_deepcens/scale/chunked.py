@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -371,6 +371,9 @@ class BlockResult:
     present: dict[str, np.ndarray] = field(default_factory=dict)
     area: dict[str, np.ndarray] = field(default_factory=dict)
     score: dict[str, np.ndarray] = field(default_factory=dict)
+    #: U-Net objects scoring below this are dropped once stitched (blocks keep them all, so
+    #: neighbours that see one object never decide differently about its two halves).
+    score_floor: float = 0.0
     seconds: float = 0.0
 
 
@@ -408,10 +411,13 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
                             tile=max(tile, 64), overlap=64, tta=spec.tta)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
+    floor = 0.0
+    if getattr(predictor, "object_scorer", None) is not None:
+        floor, params = params.score_threshold, replace(params, score_threshold=0.0)
     seg = predictor.instances(raw, params)
     cy, cx = plan.core(b)
     core = (slice(cy.start - ys.start, cy.stop - ys.start), slice(cx.start - xs.start, cx.stop - xs.start))
-    result = BlockResult()
+    result = BlockResult(score_floor=floor)
     for cls, part in seg.by_class().items():
         if cls not in plan.classes:
             continue
@@ -631,8 +637,19 @@ def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
         firsts = np.r_[True, ids[1:] != ids[:-1]]
         per_label = np.full(uniq.size + 1, np.nan, np.float32)
         per_label[ids[firsts]] = node_score[nodes][order][firsts]
+        n_objects = int(uniq.size)
+        floor = max((results[b].score_floor for b in blocks), default=0.0)
+        if floor > 0:  # drop low-scoring stitched objects, renumber the rest in order
+            keep = np.nan_to_num(per_label, nan=-1.0) >= floor
+            keep[0] = False
+            renumber = np.zeros(per_label.size, np.int32)
+            n_objects = int(keep.sum())
+            renumber[keep] = np.arange(1, n_objects + 1, dtype=np.int32)
+            for b in blocks:
+                lookups[b][cls] = renumber[lookups[b][cls]]
+            per_label = np.concatenate([[np.nan], per_label[keep]]).astype(np.float32)
         scores[cls] = per_label
-        counts[cls] = int(uniq.size)
+        counts[cls] = n_objects
     return lookups, scores, counts
 
 

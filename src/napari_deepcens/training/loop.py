@@ -28,6 +28,7 @@ from ..inference.device import resolve_device
 from ..inference.predictor import SNAP, Predictor, params_at_scale
 from ..models.registry import build_model
 from ..models.weights import WeightsInfo, load_weights, save_weights
+from ..postprocess.object_score import ObjectScorer
 from ..postprocess.params import PostprocessParams
 from .augment import AugmentConfig
 from .dataset import (
@@ -86,7 +87,7 @@ SEARCH = {
 
 
 #: Score thresholds tried with the other U-Net knobs when its weights carry an object scorer.
-UNET_SCORES = (0.3, 0.4, 0.5)
+UNET_SCORES = (0.0, 0.3, 0.4, 0.5)  # 0: scoring off, for a fine-tune it no longer fits
 
 
 def search_space(predictor: Predictor) -> list[PostprocessParams]:
@@ -279,6 +280,10 @@ def train_iter(
         if init_info.model == model_name:  # fine-tuning: keep the architecture
             model, model_config, thresholds = source, init_info.config, init_info.thresholds
             scorer = init_info.object_scorer  # features the fine-tuned net's maps alike
+            if scorer:
+                ObjectScorer.from_dict(scorer)  # a broken one is refused now, not after an epoch
+                log.info("keeping the object scorer of %s; validation may turn it off (score 0) "
+                         "if it no longer fits; refit it with `deepcens tune --fit-scorer`", init)
             train_items, val_items = to_model_scale(init_info, train_items, val_items)
             scale_d = init_info.median_diameter  # the knob keeps its meaning
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights

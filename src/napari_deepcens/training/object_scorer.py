@@ -64,6 +64,10 @@ def object_examples(predictor: Predictor, items: Iterable[AnnotatedImage],
         raise DeepCeNSError(f"object scorers are for the U-Net, not {predictor.model_name!r}")
     params = replace(PostprocessParams.from_dict(predictor.info.thresholds), score_threshold=0.0)
     feats, matched = [], []
+    items = list(items)
+    if any(item.labels.ndim != 2 for item in items):
+        raise DeepCeNSError("object scorers are fitted on one-class (nucleus) folders; "
+                            "these hold several classes")
     jobs = [(item, zoom) for item in items for zoom in zooms]
     for k, (original, zoom) in enumerate(jobs):
         item = rescaled(original, zoom)

@@ -162,9 +162,9 @@ class SegmentWidget(Container):
         self._seed = FloatSlider(label="seed", value=0.1, min=0.01, max=0.9, step=0.01,
                                  tooltip="lower splits touching nuclei more eagerly, "
                                  "higher merges them")
-        self._score = FloatSlider(label="score", value=0.3, min=0.01, max=0.99, step=0.01,
+        self._score = FloatSlider(label="score", value=0.3, min=0.0, max=0.99, step=0.01,
                                   tooltip="objects scoring below this are dropped (how likely "
-                                  "each is a nucleus an annotator would draw)")
+                                  "each is a nucleus an annotator would draw); 0 keeps all")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
@@ -200,6 +200,8 @@ class SegmentWidget(Container):
         for knob in (self._fg, self._seed, self._score, self._min_size):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
+        self._weights.changed.connect(self._update_score_knob)
+        self._update_score_knob()
         viewer.layers.events.removed.connect(self._forget_layer)
         # hand edits of the labels this tab writes are autosaved (one saver per viewer)
         self._autosaver = autosaver_for(viewer)
@@ -338,6 +340,20 @@ class SegmentWidget(Container):
         flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
         self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}"
 
+    def _update_score_knob(self) -> None:
+        """Show the score knob where it does something: detection models, and U-Net weights
+        that carry an object scorer (read from the file's metadata, not the network)."""
+        from ..models.registry import bundled_weights
+        from ..models.weights import read_info
+
+        visible = True
+        if self._model.value == "unet":
+            try:
+                visible = bool(read_info(self.chosen_weights() or bundled_weights("unet")).object_scorer)
+            except DeepCeNSError:
+                visible = True  # a bad file: Run says what is wrong with it
+        self._score.visible = visible
+
     @staticmethod
     def _scores_objects(predictor) -> bool:
         """Whether the score knob does anything for ``predictor``: detection models score
@@ -357,7 +373,7 @@ class SegmentWidget(Container):
                                   f"{MODELS[self._model.value].label}")
         detector = self._model.value != "unet"
         self._seed.visible = not detector
-        self._score.visible = True  # the bundled U-Net scores its objects too; see _on_segmented
+        self._update_score_knob()
         self._fg.label = "mask" if self._model.value == "deepcens" else "foreground"
 
     # ------------------------------------------------------------------ live thresholds
