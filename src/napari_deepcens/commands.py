@@ -312,10 +312,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _fit_scorer(model, info, folders: list[Path], device, zooms: tuple[float, ...] = ()):
-    """The U-Net's object scorer fitted on ``folders`` (its predictions there, no score
-    filter, against their annotations)."""
-    from dataclasses import replace
-
+    """The U-Net's object scorer fitted on ``folders`` (its predictions there, before any
+    score filter, against their annotations)."""
     from .inference.predictor import Predictor
     from .training.dataset import load_folder
     from .training.object_scorer import ZOOMS, fit_for
@@ -323,12 +321,10 @@ def _fit_scorer(model, info, folders: list[Path], device, zooms: tuple[float, ..
     if info.model != "unet":
         raise DeepCeNSError(f"--fit-scorer is for U-Net weights; these are {info.model!r}")
     items = [item for folder in folders for item in load_folder(folder)]
-    predictor = Predictor(model, replace(info, object_scorer={}), device=device)
+    predictor = Predictor(model, info, device=device)
     zooms = zooms or ZOOMS
     with tqdm(total=len(items) * len(zooms), desc="fitting the object scorer", unit="image") as bar:
-        scorer = fit_for(predictor, items, progress=lambda k: bar.update(k - bar.n), zooms=zooms)
-    model.train()  # validate() expects the network as training leaves it
-    return scorer
+        return fit_for(predictor, items, progress=lambda k: bar.update(k - bar.n), zooms=zooms)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from scipy import ndimage as ndi
 from scipy.special import expit
 
 from ..errors import WeightsError
+from .watershed import renumbering
 
 #: Per-object features, in the order :func:`object_features` returns them.
 FEATURES = (
@@ -181,7 +182,4 @@ class ObjectScorer:
 
 def drop_low_scores(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Labels without the objects scoring below ``threshold``, renumbered 1..M in order."""
-    keep = np.concatenate([[False], np.asarray(scores) >= threshold])
-    lookup = np.zeros(keep.size, np.int32)
-    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[labels]
+    return renumbering(np.concatenate([[False], np.asarray(scores) >= threshold]))[labels]

@@ -30,14 +30,19 @@ SMOOTHING = 1.0
 PEAK_BLOCK = 4
 
 
-def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects below ``min_size`` pixels and number the rest 1..N (in place, int32)."""
-    counts = np.bincount(labels.ravel())
-    keep = counts >= max(min_size, 1)
+def renumbering(keep: np.ndarray) -> np.ndarray:
+    """Lookup (int32) sending each kept label to 1..M in order and everything else (label 0
+    included) to 0; ``keep[i]`` says whether label ``i`` stays."""
+    keep = np.asarray(keep, bool).copy()
     keep[0] = False
-    lookup = np.zeros(counts.size, np.int32)
+    lookup = np.zeros(keep.size, np.int32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lookup[labels]
+    return lookup
+
+
+def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects below ``min_size`` pixels and number the rest 1..N (int32)."""
+    return renumbering(np.bincount(labels.ravel()) >= max(min_size, 1))[labels]
 
 
 def prominent_peaks(relief: np.ndarray, height: float, block: int = 4) -> np.ndarray:

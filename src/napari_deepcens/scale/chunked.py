@@ -412,7 +412,7 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
                             tile=max(tile, 64), overlap=64, tta=spec.tta)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
     floor = 0.0
-    if getattr(predictor, "object_scorer", None) is not None:
+    if getattr(predictor, "object_scorer", None) is not None:  # (test doubles lack it)
         floor, params = params.score_threshold, replace(params, score_threshold=0.0)
     seg = predictor.instances(raw, params)
     cy, cx = plan.core(b)
@@ -592,6 +592,8 @@ def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    from ..postprocess.watershed import renumbering
+
     blocks = plan.blocks
     lookups: dict[tuple[int, int], dict[str, np.ndarray]] = {b: {} for b in blocks}
     scores: dict[str, np.ndarray] = {}
@@ -641,13 +643,11 @@ def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
         floor = max((results[b].score_floor for b in blocks), default=0.0)
         if floor > 0:  # drop low-scoring stitched objects, renumber the rest in order
             keep = np.nan_to_num(per_label, nan=-1.0) >= floor
-            keep[0] = False
-            renumber = np.zeros(per_label.size, np.int32)
-            n_objects = int(keep.sum())
-            renumber[keep] = np.arange(1, n_objects + 1, dtype=np.int32)
+            renumber = renumbering(keep)
+            n_objects = int(renumber.max(initial=0))
             for b in blocks:
                 lookups[b][cls] = renumber[lookups[b][cls]]
-            per_label = np.concatenate([[np.nan], per_label[keep]]).astype(np.float32)
+            per_label = np.concatenate([[np.nan], per_label[renumber > 0]]).astype(np.float32)
         scores[cls] = per_label
         counts[cls] = n_objects
     return lookups, scores, counts

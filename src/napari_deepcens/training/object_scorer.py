@@ -12,18 +12,17 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..errors import DeepCeNSError
 from ..evaluation.metrics import iou_matrix
 from ..inference.predictor import Predictor, params_at_scale
 from ..postprocess.object_score import FEATURES, ObjectScorer, object_features
 from ..postprocess.params import PostprocessParams
-from .dataset import AnnotatedImage
+from ..postprocess.watershed import instances_from_maps
+from .dataset import AnnotatedImage, rescale_items
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +35,16 @@ ZOOMS = (1.0, 0.5, 0.25)
 MATCH_IOU = 0.5
 
 
-def rescaled(item: AnnotatedImage, zoom: float) -> AnnotatedImage:
-    """``item`` as a microscope ``zoom`` times stronger would show it: the plane bilinear,
-    the labels nearest neighbour, both sampled at pixel centres (as bench/eval_scales.py)."""
-    if zoom == 1.0:
-        return item
-    h, w = item.plane.shape[-2:]
-    size = (max(round(h * zoom), 16), max(round(w * zoom), 16))
-    plane = torch.from_numpy(np.ascontiguousarray(item.plane, np.float32))
-    plane = plane[None, None] if plane.ndim == 2 else plane[None]
-    plane = F.interpolate(plane, size=size, mode="bilinear", align_corners=False)[0]
-    labels = torch.from_numpy(item.labels.astype(np.float32))
-    labels = labels[None, None] if labels.ndim == 2 else labels[None]
-    labels = F.interpolate(labels, size=size, mode="nearest-exact")[0]
-    return replace(item, plane=plane.squeeze(0).numpy() if item.plane.ndim == 2 else plane.numpy(),
-                   labels=labels.squeeze(0).numpy().astype(np.int32) if item.labels.ndim == 2
-                   else labels.numpy().astype(np.int32))
-
-
 def object_examples(predictor: Predictor, items: Iterable[AnnotatedImage],
                     progress: Callable[[int], None] | None = None,
                     zooms: Sequence[float] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, F), matched (N,) bool) of every object the predictor finds in ``items``
-    with its stored thresholds and no score filter, each image shown at every one of
-    ``zooms`` (objects of 4 px look different from objects of 20 px, to the scorer too)."""
+    """(features (N, F), matched (N,) bool) of every object the predictor's watershed finds
+    in ``items`` with its stored thresholds (before any score filter), each image shown at
+    every one of ``zooms`` (objects of 4 px look different from objects of 20 px, to the
+    scorer too)."""
     if predictor.kind != "dense" or "heatmap" in predictor.strides:
         raise DeepCeNSError(f"object scorers are for the U-Net, not {predictor.model_name!r}")
-    params = replace(PostprocessParams.from_dict(predictor.info.thresholds), score_threshold=0.0)
+    params = PostprocessParams.from_dict(predictor.info.thresholds)
     feats, matched = [], []
     items = list(items)
     if any(item.labels.ndim != 2 for item in items):
@@ -70,11 +52,12 @@ def object_examples(predictor: Predictor, items: Iterable[AnnotatedImage],
                             "these hold several classes")
     jobs = [(item, zoom) for item in items for zoom in zooms]
     for k, (original, zoom) in enumerate(jobs):
-        item = rescaled(original, zoom)
+        item = original if zoom == 1.0 else rescale_items([original], zoom)[0]
         raw = predictor.predict(item.plane, normalised=True)
-        labels = predictor.instances(raw, params_at_scale(params, raw.scale)).labels
-        f = object_features(labels, raw.maps["foreground"], raw.maps["distance"],
-                            object_scale=1.0 / raw.scale)
+        fg, dist = raw.maps["foreground"], raw.maps["distance"]
+        labels = instances_from_maps(fg, dist, params_at_scale(params, raw.scale),
+                                     object_scale=1.0 / raw.scale)
+        f = object_features(labels, fg, dist, object_scale=1.0 / raw.scale)
         iou = iou_matrix(item.labels, labels)
         best = iou.max(axis=0) if iou.size else np.zeros(len(f))
         feats.append(f)

@@ -328,7 +328,6 @@ class SegmentWidget(Container):
         predictor, raw, params, seg = result
         self._raw[id(layer)] = (predictor, raw)
         self._set_knobs(params)
-        self._score.visible = self._scores_objects(predictor)
         self._show_segmentation(layer, seg)
         if raw.estimated and raw.diameter:
             self._diameter.value = round(raw.diameter, 1)
@@ -353,12 +352,6 @@ class SegmentWidget(Container):
             except DeepCeNSError:
                 visible = True  # a bad file: Run says what is wrong with it
         self._score.visible = visible
-
-    @staticmethod
-    def _scores_objects(predictor) -> bool:
-        """Whether the score knob does anything for ``predictor``: detection models score
-        their detections, the U-Net its objects when its weights carry a scorer."""
-        return predictor.model_name != "unet" or predictor.object_scorer is not None
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
