@@ -212,12 +212,18 @@ def test_evaluation_per_class(tmp_path):
 
 @pytest.fixture
 def tiny_two_class_weights(tmp_path):
-    """An untrained two-class network: it scores every proposal ~1/3 per class, so the
-    score slider has a known effect."""
+    """An untrained two-class network whose classifiers score every proposal exactly 1/3 per
+    class (zero weights), so both classes are found and the score slider has a known effect.
+    Room for every proposal twice: a cap would keep whichever class random init favours."""
     from napari_deepcens.models.weights import WeightsInfo, save_weights
     from napari_deepcens.training.loop import detection_data_config
 
-    model = tiny(**detection_data_config(load_coco(U2OS / "annotations.json")))
+    model = tiny(**detection_data_config(load_coco(U2OS / "annotations.json")),
+                 detections_per_image=2 * TINY["rpn_post_nms_test"])
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.cls_score.weight.zero_()
+            stage.cls_score.bias.zero_()
     info = WeightsInfo(model="deepcens", config=model.config.to_dict(), median_diameter=40.0,
                        thresholds={"fg_threshold": 0.45, "score_threshold": 0.3, "min_size": 5})
     return save_weights(tmp_path / "tiny_two_class.safetensors", model, info)
