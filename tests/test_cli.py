@@ -1,6 +1,7 @@
 """The ``deepcens`` command line, end to end on real images."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import tifffile
 
 from napari_deepcens.cli import main
 from napari_deepcens.models.registry import bundled_weights
-from napari_deepcens.models.weights import load_weights
+from napari_deepcens.models.weights import load_weights, save_weights
 
 from .conftest import DATA, DSB_VAL
 
@@ -88,10 +89,14 @@ def test_train_then_finetune_with_init(tmp_path, capsys):
     assert main(args) == 0
     _model, info = load_weights(w1)
     assert info.config["base_channels"] == 4 and info.median_diameter > 5
+    # a tuned working diameter is the network's, and stays with its fine-tunes
+    zoomed = save_weights(tmp_path / "a_zoomed.safetensors", _model,
+                          replace(info, working_diameter=round(1.1 * info.median_diameter, 2)))
     w2 = tmp_path / "b.safetensors"
-    assert main([*args[:3], str(w2), *args[4:], "--init", str(w1)]) == 0
+    assert main([*args[:3], str(w2), *args[4:], "--init", str(zoomed)]) == 0
     _, info2 = load_weights(w2)
-    assert info2.training["init"] == str(w1)
+    assert info2.training["init"] == str(zoomed)
+    assert info2.working_diameter == round(1.1 * info.median_diameter, 2) > 0
     # fine-tuning started from w1: the weights differ but the architecture is w1's
     assert info2.config == info.config
     a, b = load_weights(w1)[0].state_dict(), load_weights(w2)[0].state_dict()
@@ -152,8 +157,9 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     # the object scorer refitted on two other images (the CLI path; the bundled one saw 503)
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned), "--confirm", "2",
                  "--device", "cpu", "--fit-scorer", str(DSB_TINY), str(DSB_SPARSE),
-                 "--scorer-zooms", "1"]) == 0
+                 "--scorer-zooms", "1", "--working-diameter", "18"]) == 0
     _model, info = load_weights(tuned)
+    assert info.working_diameter == 18.0  # objects zoomed to 18 px, tuned and measured so
     assert info.object_scorer and info.object_scorer != load_weights(bundled)[1].object_scorer
     assert info.thresholds in [p.to_dict() for p in search_space(Predictor.from_weights(tuned))]
     out = tmp_path / "pred"
@@ -165,6 +171,12 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     assert info.metrics["val"]["AP@0.5"] == pytest.approx(measured["AP@0.5"], abs=1e-6)
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned)]) != 0   # never overwritten
     assert "exists" in capsys.readouterr().err
+    other = tmp_path / "other.safetensors"
+    assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(other),
+                 "--working-diameter", "80"]) == 2   # 4× the training median: refused at once
+    err = capsys.readouterr().err
+    assert "--working-diameter must be 0 or lie within" in err and "Traceback" not in err
+    assert not other.exists()
 
 
 def test_tta_flag_gives_the_api_flip_averaged_labels(one_image, tmp_path):

@@ -58,7 +58,7 @@ def test_given_diameter_overrides_the_estimate(predictor):
     image, _ = synthetic_nuclei(20)
     raw = predictor.predict(image, diameter=40.0)
     assert not raw.estimated and raw.diameter == 40.0
-    assert raw.scale == pytest.approx(predictor.info.median_diameter / 40.0)
+    assert raw.scale == pytest.approx(predictor.info.zoom_diameter / 40.0)
     auto = predictor.predict(image)
     assert auto.estimated and auto.diameter == pytest.approx(20, rel=0.2)
 

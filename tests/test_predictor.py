@@ -39,7 +39,7 @@ def test_tiled_equals_untiled(predictor, dsb_samples):
 
 def test_diameter_rescales_and_returns_to_the_original_grid(predictor, fluorescence):
     image, labels = fluorescence
-    train = predictor.info.median_diameter
+    train = predictor.info.zoom_diameter  # the size the network runs objects at
     big = np.kron(image, np.ones((2, 2), image.dtype))        # nuclei twice as large
     raw = predictor.predict(big, diameter=2 * train)
     assert raw.shape == big.shape and raw.scale == pytest.approx(0.5)

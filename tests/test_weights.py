@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -78,3 +80,23 @@ def test_bundled_weights_load_and_describe_themselves():
     _model, info = load_weights(path, expected_model="unet")
     assert 10 < info.median_diameter < 40
     assert info.metrics["val"]["AP@0.5"] > 0.7
+
+
+def test_working_diameter_sets_the_zoom_and_is_left_out_when_unset(tmp_path):
+    """The zoom brings objects to the working diameter where the weights record one, to the
+    training median otherwise; files without one say nothing of it (older versions read
+    them)."""
+    from napari_deepcens import Predictor
+
+    model = small_unet()
+    info = WeightsInfo("unet", model.config.to_dict(), median_diameter=20.0)
+    assert "working_diameter" not in info.to_json()
+    plain = Predictor(model, info, device="cpu")
+    assert plain.scale_for(10.0) == pytest.approx(2.0) and plain.scale_for(None) == 1.0
+    path = save_weights(tmp_path / "w.safetensors", model, replace(info, working_diameter=22.0))
+    assert read_info(path).working_diameter == 22.0
+    zoomed = Predictor.from_weights(path, device="cpu")
+    assert zoomed.scale_for(10.0) == pytest.approx(2.2) and zoomed.scale_for(None) == 1.0
+    image = np.random.default_rng(0).random((40, 48), dtype=np.float32)
+    raw = zoomed.predict(image, diameter=10.0, normalised=True)
+    assert raw.scale == pytest.approx(2.2) and raw.maps["foreground"].shape == (40, 48)

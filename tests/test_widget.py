@@ -108,7 +108,7 @@ def test_estimated_diameter_is_shown_and_an_override_is_used(docked, qtbot):
     run_and_wait(qtbot, widget)
     predictor, raw = widget._raw[id(layer)]
     assert not raw.estimated and raw.diameter == pytest.approx(2 * estimate)
-    assert raw.scale == pytest.approx(predictor.info.median_diameter / (2 * estimate))
+    assert raw.scale == pytest.approx(predictor.info.zoom_diameter / (2 * estimate))
 
 
 def test_centerunet_boxes_follow_the_score_slider_and_select_labels(docked, qtbot):

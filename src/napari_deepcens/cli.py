@@ -131,6 +131,10 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="U-Net: first fit its object scorer on these annotated folders (the "
                         "training images, not the validation ones), which learns which of the "
                         "network's objects annotators would not draw")
+    p.add_argument("--working-diameter", type=float, default=None, metavar="PX",
+                   help="diameter (pixels) objects are zoomed to before the network runs, "
+                        "within ×0.5–×2 of the training median (0: the median itself); the "
+                        "thresholds are then tuned at that size. Default: keep the file's")
     p.add_argument("--scorer-zooms", type=float, nargs="+", default=None, metavar="ZOOM",
                    help="magnifications, from 0.1 to 4, the --fit-scorer images are shown at "
                         "(default 1 0.5 0.25: small nuclei look different to the scorer too)")

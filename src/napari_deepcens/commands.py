@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -298,6 +299,8 @@ def run_tune(args: argparse.Namespace) -> int:
     if any(not 0.1 <= z <= 4 for z in zooms):
         raise DeepCeNSError(f"--scorer-zooms must lie in [0.1, 4]; got {list(zooms)}")
     model, info = load_weights(args.weights)
+    if args.working_diameter is not None:
+        info.working_diameter = _working_diameter(args.working_diameter, info.median_diameter)
     device = resolve_device(args.device)
     items = [item for folder in args.val for item in load_folder(folder)]  # a bad path fails now
     if args.fit_scorer:
@@ -307,8 +310,24 @@ def run_tune(args: argparse.Namespace) -> int:
     info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
     save_weights(args.output, model, info)
     print(f"thresholds {params.to_dict()}")
+    if info.working_diameter:
+        print(f"objects zoomed to {info.working_diameter:g} px (training median "
+              f"{info.median_diameter:.1f} px)")
     print(f"val AP@0.5 {metrics['AP@0.5']:.3f}, DSB {metrics['DSB']:.3f} -> {args.output}")
     return 0
+
+
+def _working_diameter(value: float, median: float) -> float:
+    """A checked ``--working-diameter``: 0 (the training median) or within ×0.5–×2 of it."""
+    if median <= 0:
+        raise DeepCeNSError("these weights record no training object size: a working diameter "
+                            "has nothing to be measured against")
+    if value == 0:
+        return 0.0
+    if not math.isfinite(value) or not 0.5 * median <= value <= 2.0 * median:
+        raise DeepCeNSError(f"--working-diameter must be 0 or lie within ×0.5–×2 of the training "
+                            f"median ({0.5 * median:.1f}–{2.0 * median:.1f} px); got {value}")
+    return float(value)
 
 
 def _fit_scorer(model, info, folders: list[Path], device, zooms: tuple[float, ...] = ()):

@@ -242,13 +242,13 @@ class Predictor:
                                detection=self.kind == "detection")
 
     def scale_for(self, diameter: float | None) -> float:
-        """Zoom that brings objects of ``diameter`` px to the training median diameter."""
+        """Zoom that brings objects of ``diameter`` px to the size the network runs them at
+        (the weights' working diameter, else their training median)."""
         if diameter is None or diameter <= 0:
             return 1.0
-        train = self.info.median_diameter
-        if train <= 0:
+        if self.info.median_diameter <= 0:
             raise DeepCeNSError("these weights record no training object size; leave diameter unset")
-        return float(train / diameter)
+        return float(self.info.zoom_diameter / diameter)
 
     @property
     def strides(self) -> dict[str, int]:

@@ -37,12 +37,22 @@ class WeightsInfo:
     #: Dense models: the object scorer fitted on the model's own predictions
     #: (postprocess.object_score.ObjectScorer.to_dict); empty when there is none.
     object_scorer: dict[str, Any] = field(default_factory=dict)
+    #: Diameter (pixels) objects are zoomed to before the network runs; 0: ``median_diameter``.
+    #: Measured, not trained: a network may separate nuclei best a little larger than the
+    #: median of its training data (``deepcens tune --working-diameter``).
+    working_diameter: float = 0.0
 
     def to_json(self) -> str:
-        # an empty scorer is left out, so weights without one stay readable by versions
-        # that predate object scores
-        fields = {k: v for k, v in self.__dict__.items() if k != "object_scorer" or v}
+        # an empty scorer and an unset working diameter are left out, so weights without them
+        # stay readable by versions that predate them
+        optional = ("object_scorer", "working_diameter")
+        fields = {k: v for k, v in self.__dict__.items() if k not in optional or v}
         return json.dumps({"format": FORMAT, **fields}, sort_keys=True)
+
+    @property
+    def zoom_diameter(self) -> float:
+        """The diameter objects are zoomed to: the working diameter, else the training median."""
+        return self.working_diameter or self.median_diameter
 
 
 def file_sha256(path: str | Path) -> str:

@@ -273,7 +273,7 @@ def train_iter(
     ckpt_path = output.with_name(output.name + ".ckpt")
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
-    scale_d = 0.0
+    scale_d = working_d = 0.0
     scorer: dict = {}
     if init is not None:
         source, init_info = load_weights(init)
@@ -286,6 +286,7 @@ def train_iter(
                          "if it no longer fits; refit it with `deepcens tune --fit-scorer`", init)
             train_items, val_items = to_model_scale(init_info, train_items, val_items)
             scale_d = init_info.median_diameter  # the knob keeps its meaning
+            working_d = init_info.working_diameter  # and the zoom the network prefers
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
             body = {k: v for k, v in init_info.config.items() if k in ("base_channels", "depth",
                                                                       "max_channels")}
@@ -336,6 +337,7 @@ def train_iter(
         median_diameter=scale_d or median_diameter(train_items),
         thresholds=thresholds,
         object_scorer=scorer,
+        working_diameter=working_d,
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )
