@@ -100,3 +100,14 @@ def test_working_diameter_sets_the_zoom_and_is_left_out_when_unset(tmp_path):
     image = np.random.default_rng(0).random((40, 48), dtype=np.float32)
     raw = zoomed.predict(image, diameter=10.0, normalised=True)
     assert raw.scale == pytest.approx(2.2) and raw.maps["foreground"].shape == (40, 48)
+
+
+@pytest.mark.parametrize("field,value", [("working_diameter", -5.0), ("working_diameter", "big"),
+                                         ("median_diameter", float("nan"))])
+def test_a_size_that_is_not_a_size_is_refused_at_load(tmp_path, field, value):
+    """A hand-edited size would otherwise zoom images by a negative or NaN factor."""
+    model = small_unet()
+    info = replace(WeightsInfo("unet", model.config.to_dict(), median_diameter=20.0), **{field: value})
+    path = save_weights(tmp_path / "w.safetensors", model, info)
+    with pytest.raises(WeightsError, match=field.replace("_", " ")):
+        read_info(path)

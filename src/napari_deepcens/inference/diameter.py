@@ -54,6 +54,9 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
     """Estimate the typical object diameter (pixels) in a normalised ``plane``."""
     from .predictor import resize
 
+    # the training median, not the working diameter: the ladder asks at which zoom objects
+    # look like those the network was trained on (the working diameter only moves the zoom
+    # the whole image then runs at)
     train = predictor.info.median_diameter
     params = predictor.default_params()
     if getattr(predictor, "object_scorer", None) is not None:

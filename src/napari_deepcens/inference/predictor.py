@@ -6,9 +6,10 @@ bar and Cancel. ``postprocess`` turns cached maps into labels without touching t
 which is what the live sliders call.
 
 Object size: a network sees nuclei at the sizes it was trained on. When the user gives the
-nuclei's ``diameter`` (pixels), the image is rescaled so that they match the training median
-diameter recorded in the weights, and the maps are brought back to the original grid before
-post-processing, so labels always align with the user's image.
+nuclei's ``diameter`` (pixels), the image is rescaled so that they match the size recorded
+in the weights (their working diameter, else the median of their training data), and the
+maps are brought back to the original grid before post-processing, so labels always align
+with the user's image.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from .tta import flip_averaged_maps, flip_fused_detections
 
 log = logging.getLogger(__name__)
 
-#: Estimated sizes within this factor of the training size are used as they are: the network
-#: was trained with scale augmentation over a wider range, and resampling costs time.
+#: Estimated sizes within this factor of the size the network runs objects at (its working
+#: diameter) are used as they are: the network was trained with scale augmentation over a
+#: wider range, and resampling costs time.
 SNAP = 1.25
 #: Above this many pixels (after rescaling) an image is refused: ~16k × 16k. The maps and the
 #: watershed need ~40 bytes per pixel, so this stays within a 16 GB workstation.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -111,6 +112,12 @@ def read_info(path: str | Path) -> WeightsInfo:
         info = WeightsInfo(**raw)
     except Exception as exc:
         raise WeightsError(f"{path.name}: unreadable napari-deepcens metadata") from exc
+    for name in ("median_diameter", "working_diameter"):
+        value = getattr(info, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0:
+            raise WeightsError(f"{path.name}: its {name.replace('_', ' ')} ({value!r}) is not a "
+                               "size in pixels")
     try:
         get_spec(info.model)  # known model name
     except WeightsError as exc:

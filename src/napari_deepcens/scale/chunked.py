@@ -285,7 +285,7 @@ def global_diameter(predictor, image: LazyImage, norm: Normalisation, diameter: 
     """(diameter the network runs at — ``None`` for as is —, diameter to report, estimated).
 
     Estimated once on a central crop, with the same snapping as the in-memory path: an
-    estimate within ×1.25 of the training size runs the image as it is.
+    estimate within ×1.25 of the working size runs the image as it is.
     """
     from ..inference.predictor import SNAP
 
