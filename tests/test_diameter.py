@@ -94,6 +94,7 @@ class _ZoomScripted:
         self.info = WeightsInfo(model="unet", config={}, median_diameter=20.0)
         self.script = [found.get(z) for z in ZOOMS] + [check]  # the ladder, then the check
         self.default_params = PostprocessParams
+        self.object_scorer = None
         self.calls = 0
 
     def predict(self, work, **_):

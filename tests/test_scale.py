@@ -323,6 +323,7 @@ class MaskOracle:
     class_names = ("cell", "nucleus")
     in_channels = 3
     kind = "oracle"
+    object_scorer = None
     info = type("Info", (), {"median_diameter": 0.0, "thresholds": {}})()
 
     def scale_for(self, diameter):

@@ -59,7 +59,7 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
     # the whole image then runs at)
     train = predictor.info.median_diameter
     params = predictor.default_params()
-    if getattr(predictor, "object_scorer", None) is not None:
+    if predictor.object_scorer is not None:
         # the ladder's readings are judged by how fragments and clusters look; the U-Net's
         # object scorer would drop exactly those, and it was fitted on objects at their
         # estimated size, not on a zoomed crop it is told is at the training scale

@@ -412,7 +412,7 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
                             tile=max(tile, 64), overlap=64, tta=spec.tta)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
     floor = 0.0
-    if getattr(predictor, "object_scorer", None) is not None:  # (test doubles lack it)
+    if predictor.object_scorer is not None:
         floor, params = params.score_threshold, replace(params, score_threshold=0.0)
     seg = predictor.instances(raw, params)
     cy, cx = plan.core(b)

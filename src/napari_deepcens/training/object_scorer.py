@@ -18,9 +18,8 @@ import torch
 
 from ..errors import DeepCeNSError
 from ..evaluation.metrics import iou_matrix
-from ..inference.predictor import Predictor, params_at_scale
+from ..inference.predictor import Predictor
 from ..postprocess.object_score import FEATURES, ObjectScorer, object_features
-from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
 from .dataset import AnnotatedImage, rescale_items
 
@@ -44,7 +43,6 @@ def object_examples(predictor: Predictor, items: Iterable[AnnotatedImage],
     scorer too)."""
     if predictor.kind != "dense" or "heatmap" in predictor.strides:
         raise DeepCeNSError(f"object scorers are for the U-Net, not {predictor.model_name!r}")
-    params = PostprocessParams.from_dict(predictor.info.thresholds)
     feats, matched = [], []
     items = list(items)
     if any(item.labels.ndim != 2 for item in items):
@@ -55,7 +53,7 @@ def object_examples(predictor: Predictor, items: Iterable[AnnotatedImage],
         item = original if zoom == 1.0 else rescale_items([original], zoom)[0]
         raw = predictor.predict(item.plane, normalised=True)
         fg, dist = raw.maps["foreground"], raw.maps["distance"]
-        labels = instances_from_maps(fg, dist, params_at_scale(params, raw.scale),
+        labels = instances_from_maps(fg, dist, predictor.default_params(raw.scale),
                                      object_scale=1.0 / raw.scale)
         f = object_features(labels, fg, dist, object_scale=1.0 / raw.scale)
         iou = iou_matrix(item.labels, labels)
