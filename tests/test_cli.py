@@ -89,14 +89,16 @@ def test_train_then_finetune_with_init(tmp_path, capsys):
     assert main(args) == 0
     _model, info = load_weights(w1)
     assert info.config["base_channels"] == 4 and info.median_diameter > 5
-    # a tuned working diameter is the network's, and stays with its fine-tunes
+    # a tuned working diameter and sharpening are the network's, and stay with its fine-tunes
     zoomed = save_weights(tmp_path / "a_zoomed.safetensors", _model,
-                          replace(info, working_diameter=round(1.1 * info.median_diameter, 2)))
+                          replace(info, working_diameter=round(1.1 * info.median_diameter, 2),
+                                  sharpen_enlarged=True))
     w2 = tmp_path / "b.safetensors"
     assert main([*args[:3], str(w2), *args[4:], "--init", str(zoomed)]) == 0
     _, info2 = load_weights(w2)
     assert info2.training["init"] == str(zoomed)
     assert info2.working_diameter == round(1.1 * info.median_diameter, 2) > 0
+    assert info2.sharpen_enlarged
     # fine-tuning started from w1: the weights differ but the architecture is w1's
     assert info2.config == info.config
     a, b = load_weights(w1)[0].state_dict(), load_weights(w2)[0].state_dict()
@@ -157,9 +159,10 @@ def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):
     # the object scorer refitted on two other images (the CLI path; the bundled one saw 503)
     assert main(["tune", str(bundled), str(DSB_VAL), "-o", str(tuned), "--confirm", "2",
                  "--device", "cpu", "--fit-scorer", str(DSB_TINY), str(DSB_SPARSE),
-                 "--scorer-zooms", "1", "--working-diameter", "18"]) == 0
+                 "--scorer-zooms", "1", "--working-diameter", "18", "--sharpen-enlarged", "no"]) == 0
     _model, info = load_weights(tuned)
     assert info.working_diameter == 18.0  # objects zoomed to 18 px, tuned and measured so
+    assert load_weights(bundled)[1].sharpen_enlarged and not info.sharpen_enlarged
     assert info.object_scorer and info.object_scorer != load_weights(bundled)[1].object_scorer
     assert info.thresholds in [p.to_dict() for p in search_space(Predictor.from_weights(tuned))]
     out = tmp_path / "pred"

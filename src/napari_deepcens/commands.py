@@ -301,6 +301,8 @@ def run_tune(args: argparse.Namespace) -> int:
     model, info = load_weights(args.weights)
     if args.working_diameter is not None:
         info.working_diameter = _working_diameter(args.working_diameter, info.median_diameter)
+    if args.sharpen_enlarged is not None:
+        info.sharpen_enlarged = args.sharpen_enlarged == "yes"
     device = resolve_device(args.device)
     items = [item for folder in args.val for item in load_folder(folder)]  # a bad path fails now
     if args.fit_scorer:
@@ -313,6 +315,8 @@ def run_tune(args: argparse.Namespace) -> int:
     if info.working_diameter:
         print(f"objects zoomed to {info.working_diameter:g} px (training median "
               f"{info.median_diameter:.1f} px)")
+    if info.sharpen_enlarged:
+        print("images enlarged ×2.5 or more are unsharp-masked first")
     print(f"val AP@0.5 {metrics['AP@0.5']:.3f}, DSB {metrics['DSB']:.3f} -> {args.output}")
     return 0
 

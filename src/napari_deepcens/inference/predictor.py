@@ -34,6 +34,7 @@ from ..postprocess.object_score import ObjectScorer, drop_low_scores
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
 from . import onnx_cpu
+from . import sharpen as sharpening
 from .detection import detect_tiled
 from .device import resolve_device
 from .fusion import fuse_conv_bn
@@ -366,6 +367,7 @@ class Predictor:
         estimate: bool = True,
         normalised: bool = False,
         tta: bool | None = None,
+        sharpen: bool | None = None,
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
@@ -373,7 +375,8 @@ class Predictor:
         output of :meth:`prepare`). ``diameter``: typical object diameter in pixels;
         ``None`` estimates it (``estimate=False`` uses the image as it is). ``tta``: average
         the network over four flips (:mod:`.tta`; default: the predictor's ``tta``). The size
-        estimate never flips: it only needs object sizes.
+        estimate never flips: it only needs object sizes. ``sharpen``: unsharp-mask the image
+        before it is enlarged (:mod:`.sharpen`); ``None``: as :meth:`sharpens` says.
         """
         tta = self.tta if tta is None else bool(tta)
         diameter = check_diameter(diameter)
@@ -395,10 +398,11 @@ class Predictor:
         if estimated and abs(np.log(scale)) < np.log(SNAP):
             scale = 1.0
         work = plane
+        sharpen = self.sharpens(scale) if sharpen is None else bool(sharpen) and scale > 1.0
         if scale != 1.0:
             self._check_size(shape, diameter)  # an estimated diameter may enlarge the image
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
-            work = resize(plane, size)
+            work = resize(sharpening.unsharp(plane) if sharpen else plane, size)
         if self.kind == "detection":
             dets: dict[str, np.ndarray] = {}
             work = work if work.ndim == 3 else work[None]
@@ -414,7 +418,8 @@ class Predictor:
                 dets["boxes"] = dets["boxes"] / np.float32(scale)
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,
-                             meta={"model": self.model_name, "kind": "detection", "tta": tta})
+                             meta={"model": self.model_name, "kind": "detection", "tta": tta,
+                                   "sharpened": sharpen})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -437,8 +442,13 @@ class Predictor:
             diameter=diameter,
             estimated=estimated,
             size_unrecognised=unrecognised,
-            meta={"model": self.model_name, "tta": tta},
+            meta={"model": self.model_name, "tta": tta, "sharpened": sharpen},
         )
+
+    def sharpens(self, scale: float) -> bool:
+        """Whether an image enlarged ``scale`` times is unsharp-masked first (:mod:`.sharpen`):
+        for weights that measured it (``sharpen_enlarged``), from ×2.5."""
+        return self.info.sharpen_enlarged and scale >= sharpening.SHARPEN_FROM
 
     def predict(self, image: np.ndarray, **kwargs) -> RawOutput:
         """:meth:`predict_iter` drained, for scripts."""

@@ -42,11 +42,15 @@ class WeightsInfo:
     #: Measured, not trained: a network may separate nuclei best a little larger than the
     #: median of its training data (``deepcens tune --working-diameter``).
     working_diameter: float = 0.0
+    #: Measured, not trained: whether strongly enlarged images (nuclei of a few pixels) may
+    #: be unsharp-masked before the network runs, where that makes it surer
+    #: (``inference/sharpen.py``; ``deepcens tune --sharpen-enlarged``).
+    sharpen_enlarged: bool = False
 
     def to_json(self) -> str:
-        # an empty scorer and an unset working diameter are left out, so weights without them
-        # stay readable by versions that predate them
-        optional = ("object_scorer", "working_diameter")
+        # an empty scorer, an unset working diameter and sharpening off are left out, so
+        # weights without them stay readable by versions that predate them
+        optional = ("object_scorer", "working_diameter", "sharpen_enlarged")
         fields = {k: v for k, v in self.__dict__.items() if k not in optional or v}
         return json.dumps({"format": FORMAT, **fields}, sort_keys=True)
 
@@ -118,6 +122,9 @@ def read_info(path: str | Path) -> WeightsInfo:
                 or value < 0:
             raise WeightsError(f"{path.name}: its {name.replace('_', ' ')} ({value!r}) is not a "
                                "size in pixels")
+    if not isinstance(info.sharpen_enlarged, bool):
+        raise WeightsError(f"{path.name}: its sharpen_enlarged ({info.sharpen_enlarged!r}) is not "
+                           "true or false")
     try:
         get_spec(info.model)  # known model name
     except WeightsError as exc:

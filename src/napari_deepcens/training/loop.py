@@ -274,6 +274,7 @@ def train_iter(
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     scale_d = working_d = 0.0
+    sharpen = False
     scorer: dict = {}
     if init is not None:
         source, init_info = load_weights(init)
@@ -287,6 +288,7 @@ def train_iter(
             train_items, val_items = to_model_scale(init_info, train_items, val_items)
             scale_d = init_info.median_diameter  # the knob keeps its meaning
             working_d = init_info.working_diameter  # and the zoom the network prefers
+            sharpen = init_info.sharpen_enlarged
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
             body = {k: v for k, v in init_info.config.items() if k in ("base_channels", "depth",
                                                                       "max_channels")}
@@ -338,6 +340,7 @@ def train_iter(
         thresholds=thresholds,
         object_scorer=scorer,
         working_diameter=working_d,
+        sharpen_enlarged=sharpen,
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )

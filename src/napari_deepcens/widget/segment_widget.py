@@ -337,7 +337,8 @@ class SegmentWidget(Container):
         if raw.size_unrecognised:
             size = ", object size not recognised: run as it is (set the diameter if needed)"
         flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
-        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}"
+        sharp = ", edges sharpened before enlarging" if raw.meta.get("sharpened") else ""
+        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}{sharp}"
 
     def _update_score_knob(self) -> None:
         """Show the score knob where it does something: detection models, and U-Net weights
@@ -567,6 +568,7 @@ class SegmentWidget(Container):
             "diameter": raw.diameter,
             "diameter_estimated": raw.estimated,
             "flip_averaged": bool(raw.meta.get("tta", False)),
+            "sharpened": bool(raw.meta.get("sharpened", False)),
             "segmented": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
