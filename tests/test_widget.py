@@ -152,6 +152,27 @@ def test_unrecognised_object_size_is_said_and_the_image_runs_as_it_is(make_napar
     assert viewer.layers["empty well labels"].data.max() <= 2
 
 
+def test_a_low_magnification_image_is_sharpened_and_the_user_told(make_napari_viewer, qtbot):
+    """Val 150b0ffa at a quarter of its magnification (nuclei ~5 px, each pixel the mean of
+    its area): the estimate enlarges it ×3.3, the bundled U-Net sharpens it first, and the
+    status line and the labels' provenance say so."""
+    from napari_deepcens.evaluation.metrics import match_image, summarize
+    from napari_deepcens.widget.keys import PROVENANCE_KEY
+
+    from .test_sharpen import shrunk_by_area
+
+    viewer = make_napari_viewer()
+    image, truth = shrunk_by_area("150b0ffa")
+    layer = viewer.add_image(image, name="low mag")
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=layer, device="cpu")
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["low mag labels"]
+    assert "edges sharpened" in widget.status and "(estimated)" in widget.status
+    assert labels.metadata[PROVENANCE_KEY]["sharpened"] is True
+    assert summarize([match_image(truth, labels.data)])["AP@0.5"] > 0.74    # 0.76 measured
+
+
 def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     from napari_deepcens.evaluation.metrics import match_image, summarize
     from napari_deepcens.widget.keys import PROVENANCE_KEY
@@ -167,7 +188,8 @@ def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     widget.set_options(tta=False)
     run_and_wait(qtbot, widget)
     assert labels.metadata[PROVENANCE_KEY]["flip_averaged"] is False
-    assert "flips" not in widget.status
+    assert labels.metadata[PROVENANCE_KEY]["sharpened"] is False      # not enlarged
+    assert "flips" not in widget.status and "sharpened" not in widget.status
 
 
 def test_box_edits_are_kept_when_a_slider_redraws_the_boxes(docked, qtbot):
