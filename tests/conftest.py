@@ -52,3 +52,22 @@ def disc_labels(shape, centres, radius) -> np.ndarray:
     for i, (cy, cx) in enumerate(centres, start=1):
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
     return labels
+
+
+def shrunk_by_area(name: str, factor: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A val crop as a lower magnification sees it: each pixel averages its area (image) and
+    the annotation sampled at pixel centres (labels)."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_deepcens.io.images import to_plane
+
+    sample = next(s for s in list_samples(DSB_VAL) if s.id.startswith(name))
+    plane = to_plane(read_image(sample.image)).astype(np.float32)
+    labels = read_labels(sample.labels)
+    size = (round(plane.shape[0] * factor), round(plane.shape[1] * factor))
+    img = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear",
+                        align_corners=False, antialias=True)[0, 0].numpy()
+    lab = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,
+                        mode="nearest-exact")[0, 0].numpy().astype(np.int32)
+    return img, lab

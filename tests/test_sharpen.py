@@ -6,29 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from napari_deepcens.evaluation.metrics import match_image, summarize
 from napari_deepcens.inference.sharpen import unsharp
-from napari_deepcens.io.images import read_image, read_labels, to_plane
-from napari_deepcens.io.layout import list_samples
 
-from .conftest import DSB_VAL
-
-
-def shrunk_by_area(name: str, factor: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """A val crop as a lower magnification sees it: each pixel averages its area (image) and
-    the annotation sampled at pixel centres (labels)."""
-    sample = next(s for s in list_samples(DSB_VAL) if s.id.startswith(name))
-    plane = to_plane(read_image(sample.image)).astype(np.float32)
-    labels = read_labels(sample.labels)
-    size = (round(plane.shape[0] * factor), round(plane.shape[1] * factor))
-    img = F.interpolate(torch.from_numpy(plane)[None, None], size=size, mode="bilinear",
-                        align_corners=False, antialias=True)[0, 0].numpy()
-    lab = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size,
-                        mode="nearest-exact")[0, 0].numpy().astype(np.int32)
-    return img, lab
+from .conftest import shrunk_by_area
 
 
 def test_unsharp_steepens_edges_and_keeps_flat_fields():
@@ -66,9 +48,10 @@ def test_area_shrunk_nuclei_are_found_sharpened(predictor):
     assert on.predict(img, diameter=10.0, sharpen=True).meta["sharpened"]
     assert not on.predict(img, sharpen=False).meta["sharpened"]
     assert not on.predict(img, estimate=False, sharpen=True).meta["sharpened"]   # not enlarged
+    assert not on.predict(img, diameter=100.0, sharpen=True).meta["sharpened"]   # shrunk
 
 
-def test_bundled_unet_sharpens_enlarged_images_on_every_path(predictor, tmp_path):
+def test_bundled_unet_sharpens_a_low_magnification_image_from_the_cli(predictor, tmp_path):
     """The bundled U-Net measured it (bench/eval_scales.py --antialias), and the CLI segments
     an 8-bit low-magnification image with it as the API does."""
     import tifffile
@@ -78,7 +61,8 @@ def test_bundled_unet_sharpens_enlarged_images_on_every_path(predictor, tmp_path
     assert predictor.info.sharpen_enlarged and predictor.sharpens(3.0)
     img, lab = shrunk_by_area("150b0ffa")
     path = tmp_path / "small.tif"
-    tifffile.imwrite(path, np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    tifffile.imwrite(path, pixels := np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
+    assert predictor.predict(pixels).meta["sharpened"]
     assert main(["segment", str(path), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
     labels = tifffile.imread(tmp_path / "out" / "small_labels.tif")
     assert summarize([match_image(lab, labels)])["AP@0.5"] > 0.74

@@ -159,7 +159,7 @@ def test_a_low_magnification_image_is_sharpened_and_the_user_told(make_napari_vi
     from napari_deepcens.evaluation.metrics import match_image, summarize
     from napari_deepcens.widget.keys import PROVENANCE_KEY
 
-    from .test_sharpen import shrunk_by_area
+    from .conftest import shrunk_by_area
 
     viewer = make_napari_viewer()
     image, truth = shrunk_by_area("150b0ffa")

@@ -136,10 +136,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                         "within ×0.5–×2 of the training median (0: the median itself); the "
                         "thresholds are then tuned at that size. Default: keep the file's")
     p.add_argument("--sharpen-enlarged", choices=("yes", "no"), default=None,
-                   help="whether images enlarged ×2.5 or more (nuclei of a few pixels) may be "
-                        "unsharp-masked first, where that makes the network surer: measure it "
-                        "on val shrunk by an area filter (bench/eval_scales.py --antialias). "
-                        "Default: keep the file's")
+                   help="whether images enlarged ×2.5 or more (nuclei of a few pixels) are "
+                        "unsharp-masked first: measure it on val shrunk by an area filter "
+                        "(bench/eval_scales.py --antialias). Default: keep the file's")
     p.add_argument("--scorer-zooms", type=float, nargs="+", default=None, metavar="ZOOM",
                    help="magnifications, from 0.1 to 4, the --fit-scorer images are shown at "
                         "(default 1 0.5 0.25: small nuclei look different to the scorer too)")

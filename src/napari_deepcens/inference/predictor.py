@@ -376,7 +376,8 @@ class Predictor:
         ``None`` estimates it (``estimate=False`` uses the image as it is). ``tta``: average
         the network over four flips (:mod:`.tta`; default: the predictor's ``tta``). The size
         estimate never flips: it only needs object sizes. ``sharpen``: unsharp-mask the image
-        before it is enlarged (:mod:`.sharpen`); ``None``: as :meth:`sharpens` says.
+        before it is enlarged (:mod:`.sharpen`): ``None`` as :meth:`sharpens` says, ``True``
+        at any enlargement; never when the image is not enlarged.
         """
         tta = self.tta if tta is None else bool(tta)
         diameter = check_diameter(diameter)
@@ -398,11 +399,11 @@ class Predictor:
         if estimated and abs(np.log(scale)) < np.log(SNAP):
             scale = 1.0
         work = plane
-        sharpen = self.sharpens(scale) if sharpen is None else bool(sharpen) and scale > 1.0
+        sharpened = self.sharpens(scale) if sharpen is None else bool(sharpen) and scale > 1.0
         if scale != 1.0:
             self._check_size(shape, diameter)  # an estimated diameter may enlarge the image
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
-            work = resize(sharpening.unsharp(plane) if sharpen else plane, size)
+            work = resize(sharpening.unsharp(plane) if sharpened else plane, size)
         if self.kind == "detection":
             dets: dict[str, np.ndarray] = {}
             work = work if work.ndim == 3 else work[None]
@@ -419,7 +420,7 @@ class Predictor:
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,
                              meta={"model": self.model_name, "kind": "detection", "tta": tta,
-                                   "sharpened": sharpen})
+                                   "sharpened": sharpened})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -442,7 +443,7 @@ class Predictor:
             diameter=diameter,
             estimated=estimated,
             size_unrecognised=unrecognised,
-            meta={"model": self.model_name, "tta": tta, "sharpened": sharpen},
+            meta={"model": self.model_name, "tta": tta, "sharpened": sharpened},
         )
 
     def sharpens(self, scale: float) -> bool:

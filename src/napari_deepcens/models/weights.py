@@ -42,9 +42,9 @@ class WeightsInfo:
     #: Measured, not trained: a network may separate nuclei best a little larger than the
     #: median of its training data (``deepcens tune --working-diameter``).
     working_diameter: float = 0.0
-    #: Measured, not trained: whether strongly enlarged images (nuclei of a few pixels) may
-    #: be unsharp-masked before the network runs, where that makes it surer
-    #: (``inference/sharpen.py``; ``deepcens tune --sharpen-enlarged``).
+    #: Measured, not trained: whether images enlarged ×2.5 or more (nuclei of a few pixels)
+    #: are unsharp-masked before the network runs, because that made this network find
+    #: more of them (``inference/sharpen.py``; ``deepcens tune --sharpen-enlarged``).
     sharpen_enlarged: bool = False
 
     def to_json(self) -> str:
