@@ -3,7 +3,7 @@
 Such an image is enlarged three to eight times to the network's working size. A microscope at
 low magnification (or binning) averages each pixel's area, so, enlarged, its nuclei are
 blurrier than any the network learnt from, and it loses them: val shrunk ×0.25 by area
-averaging, U-Net AP@0.5 0.675 against 0.735 shrunk by point sampling. An unsharp mask on the
+averaging, U-Net AP@0.5 0.674 against 0.735 shrunk by point sampling. An unsharp mask on the
 small grid before enlarging restores the edges (0.705; DSB 0.422 → 0.466). Images that are
 sharp already (point sampled) lose a little (0.735 → 0.729). Letting the network choose, by
 how sure it is of each input on a crop, did no better (0.727 / 0.705) for two more passes.
