@@ -57,8 +57,13 @@ def test_bundled_unet_sharpens_a_low_magnification_image_from_the_cli(predictor,
     import tifffile
 
     from napari_deepcens.cli import main
+    from napari_deepcens.models.registry import bundled_weights
+    from napari_deepcens.models.weights import read_info
 
     assert predictor.info.sharpen_enlarged and predictor.sharpens(3.0)
+    # DeepCeNS gained too (docs/models.md); CenterUNet did not enough to have it on
+    assert read_info(bundled_weights("deepcens")).sharpen_enlarged
+    assert not read_info(bundled_weights("centerunet")).sharpen_enlarged
     img, lab = shrunk_by_area("150b0ffa")
     path = tmp_path / "small.tif"
     tifffile.imwrite(path, pixels := np.round(np.clip(img, 0, 1) * 255).astype(np.uint8))
