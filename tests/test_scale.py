@@ -200,6 +200,23 @@ def test_interrupted_folder_run_resumes(folder, tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("*_labels.tif"))) == 2
 
 
+def test_a_noisy_image_is_denoised_alike_in_every_chunk(tmp_path, mosaic, client, predictor):
+    """The mosaic at 20 photons per brightest pixel: the noise decision and the filter's
+    settings are taken once, so 128-px chunks give the one-piece labels."""
+    from .test_denoise import photon_limited
+
+    noisy = photon_limited(mosaic, 20)
+    spec = ModelSpec("unet", device="cpu")
+    result = segment_chunked(client, from_array(noisy, "noisy"), tmp_path / "n.zarr", spec,
+                             predictor=predictor, chunk=128, halo=64, estimate=False)
+    assert result.denoised
+    labels = np.asarray(read_ome_labels(result.output)["nucleus"][0])
+    whole = predictor.predict(noisy, estimate=False)
+    assert whole.meta["denoised"]
+    match = match_image(predictor.postprocess(whole), labels)
+    assert match.ap(0.5) >= 0.95, match.ap(0.5)
+
+
 def test_interrupted_chunked_run_writes_nothing_then_completes(tmp_path, mosaic, client, predictor):
     from napari_deepcens.scale import chunked
 

@@ -173,6 +173,32 @@ def test_a_low_magnification_image_is_sharpened_and_the_user_told(make_napari_vi
     assert summarize([match_image(truth, labels.data)])["AP@0.5"] > 0.74    # 0.76 measured
 
 
+def test_a_noisy_image_is_denoised_and_the_user_told(docked, qtbot, fluorescence):
+    """The fluorescence crop at 20 photons: denoised first, said in the status line and
+    recorded in the labels' provenance; the clean image is not, nor the noisy one when the
+    user picks "never"."""
+    from napari_deepcens.evaluation.metrics import match_image, summarize
+    from napari_deepcens.widget.keys import PROVENANCE_KEY
+
+    from .test_denoise import photon_limited
+
+    viewer, widget, _layer = docked
+    run_and_wait(qtbot, widget)
+    assert "denoised" not in widget.status
+    assert viewer.layers["nuclei labels"].metadata[PROVENANCE_KEY]["denoised"] is False
+    noisy = viewer.add_image(photon_limited(fluorescence[0], 20), name="noisy")
+    widget.set_options(image=noisy)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["noisy labels"]
+    assert "noisy image: denoised first" in widget.status
+    assert labels.metadata[PROVENANCE_KEY]["denoised"] is True
+    assert summarize([match_image(fluorescence[1], labels.data)])["AP@0.5"] > 0.56   # 0.587
+    widget.set_options(denoise="no")                     # the user's choice overrides
+    run_and_wait(qtbot, widget)
+    assert "denoised" not in widget.status
+    assert labels.metadata[PROVENANCE_KEY]["denoised"] is False
+
+
 def test_flip_averaging_is_used_and_recorded(docked, qtbot, fluorescence):
     from napari_deepcens.evaluation.metrics import match_image, summarize
     from napari_deepcens.widget.keys import PROVENANCE_KEY

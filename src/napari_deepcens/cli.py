@@ -64,6 +64,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the network over four flips of the "
                         "image (four times slower; better masks, most for deepcens)")
+    p.add_argument("--denoise", choices=("auto", "yes", "no"), default="auto",
+                   help="non-local means before segmenting: auto (default) for images noisier "
+                        "than any the models were trained on, yes for every image, no for none")
     p.add_argument("--tile", type=_TILE, default=1024, help="tile size in pixels (default 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images whose output exists (default: skip them)")

@@ -98,6 +98,13 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def denoise_choice(args) -> bool | None:
+    """``--denoise``: auto → ``None`` (noisy images only), yes → ``True``, no → ``False``."""
+    from .inference.denoise import CHOICES
+
+    return CHOICES[getattr(args, "denoise", "auto")]
+
+
 def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) -> None:
     """Small images one after the other in this process, with a progress bar per image."""
     from .io.export import write_segmentation
@@ -108,7 +115,8 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
         try:
             image = read_image(path)
             gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile,
-                                         tta=getattr(args, "tta", False))
+                                         tta=getattr(args, "tta", False),
+                                         denoise=denoise_choice(args))
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
                 while True:
                     try:
@@ -126,6 +134,8 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             size = (f"diameter {raw.diameter:.1f} px{' estimated' if raw.estimated else ''}"
                     if raw.diameter else "object size not recognised: image as it is"
                     if raw.size_unrecognised else "image as it is")
+            if raw.meta.get("denoised"):
+                size += ", denoised"
             name = path.name if stem == path.stem else f"{stem} ({path.name})"
             tqdm.write(f"{name}: {counts} ({size}) -> {written[-1].parent}")
             if args.diameter and not seg.labels.any():
@@ -149,7 +159,7 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
     from .scale.lazy import open_lazy
 
     spec = ModelSpec(args.model, str(args.weights) if args.weights else None, args.device,
-                     tta=getattr(args, "tta", False))
+                     tta=getattr(args, "tta", False), denoise=denoise_choice(args))
     spec.share(predictor)
     with dask_client(args.scheduler, args.workers) as client:
         if small:

@@ -70,7 +70,8 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
         crop = _centre_crop(plane, math.ceil(side / zoom))
         size = (max(round(crop.shape[-2] * zoom), 32), max(round(crop.shape[-1] * zoom), 32))
         work = resize(crop, size)
-        raw = predictor.predict(work, diameter=None, estimate=False, normalised=True, tta=False)
+        raw = predictor.predict(work, diameter=None, estimate=False, normalised=True, tta=False,
+                                denoise=False)
         found = _diameters(predictor.postprocess(raw, params))
         return (float(np.median(found)) / zoom, int(found.size)) if found.size >= MIN_OBJECTS else None
 

@@ -33,6 +33,7 @@ from ..postprocess.masks import class_instances
 from ..postprocess.object_score import ObjectScorer, drop_low_scores
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
+from . import denoise as denoising
 from . import onnx_cpu
 from . import sharpen as sharpening
 from .detection import detect_tiled
@@ -352,10 +353,15 @@ class Predictor:
             )
 
     def estimate_diameter(self, image: np.ndarray, normalised: bool = False):
-        """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`."""
+        """Typical object diameter in ``image`` (pixels), see :mod:`.diameter`. A noisy
+        ``image`` is denoised first, as :meth:`predict_iter` does; a ``normalised`` one is
+        taken as it is (the caller has decided)."""
         from .diameter import estimate_diameter
 
-        return estimate_diameter(self, image if normalised else self.prepare(image))
+        if normalised:
+            return estimate_diameter(self, image)
+        plane = self.prepare(image)
+        return estimate_diameter(self, denoising.denoise(plane) if denoising.is_noisy(plane) else plane)
 
     def predict_iter(
         self,
@@ -368,6 +374,7 @@ class Predictor:
         normalised: bool = False,
         tta: bool | None = None,
         sharpen: bool | None = None,
+        denoise: bool | None = None,
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
@@ -377,7 +384,9 @@ class Predictor:
         the network over four flips (:mod:`.tta`; default: the predictor's ``tta``). The size
         estimate never flips: it only needs object sizes. ``sharpen``: unsharp-mask the image
         before it is enlarged (:mod:`.sharpen`): ``None`` as :meth:`sharpens` says, ``True``
-        at any enlargement; never when the image is not enlarged.
+        at any enlargement; never when the image is not enlarged. ``denoise``: non-local means
+        before anything else (:mod:`.denoise`): ``None`` when the image is noisier than any the
+        networks learnt from, ``True``/``False`` always/never.
         """
         tta = self.tta if tta is None else bool(tta)
         diameter = check_diameter(diameter)
@@ -389,6 +398,9 @@ class Predictor:
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
+        denoised = denoising.is_noisy(plane) if denoise is None else bool(denoise)
+        if denoised:
+            plane = denoising.denoise(plane, force=denoise is True)
         estimated = unrecognised = False
         if diameter is None and estimate and self.info.median_diameter > 0:
             found = self.estimate_diameter(plane, normalised=True).diameter
@@ -420,7 +432,7 @@ class Predictor:
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,
                              meta={"model": self.model_name, "kind": "detection", "tta": tta,
-                                   "sharpened": sharpened})
+                                   "sharpened": sharpened, "denoised": denoised})
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -443,7 +455,8 @@ class Predictor:
             diameter=diameter,
             estimated=estimated,
             size_unrecognised=unrecognised,
-            meta={"model": self.model_name, "tta": tta, "sharpened": sharpened},
+            meta={"model": self.model_name, "tta": tta, "sharpened": sharpened,
+                  "denoised": denoised},
         )
 
     def sharpens(self, scale: float) -> bool:

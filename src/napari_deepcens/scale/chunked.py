@@ -95,6 +95,8 @@ class ModelSpec:
     #: Average the network over four flips (inference/tta.py). Not part of the key: the same
     #: loaded network serves both.
     tta: bool = field(default=False, compare=False)
+    #: Non-local means first (inference/denoise.py): ``None`` when the image is noisy.
+    denoise: bool | None = field(default=None, compare=False)
 
     def load(self):
         """The predictor, loaded once per worker process and shared by its threads."""
@@ -280,12 +282,23 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
     return Normalisation(tuple(los), tuple(his), False, channels, False)
 
 
+def central_crop(image: LazyImage, norm: Normalisation) -> np.ndarray:
+    """The normalised central crop (at most :data:`ESTIMATE_CROP` wide) of level 0 that the
+    whole image's size estimate and noise decision are read from."""
+    h, w = image.shape[:2]
+    side = min(ESTIMATE_CROP, h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return norm.apply(image.sources[0].region(slice(y0, y0 + side), slice(x0, x0 + side)))
+
+
 def global_diameter(predictor, image: LazyImage, norm: Normalisation, diameter: float | None,
-                    estimate: bool) -> tuple[float | None, float | None, bool]:
+                    estimate: bool, crop: np.ndarray | None = None,
+                    ) -> tuple[float | None, float | None, bool]:
     """(diameter the network runs at — ``None`` for as is —, diameter to report, estimated).
 
-    Estimated once on a central crop, with the same snapping as the in-memory path: an
-    estimate within ×1.25 of the working size runs the image as it is.
+    Estimated once on a central crop (``crop``: that crop, already normalised and, for a noisy
+    image, denoised), with the same snapping as the in-memory path: an estimate within ×1.25 of
+    the working size runs the image as it is.
     """
     from ..inference.predictor import SNAP
 
@@ -293,11 +306,8 @@ def global_diameter(predictor, image: LazyImage, norm: Normalisation, diameter: 
         return diameter, diameter, False
     if not estimate or predictor.info.median_diameter <= 0:
         return None, None, False
-    h, w = image.shape[:2]
-    side = min(ESTIMATE_CROP, h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    crop = image.sources[0].region(slice(y0, y0 + side), slice(x0, x0 + side))
-    found = predictor.estimate_diameter(norm.apply(crop), normalised=True).diameter
+    crop = central_crop(image, norm) if crop is None else crop
+    found = predictor.estimate_diameter(crop, normalised=True).diameter
     if found is None:
         return None, None, False
     scale = predictor.scale_for(found)
@@ -319,6 +329,9 @@ class Plan:
     scratch: str
     output: str
     copy_image: bool = True
+    #: the whole image is noisy (decided once, on the central crop): every chunk is denoised
+    #: with the same settings (``inference.denoise.Denoiser``); ``None``: it is not
+    denoiser: object | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -405,11 +418,13 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
     ys, xs = plan.ext(b)
     pixels = source.region(ys, xs)
     plane = plan.norm.apply(pixels)
+    if plan.denoiser is not None:
+        plane = plan.denoiser.apply(plane)
     scale = predictor.scale_for(plan.diameter)
     side = max(plane.shape[-2:]) * scale
     tile = min(math.ceil(side / 32.0) * 32, MAX_TILE)
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
-                            tile=max(tile, 64), overlap=64, tta=spec.tta)
+                            tile=max(tile, 64), overlap=64, tta=spec.tta, denoise=False)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
     floor = 0.0
     if predictor.object_scorer is not None:
@@ -668,6 +683,7 @@ class ChunkedResult:
     estimated: bool
     seconds: float
     block_seconds: float = 0.0
+    denoised: bool = False
 
 
 def _run(client, func, items: list, *args,
@@ -725,7 +741,17 @@ def segment_chunked_iter(
     predictor = predictor or spec.load()
     spec.share(predictor)  # in-process workers use it; other workers load their own copy
     norm = global_normalisation(image, predictor.in_channels)
-    run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate)
+    from ..inference import denoise as denoising
+
+    # one decision for every chunk, so that neighbours agree (non-local means reads 8 px
+    # around each pixel, well inside the halo)
+    crop = central_crop(image, norm)
+    noisy = denoising.is_noisy(crop) if spec.denoise is None else bool(spec.denoise)
+    denoiser = None
+    if noisy:
+        log.info("%s: every chunk is denoised (non-local means)", image.name)
+        denoiser, crop = denoising.Denoiser.fit(crop, force=spec.denoise is True)
+    run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate, crop)
     halo = default_halo(predictor, shown_d, chunk) if halo is None else int(halo)
     if not 0 <= halo <= chunk:
         raise DeepCeNSError(f"halo must lie in [0, chunk]; got halo {halo}, chunk {chunk}")
@@ -737,7 +763,7 @@ def segment_chunked_iter(
     tmp = output.with_name(f".{output.name}.tmp-{_HOST}-{os.getpid()}-{int(time.time())}")
     scratch = tmp / ".scratch"
     plan = Plan(tuple(image.shape[:2]), chunk, halo, norm, run_d, dict(params or {}), classes,
-                str(scratch), str(tmp), copy_image)
+                str(scratch), str(tmp), copy_image, denoiser)
     blocks = plan.blocks
     levels = downsample_tasks(plan.shape, chunk, [*(f"labels/{c}" for c in classes),
                                                    *([""] if copy_image else [])])
@@ -789,7 +815,7 @@ def segment_chunked_iter(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ChunkedResult(output, table_path, counts, plan.shape, chunk, halo, shown_d, estimated,
-                         time.perf_counter() - started, sum(r.seconds for r in results.values()))
+                         time.perf_counter() - started, sum(r.seconds for r in results.values()), noisy)
 
 
 def _downsample(path: str, chunk: int, task: tuple) -> None:

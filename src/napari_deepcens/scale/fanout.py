@@ -102,7 +102,8 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
         _limit_torch_threads()
         predictor = spec.load()
         image = read_image(job.path)
-        raw = predictor.predict(image, diameter=job.diameter, tile=job.tile, tta=spec.tta)
+        raw = predictor.predict(image, diameter=job.diameter, tile=job.tile, tta=spec.tta,
+                                denoise=spec.denoise)
         params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **dict(job.overrides)})
         seg = predictor.instances(raw, params)
         written = write_segmentation(job.output, job.stem, seg, overwrite=job.overwrite)

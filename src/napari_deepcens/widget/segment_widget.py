@@ -35,6 +35,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from ..errors import DeepCeNSError
+from ..inference.denoise import CHOICES
 from ..io.paths import results_root
 from ..models.registry import MODELS
 from ..postprocess.rotated_boxes import box_corners
@@ -65,7 +66,7 @@ class _Failed:
 
 @thread_worker
 def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: bool, params,
-                    tta: bool = False, name: str = ""):
+                    tta: bool = False, name: str = "", denoise: bool | None = None):
     """Load the model (first time only), predict tile by tile, post-process.
 
     User errors come back as the result (shown as one clear notification); only bugs raise,
@@ -76,7 +77,7 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
         with relay_warnings(f"{name}: " if name else ""):
             predictor = load()
             raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate,
-                                                    tta=tta)
+                                                    tta=tta, denoise=denoise)
             params = params or predictor.default_params(raw.scale)
             return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
@@ -153,6 +154,11 @@ class SegmentWidget(Container):
                              tooltip="run the network on four mirrored copies of the image and "
                              "average them: better outlines (most for DeepCeNS), four times "
                              "the time")
+        self._denoise = ComboBox(label="denoise",
+                                 choices=[("auto (noisy images)", "auto"), ("always", "yes"),
+                                          ("never", "no")], value="auto",
+                                 tooltip="non-local means before segmenting; auto: only images "
+                                 "noisier than any the models were trained on (little light)")
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -168,7 +174,7 @@ class SegmentWidget(Container):
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
-                     self._auto_diameter, self._diameter, self._tta,
+                     self._auto_diameter, self._diameter, self._tta, self._denoise,
                      self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._score, self._min_size])
         self._scheduler = LineEdit(label="scheduler", value="",
@@ -281,7 +287,7 @@ class SegmentWidget(Container):
         self._started = time.perf_counter()
         params = self._params() if self._user_knobs else None
         worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value),
-                                 layer.name)
+                                 layer.name, CHOICES[self._denoise.value])
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
@@ -338,7 +344,8 @@ class SegmentWidget(Container):
             size = ", object size not recognised: run as it is (set the diameter if needed)"
         flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
         sharp = ", edges sharpened before enlarging" if raw.meta.get("sharpened") else ""
-        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}{sharp}"
+        noisy = ", noisy image: denoised first" if raw.meta.get("denoised") else ""
+        self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}{sharp}{noisy}"
 
     def _update_score_knob(self) -> None:
         """Show the score knob where it does something: detection models, and U-Net weights
@@ -569,6 +576,7 @@ class SegmentWidget(Container):
             "diameter_estimated": raw.estimated,
             "flip_averaged": bool(raw.meta.get("tta", False)),
             "sharpened": bool(raw.meta.get("sharpened", False)),
+            "denoised": bool(raw.meta.get("denoised", False)),
             "segmented": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -615,7 +623,8 @@ class SegmentWidget(Container):
             self._error(exc)
             return
         load, (model, weights, device) = self._loader()
-        spec = ModelSpec(model, weights, device, tta=bool(self._tta.value))
+        spec = ModelSpec(model, weights, device, tta=bool(self._tta.value),
+                         denoise=CHOICES[self._denoise.value])
         folder = results_root()
         folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name)
@@ -666,8 +675,9 @@ class SegmentWidget(Container):
                   ", ".join(f"{n} {c}" for c, n in result.counts.items()))
         if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
+        noisy = ", noisy image: denoised first" if result.denoised else ""
         self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
-                              f"{result.halo} px halo); labels in {result.output}")
+                              f"{result.halo} px halo){noisy}; labels in {result.output}")
 
     # ------------------------------------------------------------------ for scripts/tests
     @property
@@ -675,7 +685,7 @@ class SegmentWidget(Container):
         return str(self._status.value)
 
     def set_options(self, **values: Any) -> None:
-        """Set widgets by name (image, model, weights, device, auto_diameter, diameter, tta, fg,
-        seed, score, min_size)."""
+        """Set widgets by name (image, model, weights, device, auto_diameter, diameter, tta,
+        denoise ("auto", "yes", "no"), fg, seed, score, min_size)."""
         for name, value in values.items():
             getattr(self, f"_{name}").value = value
