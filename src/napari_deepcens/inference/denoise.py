@@ -5,7 +5,7 @@ The training collection is clean: its noisiest image has a normalised range of 2
 where a person still sees every nucleus: val with 20 photons per nucleus (Poisson plus read
 noise, ranges of 9–13 σ), U-Net AP@0.5 0.795 → 0.677, CenterUNet 0.774 → 0.622. Non-local means
 (patches of 5 px compared within 6 px, ``h`` = 0.6 noise σ) restores most of it: 0.745 and
-0.726; at 10 photons 0.515 → 0.667. A Gaussian blur does less (0.709 at σ 1 px) and
+0.727; at 10 photons 0.515 → 0.666. A Gaussian blur does less (0.709 at σ 1 px) and
 smears small nuclei. Clean images are left alone — on them the filter costs 0.007 — so only
 a plane under :data:`NOISY_SNR` is filtered. Cost: about 1 s per megapixel on one core, paid
 only by noisy images. Measured with ``runs/s15/robust.py`` (see docs/models.md, "Noisy

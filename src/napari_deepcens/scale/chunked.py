@@ -236,7 +236,7 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
                    rows: np.ndarray | None = None) -> Normalisation:
     """``sample``: (n,) or (n, C) pixel values; ``grid``: (h, w[, C]) pixels; ``rows``:
     (r, w[, C]) whole rows of pixels, for the noise level (``None``: no noise floor)."""
-    from ..io.images import PERCENTILES
+    from ..io.images import PERCENTILES, below_saturation
 
     if channels == 1:
         same = sample.ndim == 2 and np.array_equal(sample[..., 0], sample[..., 1]) and np.array_equal(
@@ -251,6 +251,7 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
         if values.size == 0:
             raise ImageError("image contains no finite values (all NaN or infinite)")
         lo, hi = (float(v) for v in np.percentile(values, PERCENTILES))
+        hi = below_saturation(values, lo, hi)
         if rows is not None:
             grey = Normalisation((0.0,), (1.0,), False, 1, luminance)._grey(rows)
             hi = _noise_floor(lo, hi, grey)
@@ -270,6 +271,7 @@ def _normalisation(sample: np.ndarray, grid: np.ndarray, channels: int, invert: 
         if ch.size == 0:
             raise ImageError("image contains no finite values (all NaN or infinite)")
         lo, hi = (float(v) for v in np.percentile(ch, PERCENTILES))
+        hi = below_saturation(ch, lo, hi)
         if rows is not None:
             rgb_rows = rows[..., :3] if rows.ndim == 3 else rows[..., None]
             hi = _noise_floor(lo, hi, rgb_rows[..., min(c, rgb_rows.shape[-1] - 1)])
