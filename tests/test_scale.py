@@ -200,10 +200,16 @@ def test_interrupted_folder_run_resumes(folder, tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("*_labels.tif"))) == 2
 
 
-def test_a_noisy_image_is_denoised_alike_in_every_chunk(tmp_path, mosaic, client, predictor):
+def test_a_noisy_image_is_denoised_alike_in_every_chunk(tmp_path, mosaic, client, predictor,
+                                                       monkeypatch):
     """The mosaic at 20 photons per brightest pixel: the noise decision and the filter's
-    settings are taken once, so 128-px chunks give the one-piece labels."""
+    settings are taken once, on a central crop (here 256 px of the 384×512), so 128-px chunks
+    give the one-piece labels."""
+    from napari_deepcens.scale import chunked
+
     from .test_denoise import photon_limited
+
+    monkeypatch.setattr(chunked, "ESTIMATE_CROP", 256)
 
     noisy = photon_limited(mosaic, 20)
     spec = ModelSpec("unet", device="cpu")

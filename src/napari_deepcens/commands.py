@@ -193,8 +193,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                         bar.refresh()
                 counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
                 tqdm.write(f"{path.name}: {counts} in {result.seconds:.0f} s ({image.shape[0]}×"
-                           f"{image.shape[1]}, chunks of {result.chunk} + {result.halo} px halo) "
-                           f"-> {result.output}")
+                           f"{image.shape[1]}, chunks of {result.chunk} + {result.halo} px halo"
+                           f"{', denoised' if result.denoised else ''}) -> {result.output}")
             except DeepCeNSError as exc:
                 failures.append((path, str(exc)))
                 tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)

@@ -79,6 +79,9 @@ class Denoiser:
             if sigma > 0 and (force or 1.0 / sigma < NOISY_SNR):
                 filtered = _nl_means(p, sigma)
                 lo, hi = (float(v) for v in np.percentile(filtered, PERCENTILES))
+                # never above the range the image was normalised to: saturated debris, read
+                # out of that range (io.images.below_saturation), must not set it again
+                hi = min(hi, 1.0)
                 sigmas.append(sigma)
                 los.append(lo)
                 his.append(max(hi, lo + RANGE_FLOOR * sigma))
@@ -90,6 +93,11 @@ class Denoiser:
                 out.append(p)
         fitted = cls(tuple(sigmas), tuple(los), tuple(his))
         return fitted, out[0] if plane.ndim == 2 else np.stack(out)
+
+    @property
+    def filters(self) -> bool:
+        """Whether any channel is filtered (a noiseless one never is)."""
+        return any(s > 0 for s in self.sigmas)
 
     def apply(self, plane: np.ndarray) -> np.ndarray:
         """``plane`` (normalised as the one fitted) filtered and normalised alike."""

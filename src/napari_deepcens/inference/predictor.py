@@ -400,7 +400,8 @@ class Predictor:
         shape = plane.shape[-2:]
         denoised = denoising.is_noisy(plane) if denoise is None else bool(denoise)
         if denoised:
-            plane = denoising.denoise(plane, force=denoise is True)
+            fitted, plane = denoising.Denoiser.fit(plane, force=denoise is True)
+            denoised = fitted.filters
         estimated = unrecognised = False
         if diameter is None and estimate and self.info.median_diameter > 0:
             found = self.estimate_diameter(plane, normalised=True).diameter

@@ -39,6 +39,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,6 +55,9 @@ from .zarr_out import (
     write_image_region,
     write_table_part,
 )
+
+if TYPE_CHECKING:
+    from ..inference.denoise import Denoiser
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +337,7 @@ class Plan:
     copy_image: bool = True
     #: the whole image is noisy (decided once, on the central crop): every chunk is denoised
     #: with the same settings (``inference.denoise.Denoiser``); ``None``: it is not
-    denoiser: object | None = None
+    denoiser: Denoiser | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -753,6 +757,8 @@ def segment_chunked_iter(
     if noisy:
         log.info("%s: every chunk is denoised (non-local means)", image.name)
         denoiser, crop = denoising.Denoiser.fit(crop, force=spec.denoise is True)
+        noisy = denoiser.filters
+        denoiser = denoiser if noisy else None
     run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate, crop)
     halo = default_halo(predictor, shown_d, chunk) if halo is None else int(halo)
     if not 0 <= halo <= chunk:

@@ -108,7 +108,8 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
         seg = predictor.instances(raw, params)
         written = write_segmentation(job.output, job.stem, seg, overwrite=job.overwrite)
         counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
-        return job.path, True, f"{name}: {counts} -> {written[-1].parent}"
+        noisy = " (denoised)" if raw.meta.get("denoised") else ""
+        return job.path, True, f"{name}: {counts}{noisy} -> {written[-1].parent}"
     except DeepCeNSError as exc:
         return job.path, False, str(exc)
     except MemoryError:

@@ -344,7 +344,7 @@ class SegmentWidget(Container):
             size = ", object size not recognised: run as it is (set the diameter if needed)"
         flips = ", 4 flips averaged" if raw.meta.get("tta") else ""
         sharp = ", edges sharpened before enlarging" if raw.meta.get("sharpened") else ""
-        noisy = ", noisy image: denoised first" if raw.meta.get("denoised") else ""
+        noisy = ", denoised first" if raw.meta.get("denoised") else ""
         self._status.value = f"{self._count(seg)} in {seconds:.1f} s{flips}{size}{sharp}{noisy}"
 
     def _update_score_knob(self) -> None:
@@ -675,7 +675,7 @@ class SegmentWidget(Container):
                   ", ".join(f"{n} {c}" for c, n in result.counts.items()))
         if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
-        noisy = ", noisy image: denoised first" if result.denoised else ""
+        noisy = ", denoised first" if result.denoised else ""
         self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
                               f"{result.halo} px halo){noisy}; labels in {result.output}")
 
