@@ -389,3 +389,17 @@ def test_the_score_knob_follows_the_weights(docked, tmp_path):
     assert not widget._score.native.isHidden()
     widget.set_options(model="unet")
     assert not widget._score.native.isHidden() and widget._score.min == 0.0
+
+
+def test_chunked_results_of_the_same_second_get_their_own_folder(tmp_path):
+    """Two chunked runs started within one second (Run pressed twice) must not collide: the
+    second used to fail with "exists already"."""
+    from napari_deepcens.widget.segment_widget import _fresh_output
+
+    first = _fresh_output(tmp_path, "slide-20261127-122531")
+    assert first.name == "slide-20261127-122531.zarr"
+    first.mkdir()
+    second = _fresh_output(tmp_path, "slide-20261127-122531")
+    assert second.name == "slide-20261127-122531-2.zarr"
+    (tmp_path / ".slide-20261127-122531-2.zarr.tmp-host-1-2").mkdir()    # a run still writing
+    assert _fresh_output(tmp_path, "slide-20261127-122531").name == "slide-20261127-122531-3.zarr"

@@ -128,6 +128,16 @@ def layer_plane(layer: napari.layers.Image) -> np.ndarray:
     return np.asarray(data)
 
 
+def _fresh_output(folder: Path, stem: str) -> Path:
+    """``folder/stem.zarr``, or ``stem-2.zarr``, … when a run of the same second wrote it or
+    is writing it (its temporary store ``.stem.zarr.tmp-…``): results are never overwritten."""
+    n, name = 1, f"{stem}.zarr"
+    while (folder / name).exists() or any(folder.glob(f".{name}.tmp-*")):
+        n += 1
+        name = f"{stem}-{n}.zarr"
+    return folder / name
+
+
 class SegmentWidget(Container):
     """Segment nuclei in an image layer into a Labels layer, with live thresholds."""
 
@@ -628,7 +638,7 @@ class SegmentWidget(Container):
         folder = results_root()
         folder.mkdir(parents=True, exist_ok=True)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", layer.name)
-        output = folder / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.zarr"
+        output = _fresh_output(folder, f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}")
         diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
         params = self._params().to_dict() if self._user_knobs else None
         self._chunk_cancel = threading.Event()
