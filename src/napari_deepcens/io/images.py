@@ -32,8 +32,8 @@ MIN_RANGE_SIGMAS = 12.0
 #: Saturated pixels (a plateau at the image's maximum) tell only "at least this bright". When
 #: more than this fraction of a dark-background image is saturated — bright debris, dust, a
 #: fibre — they would set the 99.8th percentile and leave the nuclei dim (val with three
-#: saturated debris discs: U-Net AP@0.5 0.522), so the range is read from the other pixels
-#: (0.667; with the discs at nuclear brightness 0.696). Exactly the images whose 99.8th
+#: saturated debris discs: U-Net AP@0.5 0.506), so the range is read from the other pixels
+#: (0.667; with such discs at nuclear brightness about 0.70). Exactly the images whose 99.8th
 #: percentile saturation decides are changed (docs/models.md, "Saturated debris").
 SATURATED_FRACTION = 1.0 - PERCENTILES[1] / 100.0
 #: ... and only when the rest of the image would otherwise be dimmed by more than a quarter.
