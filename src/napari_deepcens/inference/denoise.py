@@ -8,8 +8,8 @@ noise, ranges of 9–13 σ), U-Net AP@0.5 0.795 → 0.677, CenterUNet 0.774 → 
 0.727; at 10 photons 0.515 → 0.666. A Gaussian blur does less (0.709 at σ 1 px) and
 smears small nuclei. Clean images are left alone — on them the filter costs 0.007 — so only
 a plane under :data:`NOISY_SNR` is filtered. Cost: about 1 s per megapixel on one core, paid
-only by noisy images. Measured with ``runs/s15/robust.py`` (see docs/models.md, "Noisy
-images").
+only by noisy images. Measured with ``bench/eval_corruptions.py`` (see docs/models.md, "Noisy
+images and saturated debris").
 """
 
 from __future__ import annotations
@@ -44,11 +44,6 @@ def snr(plane: np.ndarray) -> float:
 
 def _planes(plane: np.ndarray) -> list[np.ndarray]:
     return [plane] if plane.ndim == 2 else list(plane)
-
-
-def is_noisy(plane: np.ndarray) -> bool:
-    """Whether any channel of a normalised (H, W) or (C, H, W) plane is under :data:`NOISY_SNR`."""
-    return any(snr(p) < NOISY_SNR for p in _planes(plane))
 
 
 def _nl_means(channel: np.ndarray, sigma: float) -> np.ndarray:
@@ -110,10 +105,3 @@ class Denoiser:
 
 def _rescale(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((channel - np.float32(lo)) * np.float32(1.0 / (hi - lo)), -0.5, 1.5)
-
-
-def denoise(plane: np.ndarray, force: bool = False) -> np.ndarray:
-    """Non-local means on each channel of a normalised plane that is under :data:`NOISY_SNR`
-    (``force``: on every channel), with its own noise σ, then normalised again; the other
-    channels are kept as they are."""
-    return Denoiser.fit(plane, force)[1]

@@ -360,8 +360,7 @@ class Predictor:
 
         if normalised:
             return estimate_diameter(self, image)
-        plane = self.prepare(image)
-        return estimate_diameter(self, denoising.denoise(plane) if denoising.is_noisy(plane) else plane)
+        return estimate_diameter(self, denoising.Denoiser.fit(self.prepare(image))[1])
 
     def predict_iter(
         self,
@@ -398,8 +397,8 @@ class Predictor:
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
-        denoised = denoising.is_noisy(plane) if denoise is None else bool(denoise)
-        if denoised:
+        denoised = False
+        if denoise is not False:  # None: only channels noisier than the training data
             fitted, plane = denoising.Denoiser.fit(plane, force=denoise is True)
             denoised = fitted.filters
         estimated = unrecognised = False

@@ -752,13 +752,12 @@ def segment_chunked_iter(
     # one decision for every chunk, so that neighbours agree (non-local means reads 8 px
     # around each pixel, well inside the halo)
     crop = central_crop(image, norm)
-    noisy = denoising.is_noisy(crop) if spec.denoise is None else bool(spec.denoise)
     denoiser = None
-    if noisy:
-        log.info("%s: every chunk is denoised (non-local means)", image.name)
-        denoiser, crop = denoising.Denoiser.fit(crop, force=spec.denoise is True)
-        noisy = denoiser.filters
-        denoiser = denoiser if noisy else None
+    if spec.denoise is not False:
+        fitted, filtered = denoising.Denoiser.fit(crop, force=spec.denoise is True)
+        if fitted.filters:
+            log.info("%s: every chunk is denoised (non-local means)", image.name)
+            denoiser, crop = fitted, filtered
     run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate, crop)
     halo = default_halo(predictor, shown_d, chunk) if halo is None else int(halo)
     if not 0 <= halo <= chunk:
@@ -823,7 +822,8 @@ def segment_chunked_iter(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ChunkedResult(output, table_path, counts, plan.shape, chunk, halo, shown_d, estimated,
-                         time.perf_counter() - started, sum(r.seconds for r in results.values()), noisy)
+                         time.perf_counter() - started, sum(r.seconds for r in results.values()),
+                         denoiser is not None)
 
 
 def _downsample(path: str, chunk: int, task: tuple) -> None:
