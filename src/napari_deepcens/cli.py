@@ -47,8 +47,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images into instance label TIFFs (large images "
                        "and OME-Zarr: chunked, into OME-Zarr labels + an object table)")
     p.add_argument("images", nargs="+", type=Path,
-                   help="image files (TIFF, PNG, JPEG), OME-Zarr stores, folders or glob patterns")
+                   help="image files (TIFF, PNG, JPEG), OME-Zarr stores, folders or glob patterns; "
+                        "a time-lapse or z-stack TIFF is segmented plane by plane into one "
+                        "labels stack")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--channel", type=_COUNT, default=None,
+                   help="multichannel TIFFs (ImageJ hyperstacks): the nuclear stain's channel, "
+                        "from 0; also picks one colour of an RGB image")
     p.add_argument("--model", default="unet", help="model name (default: unet)")
     p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

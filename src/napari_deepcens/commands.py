@@ -108,12 +108,16 @@ def denoise_choice(args) -> bool | None:
 def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) -> None:
     """Small images one after the other in this process, with a progress bar per image."""
     from .io.export import write_segmentation
-    from .io.images import read_image
+    from .io.images import read_stack
     from .postprocess.params import PostprocessParams
 
     for path, stem in jobs:
         try:
-            image = read_image(path)
+            stack = read_stack(path, getattr(args, "channel", None))
+            if stack.leading:
+                _segment_stack_here(args, predictor, overrides, path, stem, stack)
+                continue
+            image = stack.data
             gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile,
                                          tta=getattr(args, "tta", False),
                                          denoise=denoise_choice(args))
@@ -151,6 +155,38 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             tqdm.write(f"error: {path.name}: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
+def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str, stack) -> None:
+    """A time-lapse or z-stack, plane by plane (inference/stack.py), into one labels stack."""
+    from .inference.stack import segment_stack_iter
+    from .io.export import write_stack_segmentation
+
+    gen = segment_stack_iter(predictor, stack.data, rgb=stack.rgb, diameter=args.diameter,
+                             params=dict(overrides) or None, tta=getattr(args, "tta", False),
+                             denoise=denoise_choice(args), tile=args.tile)
+    planes = math.prod(stack.data.shape[: len(stack.leading)])
+    with tqdm(desc=f"{path.name} ({planes} planes)", unit="tile", leave=False) as bar:
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar.total, bar.n = total, done
+            bar.refresh()
+    written = write_stack_segmentation(args.output, stem, result, stack.axes, overwrite=args.overwrite)
+    counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+    size = (f"diameter {result.diameter:.1f} px{' estimated' if result.estimated else ''}"
+            if result.diameter else "object size not recognised: planes as they are"
+            if result.size_unrecognised else "planes as they are")
+    if result.denoised:
+        size += ", denoised"
+    n_blank = len(result.blank)
+    blank = f", {n_blank} blank plane{'s' if n_blank > 1 else ''} left empty" if n_blank else ""
+    name = path.name if stem == path.stem else f"{stem} ({path.name})"
+    tqdm.write(f"{name}: {planes} planes (axes {stack.axes}): {counts} ({size}{blank}) -> "
+               f"{written[-1].parent}")
+
+
 def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list, failures: list) -> None:
     """Small files fanned out one task each, then large ones chunked, on one Dask client."""
     from .scale.chunked import ModelSpec, segment_chunked_iter
@@ -164,7 +200,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
     with dask_client(args.scheduler, args.workers) as client:
         if small:
             jobs = [FileJob(str(p), stem, str(args.output), args.diameter, args.tile,
-                            tuple(overrides.items()), args.overwrite) for p, stem in small]
+                            tuple(overrides.items()), args.overwrite, getattr(args, "channel", None))
+                    for p, stem in small]
             with tqdm(total=len(jobs), desc="images", unit="image", leave=False) as bar:
                 for path, ok, message in run_files(client, spec, jobs):
                     bar.update()

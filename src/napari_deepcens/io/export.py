@@ -39,15 +39,18 @@ def atomic_write(path: Path, write, overwrite: bool = False) -> Path:
     return path
 
 
-def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) -> Path:
-    """Save instance labels as a compressed TIFF (uint16 when they fit, else uint32)."""
+def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False,
+                 axes: str | None = None) -> Path:
+    """Save instance labels as a compressed TIFF (uint16 when they fit, else uint32).
+    ``axes`` (e.g. ``"TYX"`` for a time-lapse) is recorded so readers know the stack's axes."""
     import tifffile
 
     labels = np.asarray(labels)
     dtype = np.uint16 if labels.max(initial=0) < 2**16 else np.uint32
     data = labels.astype(dtype, copy=False)
+    extra = {"metadata": {"axes": axes}} if axes else {}
     return atomic_write(
-        Path(path), lambda tmp: tifffile.imwrite(tmp, data, compression="zlib"), overwrite
+        Path(path), lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", **extra), overwrite
     )
 
 
@@ -84,4 +87,37 @@ def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = Fal
             written.append(write_boxes_csv(folder / f"{prefix}_boxes.csv", part.boxes, overwrite,
                                            cls=name if len(parts) > 1 else None))
         written.append(write_labels(folder / f"{prefix}_labels.tif", part.labels, overwrite))
+    return written
+
+
+def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
+                             overwrite: bool = False) -> list[Path]:
+    """Write a stack's :class:`~napari_deepcens.inference.stack.StackResult` as ``deepcens
+    segment`` does for one image, but each file holds the whole stack: ``<stem>_labels.tif``
+    with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
+    for detection models ``<stem>_boxes.csv`` with one column per stack axis first."""
+    import csv
+
+    from ..postprocess.centers import BOX_COLUMNS
+
+    folder = Path(folder)
+    axes = axes.replace("S", "")
+    names = axes[: len(axes) - 2].lower()
+    stacked = result.stacked()
+    written = []
+    multi = len(stacked) > 1
+    for name, (labels, boxes) in stacked.items():
+        prefix = f"{stem}_{name}" if multi else stem
+        if boxes is not None:
+            def write(tmp: str, boxes=boxes, name=name) -> None:
+                with open(tmp, "w", newline="") as fh:
+                    writer = csv.writer(fh)
+                    writer.writerow(tuple(names) + BOX_COLUMNS + (("class",) if multi else ()))
+                    for index, dets, offset in boxes:
+                        for row in dets.table():
+                            writer.writerow([*index, int(row[0]) + offset,
+                                             *(f"{v:.4f}" for v in row[1:]), *((name,) if multi else ())])
+
+            written.append(atomic_write(folder / f"{prefix}_boxes.csv", write, overwrite))
+        written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))
     return written

@@ -9,6 +9,7 @@ supported input onto it, for training and inference alike.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,80 @@ def read_image(path: str | Path) -> np.ndarray:
     if data.ndim == 3 and data.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
         data = data[..., 0]  # grey + alpha (a PNG's "LA" mode): the alpha is not a channel
     return data
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An image file's pixels with named axes: ``data`` (…, Y, X) or (…, Y, X, S) where ``S``
+    (colour samples) is kept last; ``axes`` names them (tifffile's letters: T time, Z depth,
+    C channel, Q/I unnamed planes, Y, X, S colour)."""
+
+    data: np.ndarray
+    axes: str
+
+    @property
+    def rgb(self) -> bool:
+        return self.axes.endswith("S")
+
+    @property
+    def leading(self) -> str:
+        """The stack axes before the plane ('' for one image)."""
+        return self.axes[: len(self.axes) - (3 if self.rgb else 2)]
+
+
+def read_stack(path: str | Path, channel: int | None = None) -> Stack:
+    """Read an image file that may hold several planes (a time-lapse, a z-stack, an ImageJ
+    hyperstack) with its axes; axes of length one are dropped.
+
+    A channel axis (``C``, as in a multichannel ImageJ TIFF) holds different stains, which are
+    not planes of one sample: ``channel`` picks the nuclear one (0-based); without it such a
+    file is refused with a message saying how many there are. ``channel`` also picks one
+    colour of an RGB image.
+    """
+    path = Path(path)
+    axes = None
+    if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                data, axes = series.asarray(), series.axes.upper()
+        except Exception:
+            data = read_image(path)  # the same clear message for a damaged file
+        if data.size == 0:
+            raise ImageError(f"cannot read {path.name}: the file holds no pixels (corrupt or empty)")
+    else:
+        data = read_image(path)
+    data = np.asarray(data)
+    if axes is None or len(axes) != data.ndim:
+        axes = ("YX" if data.ndim == 2 else "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4)
+                else "Q" * (data.ndim - 2) + "YX")
+    if "S" in axes and axes[-1] != "S":  # planar colour (S, Y, X): colour last
+        data = np.moveaxis(data, axes.index("S"), -1)
+        axes = axes.replace("S", "") + "S"
+    if "S" in axes and data.shape[-1] not in (3, 4):  # two samples (grey + alpha): keep grey
+        data, axes = data[..., 0], axes[:-1]
+    keep = [i for i, n in enumerate(data.shape) if n > 1 or axes[i] in "YX"]
+    data = data.reshape(tuple(data.shape[i] for i in keep))
+    axes = "".join(axes[i] for i in keep)
+    if "Y" not in axes or "X" not in axes or axes.index("X") != axes.index("Y") + 1:
+        raise ImageError(f"{path.name}: axes {axes} with shape {data.shape}: expected the image "
+                         "plane (Y, X) as the last axes")
+    if channel is not None:
+        where = axes.index("C") if "C" in axes else (data.ndim - 1 if axes.endswith("S") else None)
+        if where is None:
+            raise ImageError(f"{path.name} has one channel (axes {axes}): leave --channel out")
+        if not 0 <= channel < data.shape[where]:
+            raise ImageError(f"{path.name} has {data.shape[where]} channels: --channel must be "
+                             f"0 to {data.shape[where] - 1}, got {channel}")
+        data = np.take(data, channel, axis=where)
+        axes = axes[:where] + axes[where + 1:]
+    elif "C" in axes:
+        raise ImageError(f"{path.name} has {data.shape[axes.index('C')]} channels (axes {axes}, "
+                         f"shape {data.shape}): choose the nuclear stain with --channel "
+                         f"(0 to {data.shape[axes.index('C')] - 1})")
+    return Stack(data, axes)
 
 
 def read_labels(path: str | Path) -> np.ndarray:

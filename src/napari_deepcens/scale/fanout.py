@@ -87,13 +87,15 @@ class FileJob:
     tile: int
     overrides: tuple[tuple[str, float], ...]
     overwrite: bool
+    channel: int | None = None
 
 
 def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
     """Task: read, segment and write one file. Returns (path, ok, message); user errors come
     back as messages (the run goes on), so workers log no tracebacks for a corrupt file."""
-    from ..io.export import write_segmentation
-    from ..io.images import read_image
+    from ..inference.stack import segment_stack
+    from ..io.export import write_segmentation, write_stack_segmentation
+    from ..io.images import read_stack
     from ..postprocess.params import PostprocessParams
     from .chunked import _limit_torch_threads
 
@@ -101,8 +103,18 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
     try:
         _limit_torch_threads()
         predictor = spec.load()
-        image = read_image(job.path)
-        raw = predictor.predict(image, diameter=job.diameter, tile=job.tile, tta=spec.tta,
+        stack = read_stack(job.path, job.channel)
+        if stack.leading:  # a time-lapse or z-stack: plane by plane, one labels stack
+            result = segment_stack(predictor, stack.data, rgb=stack.rgb, diameter=job.diameter,
+                                   params=dict(job.overrides) or None, tta=spec.tta,
+                                   denoise=spec.denoise, tile=job.tile)
+            written = write_stack_segmentation(job.output, job.stem, result, stack.axes,
+                                               overwrite=job.overwrite)
+            counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+            noisy = " (denoised)" if result.denoised else ""
+            return job.path, True, (f"{name}: {len(result.planes)} planes: {counts}{noisy} -> "
+                                    f"{written[-1].parent}")
+        raw = predictor.predict(stack.data, diameter=job.diameter, tile=job.tile, tta=spec.tta,
                                 denoise=spec.denoise)
         params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **dict(job.overrides)})
         seg = predictor.instances(raw, params)

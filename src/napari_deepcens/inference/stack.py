@@ -1,0 +1,244 @@
+"""Stacks (time-lapses, z-stacks, any (…, H, W) array): segmented plane by plane.
+
+A microscope's time-lapse or z-series is many 2-D fields of the same sample, so the choices
+that depend on the sample are made once, on one reference plane (the middle one), and kept
+for every plane: nuclei brightness polarity (inversion), whether the image is noisy enough to
+be denoised (with the same filter strength), and the object size. A plane then never comes
+out at another zoom than its neighbours, and a nucleus keeps its outline from frame to frame.
+Each plane keeps its own intensity normalisation, so bleaching over time does not dim the
+late frames.
+
+Labels are numbered across the whole stack (plane after plane), so every object has one
+identity in napari and in the exported file; a blank plane gives empty labels, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DeepCeNSError, ImageError
+from ..io.images import validate_image
+from ..postprocess.centers import Detections
+from . import denoise as denoising
+
+log = logging.getLogger(__name__)
+
+Progress = tuple[int, int]
+
+
+def leading_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
+    """The stack axes of an array of ``shape``: everything before the plane (and before the
+    colour axis when ``rgb``). ``()`` for a single image."""
+    plane_dims = 3 if rgb else 2
+    if len(shape) < plane_dims:
+        raise ImageError(f"image has shape {tuple(shape)}: expected at least a 2-D image")
+    return tuple(int(n) for n in shape[: len(shape) - plane_dims])
+
+
+def is_rgb_array(image: np.ndarray) -> bool:
+    """Whether the last axis of a ≥ 3-D array is colour (3 or 4 values, as napari guesses)."""
+    return image.ndim >= 3 and image.shape[-1] in (3, 4)
+
+
+def plane_indices(leading: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every plane's index, in C order (time, then z, …)."""
+    return list(np.ndindex(*leading)) if leading else [()]
+
+
+@dataclass
+class StackResult:
+    """Per-plane raw outputs and segmentations of a stack.
+
+    ``planes``: plane index → :class:`~.predictor.Segmentation` (``None`` for a blank plane);
+    ``raws``: plane index → :class:`~.predictor.RawOutput` (empty when not kept).
+    """
+
+    leading: tuple[int, ...]
+    plane_shape: tuple[int, int]
+    planes: dict[tuple[int, ...], object]
+    raws: dict[tuple[int, ...], object] = field(default_factory=dict)
+    diameter: float | None = None
+    estimated: bool = False
+    size_unrecognised: bool = False
+    denoised: bool = False
+    blank: list[tuple[int, ...]] = field(default_factory=list)
+
+    def class_names(self) -> list[str]:
+        for seg in self.planes.values():
+            if seg is not None:
+                return list(seg.by_class())
+        return []
+
+    def stacked(self) -> dict[str, tuple[np.ndarray, list[tuple[tuple[int, ...], Detections]] | None]]:
+        """Class name → (labels of the whole stack, int32, numbered across planes; the boxes of
+        each plane, label ``offset + i`` ↔ its box ``i - 1``, or ``None`` for dense models)."""
+        out = {}
+        for name in self.class_names() or ["nucleus"]:
+            labels = np.zeros(self.leading + self.plane_shape, np.int32)
+            boxes: list | None = None
+            offset = 0
+            for index, seg in self.planes.items():
+                part = None if seg is None else seg.by_class().get(name)
+                if part is None:
+                    continue
+                plane = part.labels
+                n = int(plane.max())
+                if n:
+                    labels[index] = np.where(plane > 0, plane + offset, 0)
+                if part.boxes is not None:
+                    boxes = boxes if boxes is not None else []
+                    boxes.append((index, part.boxes, offset))
+                offset += n
+            out[name] = (labels, boxes)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Objects per class over the whole stack."""
+        totals: dict[str, int] = {}
+        for seg in self.planes.values():
+            if seg is None:
+                continue
+            for name, part in seg.by_class().items():
+                totals[name] = totals.get(name, 0) + int(part.labels.max())
+        return totals
+
+
+def _blank(exc: ImageError) -> bool:
+    """A plane with nothing in it (a dark frame, a NaN-padded slice): skipped, not an error."""
+    return "same value" in str(exc) or "no finite values" in str(exc)
+
+
+def _reference(planes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Planes to try as the reference, middle first (a time-lapse's first frame is often
+    out of focus or before the stain, a z-stack's first slice above the cells)."""
+    mid = len(planes) // 2
+    order = [mid] + [i for k in range(1, len(planes)) for i in (mid + k, mid - k) if 0 <= i < len(planes)]
+    return [planes[i] for i in order]
+
+
+def segment_stack_iter(
+    predictor,
+    stack,
+    planes: list[tuple[int, ...]] | None = None,
+    rgb: bool | None = None,
+    diameter: float | None = None,
+    estimate: bool = True,
+    params=None,
+    tta: bool | None = None,
+    denoise: bool | None = None,
+    tile: int = 1024,
+    keep_maps: bool = False,
+    reference: tuple[int, ...] | None = None,
+) -> Generator[Progress, None, StackResult]:
+    """Segment the planes of ``stack`` (a NumPy or Dask array of (…, H, W) or (…, H, W, 3)),
+    yielding (tiles done, tiles total) over all planes; return a :class:`StackResult`.
+
+    ``planes``: which plane indices to segment (default: all). The sample-wide choices
+    (inversion, denoising, object size) are made on ``reference`` (default: the middle plane
+    of ``planes``). ``params``: thresholds for every plane, as for
+    :meth:`~.predictor.Predictor.instances` (a dict changes only the thresholds it names;
+    default: the model's tuned ones at the zoom chosen). ``keep_maps`` keeps each plane's
+    raw network output, for live re-thresholding.
+    """
+    from .predictor import SNAP, check_diameter
+
+    rgb = is_rgb_array(stack) if rgb is None else rgb
+    leading = leading_shape(stack.shape, rgb)
+    plane_shape = tuple(int(n) for n in stack.shape[len(leading): len(leading) + 2])
+    planes = plane_indices(leading) if planes is None else [tuple(p) for p in planes]
+    if not planes:
+        raise DeepCeNSError("no planes to segment")
+    for index in planes:
+        if len(index) != len(leading) or any(not 0 <= i < n for i, n in zip(index, leading, strict=True)):
+            raise DeepCeNSError(f"plane {index} is outside the stack's {leading} planes")
+    diameter = check_diameter(diameter)
+
+    def read(index: tuple[int, ...]) -> np.ndarray:
+        return validate_image(np.asarray(stack[index]))
+
+    # the sample-wide decisions, on the first reference plane that is not blank
+    candidates = [reference] if reference is not None else []
+    candidates += [p for p in _reference(planes) if p != reference]
+    ref_plane = invert = None
+    for index in candidates:
+        try:
+            plain = predictor.prepare(read(index), invert=False)
+        except ImageError as exc:
+            if not _blank(exc):
+                raise DeepCeNSError(f"plane {index}: {exc}") from exc
+            continue
+        if predictor.in_channels == 1:  # as to_plane decides it, once for the whole stack
+            invert = bool(np.median(plain[:: max(1, plain.shape[0] // 512),
+                                          :: max(1, plain.shape[1] // 512)]) > 0.5)
+        ref_plane = predictor.prepare(read(index), invert=invert) if invert else plain
+        break
+    if ref_plane is None:
+        raise ImageError("every plane of the stack is blank (one value everywhere, or no finite "
+                         "values): nothing to segment")
+    fitted = None
+    if denoise is not False:
+        fitted, ref_plane = denoising.Denoiser.fit(ref_plane, force=denoise is True)
+        fitted = fitted if fitted.filters else None
+    estimated = unrecognised = False
+    if diameter is None and estimate and predictor.info.median_diameter > 0:
+        found = predictor.estimate_diameter(ref_plane, normalised=True).diameter
+        if found is not None:
+            diameter, estimated = found, True
+        unrecognised = found is None
+    run_diameter = diameter
+    if estimated and abs(np.log(predictor.scale_for(diameter))) < np.log(SNAP):
+        run_diameter = None  # as for one image: an estimate this close runs at ×1
+
+    result = StackResult(leading, plane_shape, {}, diameter=diameter, estimated=estimated,
+                         size_unrecognised=unrecognised, denoised=fitted is not None)
+    per_plane = 1
+    for k, index in enumerate(planes):
+        try:
+            plane = predictor.prepare(read(index), invert=invert)
+        except ImageError as exc:
+            if not _blank(exc):
+                raise DeepCeNSError(f"plane {index}: {exc}") from exc
+            result.planes[index] = None
+            result.blank.append(index)
+            continue
+        if fitted is not None:
+            plane = fitted.apply(plane)
+        gen = predictor.predict_iter(plane, diameter=run_diameter, estimate=False, normalised=True,
+                                     tta=tta, denoise=False, tile=tile)
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                raw = stop.value
+                break
+            per_plane = max(per_plane, total)
+            yield k * per_plane + done, len(planes) * per_plane
+        raw.diameter, raw.estimated, raw.size_unrecognised = diameter, estimated, unrecognised
+        raw.meta["denoised"] = fitted is not None
+        result.planes[index] = predictor.instances(raw, params)
+        if keep_maps:
+            result.raws[index] = raw
+    return result
+
+
+def segment_stack(predictor, stack, **kwargs) -> StackResult:
+    """:func:`segment_stack_iter` drained, for scripts."""
+    gen = segment_stack_iter(predictor, stack, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def restack(predictor, result: StackResult, params=None) -> Generator[None, None, None]:
+    """Re-threshold every plane whose maps ``result`` kept, in place (never runs the network);
+    yields after each plane so a worker can stop between planes. ``params``: as for
+    :meth:`~.predictor.Predictor.instances` (default: the model's tuned thresholds)."""
+    for index, raw in result.raws.items():
+        result.planes[index] = predictor.instances(raw, params)
+        yield
