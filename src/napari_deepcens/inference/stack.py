@@ -66,6 +66,8 @@ class StackResult:
     size_unrecognised: bool = False
     denoised: bool = False
     blank: list[tuple[int, ...]] = field(default_factory=list)
+    #: How the maps were made (as :attr:`~.predictor.RawOutput.meta`: model, tta, sharpened…).
+    meta: dict = field(default_factory=dict)
 
     def class_names(self) -> list[str]:
         for seg in self.planes.values():
@@ -219,6 +221,7 @@ def segment_stack_iter(
             yield k * per_plane + done, len(planes) * per_plane
         raw.diameter, raw.estimated, raw.size_unrecognised = diameter, estimated, unrecognised
         raw.meta["denoised"] = fitted is not None
+        result.meta = result.meta or dict(raw.meta)
         result.planes[index] = predictor.instances(raw, params)
         if keep_maps:
             result.raws[index] = raw

@@ -35,6 +35,7 @@ from ..postprocess import edit
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
+from .layers import displayed_plane, stack_axes
 from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,17 +55,24 @@ def apply_edit(layer, new: np.ndarray) -> int:
 
 def label_under_cursor(layer, viewer) -> int:
     """The label value under the mouse (0 outside the image)."""
-    coords = np.round(layer.world_to_data(viewer.cursor.position)).astype(int)[-2:]
-    shape = layer.data.shape[-2:]
-    if (coords < 0).any() or coords[0] >= shape[0] or coords[1] >= shape[1]:
+    position = np.asarray(viewer.cursor.position)[-layer.ndim:]
+    coords = np.round(layer.world_to_data(position)).astype(int)[-layer.data.ndim:]
+    shape = np.asarray(layer.data.shape)
+    if coords.size != shape.size or (coords < 0).any() or (coords >= shape).any():
         return 0
-    return int(layer.data[tuple(coords)])
+    return int(layer.data[tuple(coords)])  # a stack: the plane on screen
 
 
 def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
-    """Rotated boxes as napari rectangles ((row, col) corners) plus their features."""
-    rows = rotated_boxes(labels)
-    shapes = [box_corners(*row[1:])[:, ::-1] for row in rows]
+    """Rotated boxes as napari rectangles ((row, col) corners, after the plane index for a
+    stack of labels) plus their features."""
+    planes = list(np.ndindex(*labels.shape[:-2]))
+    rows, shapes = [], []
+    for index in planes:  # [()] for one 2-D image
+        found = rotated_boxes(labels[index])
+        rows += found
+        shapes += [np.column_stack([np.tile(np.asarray(index, float), (4, 1)).reshape(4, -1),
+                                    box_corners(*row[1:])[:, ::-1]]) for row in found]
     features = {
         "label": np.array([r[0] for r in rows], int),
         "width": np.array([r[3] for r in rows]),
@@ -218,6 +226,8 @@ class CorrectionWidget(Container):
             return
         try:
             data = image_layer.data[-1] if image_layer.multiscale else image_layer.data
+            for n in stack_axes(image_layer):  # a stack: its middle plane
+                data = data[n // 2]
             step = max(1, max(data.shape[:2]) // 512)  # lazy data: read a sample only
             self._modality.value = guess_modality(np.asarray(data[::step, ::step]))
         except Exception as exc:  # an odd layer keeps the current choice
@@ -237,13 +247,25 @@ class CorrectionWidget(Container):
                 raise DeepCeNSError("choose a dataset folder to export into")
             image = np.asarray(image_layer.data[0] if image_layer.multiscale else image_layer.data)
             name = self._name.value.strip() or image_layer.name
+            plane = ()
+            if image.ndim - (3 if image_layer.rgb else 2) > 0:  # a stack: the plane on screen
+                plane = displayed_plane(image_layer, self._viewer)
+                image = image[plane]
+                name = f"{name}_plane{'-'.join(str(i) for i in plane)}"
             provenance = dict(layer.metadata.get(PROVENANCE_KEY, {}))
             source = getattr(getattr(image_layer, "source", None), "path", None)
             provenance.setdefault("source", str(source) if source else image_layer.name)
             classes = self._class_layers(layer)
             if len(classes) > 1:  # the record describes the sample, not one of its layers
                 provenance.pop("class", None)
-            folder = export_sample(dataset, image, {c: np.asarray(ly.data) for c, ly in classes.items()},
+            arrays = {c: np.asarray(ly.data) for c, ly in classes.items()}
+            if plane:
+                if any(a.shape[: len(plane)] != stack_axes(image_layer) for a in arrays.values()):
+                    raise DeepCeNSError("the labels are not a stack of the image's planes: "
+                                        "choose the labels segmented from this image")
+                arrays = {c: a[plane] for c, a in arrays.items()}
+                provenance["plane"] = list(plane)
+            folder = export_sample(dataset, image, arrays,
                                    name, provenance=provenance, modality=self._modality.value)
         except DeepCeNSError as exc:
             self._fail(exc)

@@ -41,6 +41,7 @@ from ..models.registry import MODELS
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
+from .layers import displayed_plane, stack_axes
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
 
@@ -92,6 +93,8 @@ RELEASE_AFTER_MS = 60_000
 CHUNKED_ABOVE = 16_000_000
 #: Chunk side of the chunked path (plus a halo of context around each chunk).
 CHUNK = 1024
+#: Stacks: at most this many pixels segmented in one run here (4 bytes of labels a pixel).
+STACK_LABELS_ABOVE = 500_000_000
 
 
 @thread_worker
@@ -115,11 +118,66 @@ def _chunked_worker(load, spec, image, output, scheduler: str | None, diameter, 
 
 
 @thread_worker
+def _stack_worker(load, data, planes, rgb: bool, diameter, estimate: bool, params, tta: bool,
+                  denoise, keep_maps: bool, name: str = ""):
+    """A stack's planes one after the other (inference/stack.py); yields (tiles done, total),
+    so Cancel stops it between tiles."""
+    from ..inference.stack import segment_stack_iter
+
+    try:
+        with relay_warnings(f"{name}: " if name else ""):
+            predictor = load()
+            result = yield from segment_stack_iter(
+                predictor, data, planes=planes, rgb=rgb, diameter=diameter, estimate=estimate,
+                params=params, tta=tta, denoise=denoise, keep_maps=keep_maps)
+            return predictor, result
+    except DeepCeNSError as exc:
+        return _Failed(exc)
+
+
+@thread_worker
+def _restack_worker(predictor, result, params):
+    """Live thresholds on a stack: every plane whose maps were kept, re-thresholded."""
+    from ..inference.stack import restack
+
+    try:
+        yield from restack(predictor, result, params)
+        return result
+    except DeepCeNSError as exc:
+        return _Failed(exc)
+
+
+@thread_worker
 def _postprocess_worker(predictor, raw, params):
     try:
         return predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
+
+
+def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box table rows (label numbers offset per plane), each row's plane index, its class."""
+    from ..postprocess.centers import Detections
+
+    rows, prefix, classes = [], [], []
+    width = 0
+    for name, found in boxes.items():
+        if found is None:
+            continue
+        items = [((), found, 0)] if isinstance(found, Detections) else found
+        for index, dets, offset in items:
+            width = len(index)
+            table = dets.table()
+            if not len(table):
+                continue
+            table = table.copy()
+            table[:, 0] += offset
+            rows.append(table)
+            prefix.append(np.tile(np.asarray(index, np.float64), (len(table), 1)).reshape(len(table), -1))
+            classes.append(np.full(len(table), name, dtype=object))
+    if not rows:
+        return np.zeros((0, 7)), np.zeros((0, width)), np.zeros(0, dtype=object)
+    return np.concatenate(rows), np.concatenate(prefix), np.concatenate(classes)
 
 
 def layer_plane(layer: napari.layers.Image) -> np.ndarray:
@@ -169,6 +227,10 @@ class SegmentWidget(Container):
                                           ("never", "no")], value="auto",
                                  tooltip="non-local means before segmenting; auto: only images "
                                  "noisier than any the models were trained on (little light)")
+        self._planes = ComboBox(label="planes", choices=[("this plane", "current"),
+                                                         ("all planes", "all")], value="current",
+                                tooltip="a time-lapse or z-stack: segment the plane on screen, "
+                                "or every plane (one object size for all)")
         self._run = PushButton(text="Run")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -185,7 +247,7 @@ class SegmentWidget(Container):
                                  tooltip="objects smaller than this are dropped")
         self.extend([self._image, self._model, self._weights, self._device,
                      self._auto_diameter, self._diameter, self._tta, self._denoise,
-                     self._run, self._cancel, self._progress, self._status,
+                     self._planes, self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._score, self._min_size])
         self._scheduler = LineEdit(label="scheduler", value="",
                                    tooltip="large images: a dask.distributed scheduler address "
@@ -193,6 +255,8 @@ class SegmentWidget(Container):
         self.insert(self.index(self._run), self._scheduler)
         self._image.changed.connect(self._update_scheduler)
         self._update_scheduler()
+        self._image.changed.connect(self._update_planes)
+        self._update_planes()
         self._chunk_cancel = None
 
         self._predictors: dict[tuple, Predictor] = {}
@@ -210,6 +274,7 @@ class SegmentWidget(Container):
         self._started = 0.0
         self._box_classes_multi = False
         self._writing_boxes = False
+        self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -280,6 +345,13 @@ class SegmentWidget(Container):
             self._error(DeepCeNSError("no image layer: open an image or a sample first"))
             return
         if self._worker is not None:
+            return
+        try:
+            leading = stack_axes(layer)
+        except Exception:
+            leading = ()
+        if leading:
+            self._run_stack(layer, leading)
             return
         if self._is_large(layer):
             self._run_chunked(layer)
@@ -374,6 +446,7 @@ class SegmentWidget(Container):
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
         self._raw.pop(id(event.value), None)
+        self._stack_boxes.pop(id(event.value), None)
 
     def _on_model_change(self) -> None:
         self._weights.value = None
@@ -412,8 +485,16 @@ class SegmentWidget(Container):
         except ValueError as exc:
             self._error(DeepCeNSError(str(exc)))
             return
-        worker = _postprocess_worker(predictor, raw, params)
-        worker.returned.connect(lambda labels, layer=layer: self._on_postprocessed(layer, labels))
+        if hasattr(raw, "raws"):  # a stack: the planes whose maps were kept
+            if not raw.raws:
+                self._status.value = ("too many planes to keep their maps: the thresholds apply "
+                                      "at the next Run")
+                return
+            worker = _restack_worker(predictor, raw, params)
+            worker.returned.connect(lambda result, layer=layer: self._on_restacked(layer, result))
+        else:
+            worker = _postprocess_worker(predictor, raw, params)
+            worker.returned.connect(lambda labels, layer=layer: self._on_postprocessed(layer, labels))
         worker.finished.connect(self._on_post_finished)
         self._post_worker = worker
         stop_on_close(self.native, worker)
@@ -425,6 +506,16 @@ class SegmentWidget(Container):
         else:
             self._show_segmentation(layer, seg)
             self._status.value = self._count(seg)
+
+    def _on_restacked(self, layer, result) -> None:
+        if isinstance(result, _Failed):
+            self._error(result.error)
+            return
+        if layer not in self._viewer.layers or id(layer) not in self._raw:
+            return
+        self._show_stack(layer, {index: result.planes[index] for index in result.raws})
+        counts = self._stack_count(result)
+        self._status.value = f"{len(result.planes)} planes: {counts}"
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -465,7 +556,8 @@ class SegmentWidget(Container):
         name = f"{image_layer.name} {cls} labels" if cls else f"{image_layer.name} labels"
         if layer is None:
             layer = self._viewer.add_labels(
-                labels, name=name, scale=image_layer.scale[-2:], translate=image_layer.translate[-2:],
+                labels, name=name, scale=image_layer.scale[-labels.ndim:],
+                translate=image_layer.translate[-labels.ndim:],
                 metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, CLASS_KEY: cls},
             )
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
@@ -492,13 +584,12 @@ class SegmentWidget(Container):
     def _show_boxes(self, image_layer, boxes: dict, multi: bool = False) -> None:
         """Rotated boxes as rectangles coloured by score, updated in place on slider moves
         (twice as fast as a new layer, and the user's layer settings stay). ``boxes``: class
-        name → :class:`Detections`; the ``label`` feature is the object's label in its
-        class's Labels layer."""
-        tables = {name: b.table() for name, b in boxes.items() if b is not None}
-        rows = np.concatenate(list(tables.values())) if tables else np.zeros((0, 7))
-        classes = np.concatenate([np.full(len(t), name, dtype=object) for name, t in tables.items()]
-                                 ) if tables else np.zeros(0, dtype=object)
-        shapes = [box_corners(*r[2:7])[:, ::-1] for r in rows]  # napari wants (row, col)
+        name → :class:`Detections`, or for a stack a list of (plane index, Detections, label
+        offset); the ``label`` feature is the object's label in its class's Labels layer."""
+        rows, prefix, classes = _box_rows(boxes)
+        ndim = 2 + prefix.shape[1]
+        shapes = [np.column_stack([np.tile(prefix[j], (4, 1)), box_corners(*r[2:7])[:, ::-1]])
+                  for j, r in enumerate(rows)]  # napari wants (…, row, col)
         features = {"label": rows[:, 0].astype(int), "class": classes, "score": rows[:, 1],
                     "width": rows[:, 4], "height": rows[:, 5], "angle": rows[:, 6]}
         self._box_classes_multi = multi
@@ -522,10 +613,10 @@ class SegmentWidget(Container):
             layer.metadata[EDITED_KEY] = False
             return
         layer = self._viewer.add_shapes(
-            shapes, shape_type="rectangle", name=f"{image_layer.name} boxes", features=features,
-            edge_color="score" if len(shapes) else "yellow", edge_colormap="plasma",
-            face_color="transparent", edge_width=1.5, scale=image_layer.scale[-2:],
-            translate=image_layer.translate[-2:],
+            shapes or None, ndim=ndim, shape_type="rectangle", name=f"{image_layer.name} boxes",
+            features=features, edge_color="score" if len(shapes) else "yellow",
+            edge_colormap="plasma", face_color="transparent", edge_width=1.5,
+            scale=image_layer.scale[-ndim:], translate=image_layer.translate[-ndim:],
             metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
         )
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
@@ -602,7 +693,150 @@ class SegmentWidget(Container):
     def _update_scheduler(self, *_args) -> None:
         """The Dask scheduler field matters for large images only: show it for those."""
         layer = self._image.value
-        self._scheduler.visible = layer is not None and self._is_large(layer)
+        try:
+            self._scheduler.visible = (layer is not None and not stack_axes(layer)
+                                       and self._is_large(layer))
+        except Exception:
+            self._scheduler.visible = False
+
+    # ------------------------------------------------------------------ stacks (time, z)
+    def _update_planes(self, *_args) -> None:
+        """The planes choice matters for stacks only: show it for those."""
+        layer = self._image.value
+        try:
+            self._planes.visible = layer is not None and bool(stack_axes(layer))
+        except Exception:
+            self._planes.visible = False
+
+    def _run_stack(self, layer, leading: tuple[int, ...]) -> None:
+        """Segment the plane on screen, or every plane, of a time-lapse or z-stack; the labels
+        go into one Labels layer of the stack's shape (other planes keep theirs)."""
+        data = layer.data[0] if layer.multiscale else layer.data
+        plane = int(np.prod(data.shape[len(leading): len(leading) + 2]))
+        if plane > CHUNKED_ABOVE:
+            self._error(DeepCeNSError(
+                f"{layer.name!r} is a stack of {plane / 1e6:.0f}-MP planes, too large to segment "
+                "here: run `deepcens segment` on its file"))
+            return
+        planes = [displayed_plane(layer, self._viewer)] if self._planes.value == "current" else None
+        count = 1 if planes else int(np.prod(leading))
+        if count * plane > STACK_LABELS_ABOVE:
+            self._error(DeepCeNSError(
+                f"{count} planes of {plane / 1e6:.1f} MP would need {count * plane * 4 / 1e9:.1f} GB "
+                "of labels in memory: segment this stack with `deepcens segment` on its file, "
+                "or choose 'this plane'"))
+            return
+        load, _key = self._loader()
+        diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
+        keep = count * plane <= CHUNKED_ABOVE
+        params = self._params() if self._user_knobs else None
+        self._progress.value, self._progress.max = 0, 1
+        where = f"plane {planes[0]}" if planes else f"{count} planes"
+        self._status.value = f"segmenting {layer.name}, {where}…"
+        self._started = time.perf_counter()
+        worker = _stack_worker(load, data, planes, bool(layer.rgb), diameter,
+                               bool(self._auto_diameter.value), params, bool(self._tta.value),
+                               CHOICES[self._denoise.value], keep, layer.name)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result, layer=layer: self._on_stack_segmented(layer, result))
+        worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        stop_on_close(self.native, worker)
+        show_warnings(worker)
+        self._busy(True)
+        worker.start()
+
+    def _on_stack_segmented(self, layer, result) -> None:
+        from ..inference.stack import StackResult
+
+        if isinstance(result, _Failed):
+            self._error(result.error)
+            return
+        if layer not in self._viewer.layers:
+            self._status.value = f"{layer.name!r} was removed during the run: result discarded"
+            return
+        predictor, new = result
+        cached = self._raw.get(id(layer))
+        if (cached is not None and cached[0] is predictor and isinstance(cached[1], StackResult)
+                and cached[1].leading == new.leading and cached[1].plane_shape == new.plane_shape):
+            merged = cached[1]  # earlier planes' maps stay live
+            for index in new.planes:
+                merged.raws.pop(index, None)
+            merged.planes.update(new.planes)
+            merged.raws.update(new.raws)
+            merged.diameter, merged.estimated = new.diameter, new.estimated
+            merged.denoised, merged.meta = new.denoised, new.meta
+        else:
+            merged = new
+            self._stack_boxes.pop(id(layer), None)
+        self._raw[id(layer)] = (predictor, merged)
+        first = next(iter(new.raws.values()), None)
+        if not self._user_knobs:
+            self._set_knobs(predictor.default_params(first.scale if first else predictor.scale_for(
+                new.diameter if new.estimated else None)))
+        self._show_stack(layer, {index: new.planes[index] for index in new.planes},
+                         fresh=merged is new)
+        if new.estimated and new.diameter:
+            self._diameter.value = round(new.diameter, 1)
+        seconds = time.perf_counter() - self._started
+        where = (f"plane {next(iter(new.planes))}" if len(new.planes) == 1 else
+                 f"{len(new.planes)} planes")
+        counts = self._stack_count(new)
+        size = (f", diameter {new.diameter:.1f} px{' (estimated)' if new.estimated else ''}"
+                if new.diameter else "")
+        if new.size_unrecognised:
+            size = ", object size not recognised: run as it is (set the diameter if needed)"
+        blank = f", {len(new.blank)} blank" if new.blank else ""
+        noisy = ", denoised first" if new.denoised else ""
+        kept = "" if new.raws else "; thresholds apply at the next Run (too many planes to keep maps)"
+        self._status.value = f"{where}: {counts} in {seconds:.1f} s{size}{blank}{noisy}{kept}"
+
+    @staticmethod
+    def _stack_count(result) -> str:
+        counts = result.counts()
+        if len(counts) <= 1:
+            return f"{sum(counts.values())} objects"
+        return ", ".join(f"{n} {c}" for c, n in counts.items())
+
+    def _show_stack(self, image_layer, planes: dict, fresh: bool = False) -> None:
+        """Write ``planes`` (index → Segmentation or ``None``) into the stack's Labels layers,
+        numbered after the objects of the other planes, and the boxes of every plane.
+        ``fresh``: another model's (or weights') run: the other planes start empty, so one
+        layer never mixes two models (hand edits are kept as a layer of their own)."""
+        predictor, result = self._raw[id(image_layer)]
+        names = result.class_names() or list(predictor.class_names)
+        multi = len(names) > 1
+        full = result.leading + result.plane_shape
+        boxes = self._stack_boxes.setdefault(id(image_layer), {})
+        for name in names:
+            cls = name if multi else None
+            existing = self.labels_layer(image_layer, cls)
+            if (not fresh and existing is not None and isinstance(existing.data, np.ndarray)
+                    and existing.data.shape == full):
+                labels = np.array(existing.data, dtype=np.int32)
+            else:
+                labels = np.zeros(full, np.int32)
+            for index in planes:
+                labels[index] = 0
+            offset = int(labels.max(initial=0))
+            per_class = boxes.setdefault(name, {})
+            for index, seg in planes.items():
+                part = None if seg is None else seg.by_class().get(name)
+                per_class.pop(index, None)
+                if part is None:
+                    continue
+                n = int(part.labels.max(initial=0))
+                if n:
+                    labels[index] = np.where(part.labels > 0, part.labels + offset, 0)
+                if part.boxes is not None:
+                    per_class[index] = (part.boxes, offset)
+                offset += n
+            self._show_labels(image_layer, labels, cls)
+        if any(boxes.values()):
+            self._show_boxes(image_layer, {name: [(i, d, o) for i, (d, o) in sorted(b.items())]
+                                           for name, b in boxes.items()}, multi)
+        self._record_provenance(image_layer)
 
     # ------------------------------------------------------------------ large images (chunked)
     @staticmethod

@@ -1,0 +1,76 @@
+"""Time-lapses: the stack path (one object size for all frames) against frame by frame.
+
+Each grey val image becomes a synthetic time-lapse of ``--frames`` frames: the field drifts
+(3 px right, 2 px down a frame) and bleaches (×0.9 a frame) on a camera offset, as uint16.
+Both ways are scored per frame against the drifted annotation (AP@0.5, DSB), timed, and the
+spread of the object size chosen over the frames is printed (the stack path chooses once).
+
+    .venv/bin/python bench/bench_stack.py ../shared/data/dsb2018/val --movies 10 --frames 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def movie(image: np.ndarray, labels: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    grey = (image[..., 0] if image.ndim == 3 else image).astype(np.float32)
+    stack, truth = [], []
+    for t in range(frames):
+        shift = (2 * t, 3 * t)
+        stack.append(np.roll(grey, shift, axis=(0, 1)) * 40 * 0.9**t + 100)
+        truth.append(np.roll(labels, shift, axis=(0, 1)))
+    return np.stack(stack).astype(np.uint16), np.stack(truth)
+
+
+def main() -> None:
+    from napari_deepcens import Predictor
+    from napari_deepcens.evaluation.metrics import match_image, summarize
+    from napari_deepcens.inference.stack import segment_stack
+    from napari_deepcens.io.images import read_image, read_labels
+    from napari_deepcens.io.layout import list_samples
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("val", type=Path)
+    ap.add_argument("--model", default="unet")
+    ap.add_argument("--movies", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=6)
+    args = ap.parse_args()
+
+    predictor = Predictor.from_name(args.model, device="cpu")
+    samples = [s for s in list_samples(args.val) if s.modality == "fluorescence"][: args.movies]
+    both = {"stack": [], "frames": []}
+    seconds = {"stack": 0.0, "frames": 0.0}
+    spread = []
+    for s in samples:
+        stack, truth = movie(read_image(s.image), read_labels(s.labels), args.frames)
+        t0 = time.perf_counter()
+        result = segment_stack(predictor, stack)
+        seconds["stack"] += time.perf_counter() - t0
+        labels = result.stacked()["nucleus"][0]
+        both["stack"] += [match_image(truth[t], labels[t]) for t in range(args.frames)]
+        t0 = time.perf_counter()
+        sizes = []
+        for t in range(args.frames):
+            raw = predictor.predict(stack[t])
+            sizes.append(raw.diameter or 0.0)
+            both["frames"].append(match_image(truth[t], predictor.instances(raw).labels))
+        seconds["frames"] += time.perf_counter() - t0
+        spread.append(max(sizes) / max(min(sizes), 1e-6))
+        print(f"{s.id[:8]} {stack.shape}: stack diameter {result.diameter or 0:.1f} px, "
+              f"frame by frame {min(sizes):.1f}–{max(sizes):.1f} px", flush=True)
+    frames = len(samples) * args.frames
+    for way in ("stack", "frames"):
+        m = summarize(both[way])
+        print(f"{way:6s}: AP@0.5 {m['AP@0.5']:.3f}  DSB {m['DSB']:.3f}  "
+              f"{seconds[way] / frames:.2f} s/frame  ({frames} frames)")
+    print(f"frame-by-frame size spread (max/min per movie): median {np.median(spread):.3f}, "
+          f"max {max(spread):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Time-lapses and z-stacks: segmented plane by plane, one object size, labels numbered across
+planes; read with their axes from TIFF, written back as one labels stack, shown in napari."""
+
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_deepcens.cli import main
+from napari_deepcens.errors import DeepCeNSError, ImageError
+from napari_deepcens.evaluation.metrics import match_image, summarize
+from napari_deepcens.inference.stack import segment_stack
+from napari_deepcens.io.images import read_stack
+
+
+def ap50(truth, pred) -> float:
+    return summarize([match_image(truth, pred)])["AP@0.5"]
+
+
+@pytest.fixture(scope="module")
+def timelapse(fluorescence):
+    """Three frames of the 256² fluorescence crop: as it is, a dark frame, then drifted by
+    9 px and bleached to 40 % (uint16, as a camera writes them)."""
+    image, labels = fluorescence
+    grey = (image[..., 0] if image.ndim == 3 else image).astype(np.uint16) * 40 + 100
+    bleached = (np.roll(grey, 9, axis=1).astype(np.float32) * 0.4).astype(np.uint16)
+    return np.stack([grey, np.full_like(grey, 100), bleached]), labels
+
+
+def test_planes_are_segmented_alike_and_numbered_across_the_stack(predictor, timelapse):
+    stack, truth = timelapse
+    result = segment_stack(predictor, stack, keep_maps=True)
+    assert result.leading == (3,) and result.blank == [(1,)]
+    labels = result.stacked()["nucleus"][0]
+    assert labels.shape == stack.shape and labels.dtype == np.int32
+    assert not labels[1].any()                                   # a dark frame: empty, no error
+    first, last = labels[0], labels[2]
+    assert first.max() < last[last > 0].min()                    # one identity per object
+    # one object size for every frame, from the reference frame (the middle one is dark, so
+    # its neighbour), as that frame alone would get it
+    alone = predictor.predict(stack[2])
+    assert result.diameter == pytest.approx(alone.diameter, rel=1e-6) and result.estimated
+    assert np.array_equal(np.where(last > 0, last - first.max(), 0), predictor.instances(alone).labels)
+    # the first frame runs at that size: the labels of the frame alone at that diameter
+    assert np.array_equal(first, predictor.segment(stack[0], diameter=result.diameter))
+    assert ap50(truth, first) > 0.6             # 53 small nuclei: 0.645 (its own estimate: 0.683)
+    # bleaching does not matter (each frame normalised on its own) and drift moves the labels
+    assert ap50(np.roll(truth, 9, axis=1), last) > 0.6                    # 0.677
+    assert set(result.raws) == {(0,), (2,)}
+
+
+def test_only_chosen_planes_run_and_the_reference_decides(predictor, timelapse):
+    stack, _ = timelapse
+    result = segment_stack(predictor, stack, planes=[(2,)], diameter=25.0)
+    assert list(result.planes) == [(2,)] and result.diameter == 25.0 and not result.estimated
+    with pytest.raises(DeepCeNSError, match="outside"):
+        segment_stack(predictor, stack, planes=[(3,)])
+    with pytest.raises(ImageError, match="every plane"):
+        segment_stack(predictor, np.zeros((2, 64, 64), np.uint8))
+
+
+def write(path, data, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(path, data, **kwargs)
+    return path
+
+
+def test_tiff_axes_are_read(tmp_path):
+    rng = np.random.default_rng(0)
+    hyper = rng.integers(0, 4000, (2, 3, 2, 32, 40), dtype=np.uint16)
+    write(tmp_path / "h.tif", hyper, imagej=True, metadata={"axes": "TZCYX"})
+    with pytest.raises(ImageError, match=r"2 channels .*--channel \(0 to 1\)"):
+        read_stack(tmp_path / "h.tif")
+    nuclear = read_stack(tmp_path / "h.tif", channel=1)
+    assert nuclear.axes == "TZYX" and np.array_equal(nuclear.data, hyper[:, :, 1])
+    with pytest.raises(ImageError, match="0 to 1"):
+        read_stack(tmp_path / "h.tif", channel=2)
+    # a planar RGB TIFF: colour last, one image; a single-plane ImageJ stack: one image
+    rgb = rng.integers(0, 255, (3, 32, 40), dtype=np.uint8)
+    planar = read_stack(write(tmp_path / "rgb.tif", rgb))
+    assert planar.axes == "YXS" and planar.leading == "" and np.array_equal(planar.data[..., 2], rgb[2])
+    one = read_stack(write(tmp_path / "one.tif", hyper[:1, :1, 0], imagej=True, metadata={"axes": "TZYX"}))
+    assert one.axes == "YX" and one.data.shape == (32, 40)
+    assert read_stack(write(tmp_path / "q.tif", hyper[:, :, 0].reshape(6, 32, 40))).axes == "QYX"
+
+
+def test_cli_writes_a_labels_stack_with_its_axes(tmp_path, timelapse, capsys):
+    stack, _ = timelapse
+    write(tmp_path / "movie.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    write(tmp_path / "frame.tif", stack[2])
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "movie.tif"), str(tmp_path / "frame.tif"),
+                 "-o", str(out), "--device", "cpu"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "movie.tif: 3 planes (axes TYX)" in printed and "1 blank plane left empty" in printed
+    with tifffile.TiffFile(out / "movie_labels.tif") as tif:
+        assert tif.series[0].axes == "TYX"
+        labels = tif.series[0].asarray()
+    frame = tifffile.imread(out / "frame_labels.tif")
+    last = labels[2].astype(np.int64)
+    # the frame alone gets the same objects (its own estimate: the stack's reference frame)
+    assert np.array_equal(np.where(last > 0, last - labels[0].max(), 0), frame)
+
+    # a multichannel hyperstack needs the nuclear channel named: a message, not a traceback
+    two = np.stack([stack, stack[:, ::-1]], axis=1)
+    write(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "TCYX"})
+    assert main(["segment", str(tmp_path / "two.tif"), "-o", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "--channel" in err and "Traceback" not in err
+    assert main(["segment", str(tmp_path / "two.tif"), "-o", str(out), "--device", "cpu",
+                 "--channel", "0"]) == 0
+    assert np.array_equal(tifffile.imread(out / "two_labels.tif"), labels)
+
+
+def test_cli_stack_boxes_name_their_plane(tmp_path, timelapse):
+    import csv
+
+    stack, _ = timelapse
+    write(tmp_path / "movie.tif", stack[[0, 2]], imagej=True, metadata={"axes": "ZYX"})
+    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path), "--model",
+                 "centerunet", "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "movie_boxes.csv")))
+    labels = tifffile.imread(tmp_path / "movie_labels.tif")
+    assert rows and {r["z"] for r in rows} == {"0", "1"}
+    for row in rows[:: max(1, len(rows) // 10)]:               # each box sits on its object
+        z, label = int(row["z"]), int(row["label"])
+        cy, cx = round(float(row["cy"])), round(float(row["cx"]))
+        ys, xs = np.nonzero(labels[z] == label)
+        assert ys.size and abs(ys.mean() - cy) < 4 and abs(xs.mean() - cx) < 4
+
+
+def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_viewer, qtbot,
+                                                                   timelapse, monkeypatch, tmp_path):
+    from napari_deepcens.widget.dock import DeepCeNSDock
+
+    stack, truth = timelapse
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="movie")
+    dock = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    widget = dock.segment
+    widget.set_options(image=layer, device="cpu")
+    assert not widget._planes.native.isHidden()                  # shown for stacks only
+
+    viewer.dims.set_current_step(0, 2)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    labels = viewer.layers["movie labels"]
+    assert labels.data.shape == stack.shape and "plane (2,)" in widget.status
+    assert labels.data[2].any() and not labels.data[0].any()
+
+    widget.set_options(planes="all")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert "3 planes" in widget.status and "1 blank" in widget.status
+    assert ap50(truth, labels.data[0]) > 0.6 and not labels.data[1].any()
+    assert labels.data[0].max() < labels.data[2][labels.data[2] > 0].min()
+
+    # a hand edit on frame 0, then frame 2 again on its own: frame 0 keeps the edit
+    viewer.dims.set_current_step(0, 0)
+    edited = labels.data.copy()
+    edited[0, :12, :12] = 999
+    labels.data = edited
+    labels.events.paint(value=[])
+    viewer.dims.set_current_step(0, 2)
+    widget.set_options(planes="current")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert (labels.data[0, :12, :12] == 999).all()
+    assert (viewer.layers["movie labels (edited)"].data[0, :12, :12] == 999).all()
+    assert labels.data[2].min(initial=0) == 0 and labels.data[2][labels.data[2] > 0].min() > 999
+
+    # sliders re-threshold every plane whose maps are kept, never the network
+    predictor, _ = widget._raw[id(layer)]
+    monkeypatch.setattr(predictor, "predict_iter", lambda *a, **k: pytest.fail("network re-ran"))
+    before = labels.data.copy()
+    widget.set_options(fg=0.93)
+    qtbot.waitUntil(lambda: widget._post_worker is None and not np.array_equal(labels.data, before),
+                    timeout=20_000)
+    for plane in (0, 2):
+        assert 0 < (labels.data[plane] > 0).sum() < (before[plane] > 0).sum()
+
+    # export from a stack: the plane on screen, named after it
+    correct = dock.correct
+    correct._labels_layer.value = labels
+    correct._image.value = layer
+    correct._dataset.value = tmp_path / "ds"
+    folder = correct.export()
+    assert folder is not None and folder.name.endswith("plane2")
+    assert np.array_equal(tifffile.imread(folder / "image.tif"), stack[2])
+    correct.update_boxes()
+    boxes = viewer.layers["movie labels boxes"]
+    assert boxes.ndim == 3 and len(boxes.data) == len(np.unique(labels.data)) - 1
