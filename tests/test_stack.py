@@ -193,3 +193,30 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     correct.update_boxes()
     boxes = viewer.layers["movie labels boxes"]
     assert boxes.ndim == 3 and len(boxes.data) == len(np.unique(labels.data)) - 1
+
+
+def test_planes_run_one_by_one_keep_maps_within_the_memory_cap(make_napari_viewer, qtbot,
+                                                                timelapse, monkeypatch):
+    from napari_deepcens.widget import segment_widget
+    from napari_deepcens.widget.segment_widget import SegmentWidget
+
+    stack, _ = timelapse
+    monkeypatch.setattr(segment_widget, "CHUNKED_ABOVE", stack[0].size)   # one plane's maps
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="movie")
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=layer, device="cpu")
+    for plane in (0, 2):
+        viewer.dims.set_current_step(0, plane)
+        widget.run()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    _, result = widget._raw[id(layer)]
+    assert set(result.planes) == {(0,), (2,)} and set(result.raws) == {(2,)}
+    labels = viewer.layers["movie labels"]
+    before = labels.data.copy()
+    widget.set_options(fg=0.93)
+    qtbot.waitUntil(lambda: widget._post_worker is None and not np.array_equal(labels.data, before),
+                    timeout=20_000)
+    assert np.array_equal(labels.data[0], before[0])            # no maps: labels as they were
+    assert (labels.data[2] > 0).sum() < (before[2] > 0).sum()
+    assert "1 without kept maps" in widget.status

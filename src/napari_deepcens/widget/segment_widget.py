@@ -515,7 +515,9 @@ class SegmentWidget(Container):
             return
         self._show_stack(layer, {index: result.planes[index] for index in result.raws})
         counts = self._stack_count(result)
-        self._status.value = f"{len(result.planes)} planes: {counts}"
+        rest = len(result.planes) - len(result.raws)
+        later = f" ({rest} without kept maps: at their next Run)" if rest else ""
+        self._status.value = f"{len(result.planes)} planes: {counts}{later}"
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -765,6 +767,11 @@ class SegmentWidget(Container):
                 merged.raws.pop(index, None)
             merged.planes.update(new.planes)
             merged.raws.update(new.raws)
+            plane = int(np.prod(new.plane_shape))
+            for index in [i for i in merged.raws if i not in new.raws]:  # oldest first
+                if len(merged.raws) * plane <= CHUNKED_ABOVE:
+                    break
+                del merged.raws[index]  # that plane keeps its labels; its maps are let go
             merged.diameter, merged.estimated = new.diameter, new.estimated
             merged.denoised, merged.meta = new.denoised, new.meta
         else:
