@@ -101,3 +101,25 @@ def test_cli_denoise_choice(tmp_path, fluorescence, predictor, capsys):
     assert np.array_equal(off, predictor.segment(noisy, denoise=False))
     auto = read_labels(tmp_path / "auto" / "noisy_labels.tif")
     assert np.array_equal(auto, predictor.segment(noisy))
+
+
+def test_the_filter_yields_between_blocks_so_cancel_need_not_wait(fluorescence, predictor, monkeypatch):
+    """A worker can only stop at a yield: the filter yields after each block, and blocks
+    (with their margin) give exactly the one-pass result."""
+    image, _ = fluorescence
+    noisy = photon_limited(image, 20)
+    whole = predictor.predict(noisy, estimate=False)
+    monkeypatch.setattr(denoising, "BLOCK", 96)                 # 256² → 3 × 3 blocks
+    gen = predictor.predict_iter(noisy, estimate=False)
+    steps = []
+    while True:
+        try:
+            steps.append(next(gen))
+        except StopIteration as stop:
+            blocks = stop.value
+            break
+    tiles = list(predictor.predict_iter(noisy, estimate=False, denoise=False))
+    assert steps == [(0, 1)] * 9 + tiles                        # then the tiles
+    assert blocks.meta["denoised"]
+    for name in ("foreground", "distance"):
+        assert np.abs(blocks.maps[name] - whole.maps[name]).max() < 1e-4

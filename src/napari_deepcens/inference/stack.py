@@ -165,7 +165,7 @@ def segment_stack_iter(
     # the sample-wide decisions, on the first reference plane that is not blank
     candidates = [reference] if reference is not None else []
     candidates += [p for p in _reference(planes) if p != reference]
-    ref_plane = invert = None
+    ref_plane = invert = ref_index = None
     for index in candidates:
         try:
             plain = predictor.prepare(read(index), invert=False)
@@ -177,13 +177,21 @@ def segment_stack_iter(
             invert = bool(np.median(plain[:: max(1, plain.shape[0] // 512),
                                           :: max(1, plain.shape[1] // 512)]) > 0.5)
         ref_plane = predictor.prepare(read(index), invert=invert) if invert else plain
+        ref_index = index
         break
     if ref_plane is None:
         raise ImageError("every plane of the stack is blank (one value everywhere, or no finite "
                          "values): nothing to segment")
     fitted = None
-    if denoise is not False:
-        fitted, ref_plane = denoising.Denoiser.fit(ref_plane, force=denoise is True)
+    if denoise is not False:  # the filter yields between blocks: Cancel need not wait for it
+        gen = denoising.Denoiser.fit_iter(ref_plane, force=denoise is True)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                fitted, ref_plane = stop.value
+                break
+            yield 0, len(planes)
         fitted = fitted if fitted.filters else None
     estimated = unrecognised = False
     if diameter is None and estimate and predictor.info.median_diameter > 0:
@@ -199,16 +207,26 @@ def segment_stack_iter(
                          size_unrecognised=unrecognised, denoised=fitted is not None)
     per_plane = 1
     for k, index in enumerate(planes):
-        try:
-            plane = predictor.prepare(read(index), invert=invert)
-        except ImageError as exc:
-            if not _blank(exc):
-                raise DeepCeNSError(f"plane {index}: {exc}") from exc
-            result.planes[index] = None
-            result.blank.append(index)
-            continue
-        if fitted is not None:
-            plane = fitted.apply(plane)
+        if index == ref_index:  # prepared (and denoised) already
+            plane = ref_plane
+        else:
+            try:
+                plane = predictor.prepare(read(index), invert=invert)
+            except ImageError as exc:
+                if not _blank(exc):
+                    raise DeepCeNSError(f"plane {index}: {exc}") from exc
+                result.planes[index] = None
+                result.blank.append(index)
+                continue
+        if fitted is not None and index != ref_index:
+            gen = fitted.apply_iter(plane)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    plane = stop.value
+                    break
+                yield k * per_plane, len(planes) * per_plane
         gen = predictor.predict_iter(plane, diameter=run_diameter, estimate=False, normalised=True,
                                      tta=tta, denoise=False, tile=tile)
         while True:
