@@ -10,7 +10,7 @@ import tifffile
 from napari_deepcens.cli import main
 from napari_deepcens.errors import DeepCeNSError, ImageError
 from napari_deepcens.evaluation.metrics import match_image, summarize
-from napari_deepcens.inference.stack import segment_stack
+from napari_deepcens.inference.stack import restack, segment_stack
 from napari_deepcens.io.images import read_stack
 
 
@@ -148,7 +148,7 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     labels = viewer.layers["movie labels"]
-    assert labels.data.shape == stack.shape and "plane (2,)" in widget.status
+    assert labels.data.shape == stack.shape and widget.status.startswith("plane 2:")
     assert labels.data[2].any() and not labels.data[0].any()
 
     widget.set_options(planes="all")
@@ -157,20 +157,6 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     assert "3 planes" in widget.status and "1 blank" in widget.status
     assert ap50(truth, labels.data[0]) > 0.6 and not labels.data[1].any()
     assert labels.data[0].max() < labels.data[2][labels.data[2] > 0].min()
-
-    # a hand edit on frame 0, then frame 2 again on its own: frame 0 keeps the edit
-    viewer.dims.set_current_step(0, 0)
-    edited = labels.data.copy()
-    edited[0, :12, :12] = 999
-    labels.data = edited
-    labels.events.paint(value=[])
-    viewer.dims.set_current_step(0, 2)
-    widget.set_options(planes="current")
-    widget.run()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    assert (labels.data[0, :12, :12] == 999).all()
-    assert (viewer.layers["movie labels (edited)"].data[0, :12, :12] == 999).all()
-    assert labels.data[2].min(initial=0) == 0 and labels.data[2][labels.data[2] > 0].min() > 999
 
     # sliders re-threshold every plane whose maps are kept, never the network
     predictor, _ = widget._raw[id(layer)]
@@ -181,6 +167,28 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
                     timeout=20_000)
     for plane in (0, 2):
         assert 0 < (labels.data[plane] > 0).sum() < (before[plane] > 0).sum()
+    monkeypatch.undo()
+
+    # a hand edit on frame 0, then frame 2 again on its own: frame 0 keeps the edit in place
+    edited = labels.data.copy()
+    edited[0, :12, :12] = 999
+    labels.data = edited
+    labels.events.paint(value=[])
+    viewer.dims.set_current_step(0, 2)
+    widget.set_options(planes="current")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert (labels.data[0, :12, :12] == 999).all() and "movie labels (edited)" not in viewer.layers
+    assert labels.data[2][labels.data[2] > 0].min() > 999        # numbered after the others
+    # an edit in the plane a run replaces: the layer as it was is kept first
+    edited = labels.data.copy()
+    edited[2, :12, :12] = 5000
+    labels.data = edited
+    labels.events.paint(value=[])
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert (viewer.layers["movie labels (edited)"].data[2, :12, :12] == 5000).all()
+    assert not (labels.data[2] == 5000).any() and (labels.data[0, :12, :12] == 999).all()
 
     # export from a stack: the plane on screen, named after it
     correct = dock.correct
@@ -220,3 +228,51 @@ def test_planes_run_one_by_one_keep_maps_within_the_memory_cap(make_napari_viewe
     assert np.array_equal(labels.data[0], before[0])            # no maps: labels as they were
     assert (labels.data[2] > 0).sum() < (before[2] > 0).sum()
     assert "1 without kept maps" in widget.status
+
+
+
+def test_planes_run_one_at_a_time_share_the_stacks_size_and_stale_slider_results_are_dropped(
+        make_napari_viewer, qtbot, timelapse):
+    from napari_deepcens.widget.segment_widget import SegmentWidget
+
+    stack, _ = timelapse
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="movie")
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=layer, device="cpu")
+    viewer.dims.set_current_step(0, 0)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    predictor, first = widget._raw[id(layer)]
+    gen = restack(predictor, first, {"fg_threshold": 0.95})
+    while True:                                   # a slider move computed on the first maps…
+        try:
+            next(gen)
+        except StopIteration as stop:
+            stale = stop.value
+            break
+    viewer.dims.set_current_step(0, 2)
+    widget.run()                                  # …lands after the next run
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    _, result = widget._raw[id(layer)]
+    assert result is first and set(result.raws) == {(0,), (2,)}      # merged: the same size
+    assert result.diameter == first.diameter and result.estimated and "(estimated)" in widget.status
+    labels = viewer.layers["movie labels"].data.copy()
+    widget._on_restacked(layer, first, {**stale, (2,): (object(), None)})
+    assert np.array_equal(viewer.layers["movie labels"].data[2], labels[2])   # not its maps
+    assert (viewer.layers["movie labels"].data[0] > 0).sum() < (labels[0] > 0).sum()  # its own
+    provenance = viewer.layers["movie labels"].metadata["deepcens_provenance"]
+    assert set(provenance["plane_diameters"]) == {"0", "2"}
+
+
+def test_grey_pages_of_a_colour_image_and_holes_in_a_stack(tmp_path):
+    from napari_deepcens.postprocess.edit import fill_holes
+
+    rgb = np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    image = read_stack(write(tmp_path / "pages.tif", rgb, photometric="minisblack"))
+    assert image.axes == "YXS" and np.array_equal(image.data, rgb)
+    ring = np.zeros((2, 9, 9), np.int32)
+    ring[1, 2:7, 2:7] = 4
+    ring[1, 4, 4] = 0                                            # a hole in frame 1
+    filled = fill_holes(ring)
+    assert filled[1, 4, 4] == 4 and not filled[0].any()

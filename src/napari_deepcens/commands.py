@@ -148,6 +148,11 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
         except DeepCeNSError as exc:
             failures.append((path, str(exc)))
             tqdm.write(f"error: {path.name}: {exc}", file=sys.stderr)
+        except MemoryError:
+            why = ("out of memory: a stack this large needs its planes as separate files, or "
+                   "crop it" if path.suffix.lower() in (".tif", ".tiff") else "out of memory")
+            failures.append((path, why))
+            tqdm.write(f"error: {path.name}: {why}", file=sys.stderr)
         except Exception as exc:  # a bug on one image must not stop the others
             log.debug("unexpected error on %s", path, exc_info=True)
             failures.append((path, f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with "
@@ -185,6 +190,9 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     name = path.name if stem == path.stem else f"{stem} ({path.name})"
     tqdm.write(f"{name}: {planes} planes (axes {stack.axes}): {counts} ({size}{blank}) -> "
                f"{written[-1].parent}")
+    if args.diameter and not any(result.counts().values()):
+        tqdm.write(f"  nothing found at a diameter of {args.diameter:g} px: is that the "
+                   "objects' size? (leave --diameter out to estimate it)")
 
 
 def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list, failures: list) -> None:

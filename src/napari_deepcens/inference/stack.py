@@ -2,8 +2,9 @@
 
 A microscope's time-lapse or z-series is many 2-D fields of the same sample, so the choices
 that depend on the sample are made once, on one reference plane (the middle one), and kept
-for every plane: nuclei brightness polarity (inversion), whether the image is noisy enough to
-be denoised (with the same filter strength), and the object size. A plane then never comes
+for every plane: nuclei brightness polarity (inversion, for one-channel models; colour models
+never invert), whether the image is noisy enough to be denoised (with the same filter
+strength), and the object size. A plane then never comes
 out at another zoom than its neighbours, and a nucleus keeps its outline from frame to frame.
 Each plane keeps its own intensity normalisation, so bleaching over time does not dim the
 late frames.
@@ -68,6 +69,8 @@ class StackResult:
     blank: list[tuple[int, ...]] = field(default_factory=list)
     #: How the maps were made (as :attr:`~.predictor.RawOutput.meta`: model, tta, sharpened…).
     meta: dict = field(default_factory=dict)
+    #: The zoom every plane ran at (the size knob's effect; thresholds are tuned per zoom).
+    scale: float = 1.0
 
     def class_names(self) -> list[str]:
         for seg in self.planes.values():
@@ -156,7 +159,8 @@ def segment_stack_iter(
         raise DeepCeNSError("no planes to segment")
     for index in planes:
         if len(index) != len(leading) or any(not 0 <= i < n for i, n in zip(index, leading, strict=True)):
-            raise DeepCeNSError(f"plane {index} is outside the stack's {leading} planes")
+            raise DeepCeNSError(f"plane {plane_name(index)} is outside the stack's "
+                                f"{' × '.join(map(str, leading))} planes")
     diameter = check_diameter(diameter)
 
     def read(index: tuple[int, ...]) -> np.ndarray:
@@ -171,7 +175,7 @@ def segment_stack_iter(
             plain = predictor.prepare(read(index), invert=False)
         except ImageError as exc:
             if not _blank(exc):
-                raise DeepCeNSError(f"plane {index}: {exc}") from exc
+                raise DeepCeNSError(f"plane {plane_name(index)}: {exc}") from exc
             continue
         if predictor.in_channels == 1:  # as to_plane decides it, once for the whole stack
             invert = bool(np.median(plain[:: max(1, plain.shape[0] // 512),
@@ -180,8 +184,9 @@ def segment_stack_iter(
         ref_index = index
         break
     if ref_plane is None:
-        raise ImageError("every plane of the stack is blank (one value everywhere, or no finite "
-                         "values): nothing to segment")
+        what = "the plane is" if len(candidates) == 1 else "every plane of the stack is"
+        raise ImageError(f"{what} blank (one value everywhere, or no finite values): nothing "
+                         "to segment")
     fitted = None
     if denoise is not False:  # the filter yields between blocks: Cancel need not wait for it
         gen = denoising.Denoiser.fit_iter(ref_plane, force=denoise is True)
@@ -204,7 +209,8 @@ def segment_stack_iter(
         run_diameter = None  # as for one image: an estimate this close runs at ×1
 
     result = StackResult(leading, plane_shape, {}, diameter=diameter, estimated=estimated,
-                         size_unrecognised=unrecognised, denoised=fitted is not None)
+                         size_unrecognised=unrecognised, denoised=fitted is not None,
+                         scale=predictor.scale_for(run_diameter))
     per_plane = 1
     for k, index in enumerate(planes):
         if index == ref_index:  # prepared (and denoised) already
@@ -214,7 +220,7 @@ def segment_stack_iter(
                 plane = predictor.prepare(read(index), invert=invert)
             except ImageError as exc:
                 if not _blank(exc):
-                    raise DeepCeNSError(f"plane {index}: {exc}") from exc
+                    raise DeepCeNSError(f"plane {plane_name(index)}: {exc}") from exc
                 result.planes[index] = None
                 result.blank.append(index)
                 continue
@@ -256,10 +262,19 @@ def segment_stack(predictor, stack, **kwargs) -> StackResult:
             return stop.value
 
 
-def restack(predictor, result: StackResult, params=None) -> Generator[None, None, None]:
-    """Re-threshold every plane whose maps ``result`` kept, in place (never runs the network);
-    yields after each plane so a worker can stop between planes. ``params``: as for
-    :meth:`~.predictor.Predictor.instances` (default: the model's tuned thresholds)."""
-    for index, raw in result.raws.items():
-        result.planes[index] = predictor.instances(raw, params)
+def restack(predictor, result: StackResult, params=None) -> Generator[None, None, dict]:
+    """Re-threshold every plane whose maps ``result`` kept (never runs the network); yields
+    after each plane so a worker can stop between planes. Returns plane index → (the maps
+    used, the new :class:`~.predictor.Segmentation`) and leaves ``result`` alone: the caller
+    applies it only where those maps are still the current ones. ``params``: as for
+    :meth:`~.predictor.Predictor.instances`."""
+    done = {}
+    for index, raw in list(result.raws.items()):
+        done[index] = (raw, predictor.instances(raw, params))
         yield
+    return done
+
+
+def plane_name(index: tuple[int, ...]) -> str:
+    """A plane index as people write it: ``2`` or ``2, 5`` (time, z)."""
+    return ", ".join(str(i) for i in index)

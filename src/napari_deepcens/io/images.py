@@ -118,6 +118,9 @@ def read_stack(path: str | Path, channel: int | None = None) -> Stack:
     if axes is None or len(axes) != data.ndim:
         axes = ("YX" if data.ndim == 2 else "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4)
                 else "Q" * (data.ndim - 2) + "YX")
+    if (data.ndim >= 3 and axes.endswith("YX") and data.shape[-1] in (3, 4)
+            and set(axes[:-2]) <= set("QI")):  # (H, W, 3) written as grey pages: colour
+        axes = axes[:-3] + "YXS"
     if "S" in axes and axes[-1] != "S":  # planar colour (S, Y, X): colour last
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"

@@ -29,7 +29,13 @@ def merge_labels(labels: np.ndarray, keep: int, other: int) -> np.ndarray:
 
 
 def fill_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill the holes inside every object with that object's label."""
+    """Fill the holes inside every object with that object's label; a stack of planes
+    (time, z) plane by plane, as its objects are drawn."""
+    if labels.ndim > 2:
+        out = labels.copy()
+        for index in np.ndindex(*labels.shape[:-2]):
+            out[index] = fill_holes(labels[index])
+        return out
     out = labels.copy()
     for index, slices in enumerate(ndi.find_objects(labels), start=1):
         if slices is None:

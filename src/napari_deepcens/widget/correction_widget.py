@@ -245,12 +245,11 @@ class CorrectionWidget(Container):
             dataset = self._dataset.value
             if dataset is None or str(dataset) in ("", "."):
                 raise DeepCeNSError("choose a dataset folder to export into")
-            image = np.asarray(image_layer.data[0] if image_layer.multiscale else image_layer.data)
+            data = image_layer.data[0] if image_layer.multiscale else image_layer.data
             name = self._name.value.strip() or image_layer.name
-            plane = ()
-            if image.ndim - (3 if image_layer.rgb else 2) > 0:  # a stack: the plane on screen
-                plane = displayed_plane(image_layer, self._viewer)
-                image = image[plane]
+            plane = displayed_plane(image_layer, self._viewer) if stack_axes(image_layer) else ()
+            image = np.asarray(data[plane])  # a stack: only the plane on screen is read
+            if plane:
                 name = f"{name}_plane{'-'.join(str(i) for i in plane)}"
             provenance = dict(layer.metadata.get(PROVENANCE_KEY, {}))
             source = getattr(getattr(image_layer, "source", None), "path", None)
@@ -258,13 +257,19 @@ class CorrectionWidget(Container):
             classes = self._class_layers(layer)
             if len(classes) > 1:  # the record describes the sample, not one of its layers
                 provenance.pop("class", None)
-            arrays = {c: np.asarray(ly.data) for c, ly in classes.items()}
+            arrays = {c: ly.data for c, ly in classes.items()}
             if plane:
                 if any(a.shape[: len(plane)] != stack_axes(image_layer) for a in arrays.values()):
                     raise DeepCeNSError("the labels are not a stack of the image's planes: "
                                         "choose the labels segmented from this image")
-                arrays = {c: a[plane] for c, a in arrays.items()}
+                arrays = {c: np.asarray(a[plane]) for c, a in arrays.items()}
                 provenance["plane"] = list(plane)
+                sizes = provenance.pop("plane_diameters", None) or {}
+                key = ", ".join(str(i) for i in plane)
+                if key in sizes:  # the size this plane ran at
+                    provenance["diameter"] = sizes[key]
+            else:
+                arrays = {c: np.asarray(a) for c, a in arrays.items()}
             folder = export_sample(dataset, image, arrays,
                                    name, provenance=provenance, modality=self._modality.value)
         except DeepCeNSError as exc:

@@ -141,8 +141,7 @@ def _restack_worker(predictor, result, params):
     from ..inference.stack import restack
 
     try:
-        yield from restack(predictor, result, params)
-        return result
+        return (yield from restack(predictor, result, params))
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -178,6 +177,13 @@ def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not rows:
         return np.zeros((0, 7)), np.zeros((0, width)), np.zeros(0, dtype=object)
     return np.concatenate(rows), np.concatenate(prefix), np.concatenate(classes)
+
+
+def _digest(plane: np.ndarray) -> bytes:
+    """A fingerprint of a labels plane, to tell the user's edits from what the widget wrote."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(plane).tobytes(), digest_size=16).digest()
 
 
 def layer_plane(layer: napari.layers.Image) -> np.ndarray:
@@ -275,6 +281,8 @@ class SegmentWidget(Container):
         self._box_classes_multi = False
         self._writing_boxes = False
         self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
+        self._plane_sizes: dict[int, dict] = {}  # image layer id -> plane -> diameter it ran at
+        self._written: dict[int, dict] = {}  # labels layer id -> plane -> digest of what we wrote
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -447,6 +455,11 @@ class SegmentWidget(Container):
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
         self._raw.pop(id(event.value), None)
         self._stack_boxes.pop(id(event.value), None)
+        self._plane_sizes.pop(id(event.value), None)
+        self._written.pop(id(event.value), None)
+        for layer in self._viewer.layers:  # a new layer may get the same id(): unlink
+            if layer.metadata.get(SOURCE_KEY) == id(event.value):
+                layer.metadata[SOURCE_KEY] = None
 
     def _on_model_change(self) -> None:
         self._weights.value = None
@@ -491,33 +504,40 @@ class SegmentWidget(Container):
                                       "at the next Run")
                 return
             worker = _restack_worker(predictor, raw, params)
-            worker.returned.connect(lambda result, layer=layer: self._on_restacked(layer, result))
+            worker.returned.connect(
+                lambda done, layer=layer, stack=raw: self._on_restacked(layer, stack, done))
         else:
             worker = _postprocess_worker(predictor, raw, params)
-            worker.returned.connect(lambda labels, layer=layer: self._on_postprocessed(layer, labels))
+            worker.returned.connect(
+                lambda labels, layer=layer, raw=raw: self._on_postprocessed(layer, labels, raw))
         worker.finished.connect(self._on_post_finished)
         self._post_worker = worker
         stop_on_close(self.native, worker)
         worker.start()
 
-    def _on_postprocessed(self, layer, seg) -> None:
+    def _on_postprocessed(self, layer, seg, raw=None) -> None:
         if isinstance(seg, _Failed):
             self._error(seg.error)
+        elif raw is not None and self._raw.get(id(layer), (None, None))[1] is not raw:
+            return  # a Run replaced those maps meanwhile: this result is stale
         else:
             self._show_segmentation(layer, seg)
             self._status.value = self._count(seg)
 
-    def _on_restacked(self, layer, result) -> None:
-        if isinstance(result, _Failed):
-            self._error(result.error)
+    def _on_restacked(self, layer, stack, done) -> None:
+        """Apply a slider move's re-thresholded planes, where their maps are still the cached
+        ones (a Run during the move replaces them; its planes are newer)."""
+        if isinstance(done, _Failed):
+            self._error(done.error)
             return
-        if layer not in self._viewer.layers or id(layer) not in self._raw:
+        if layer not in self._viewer.layers or self._raw.get(id(layer), (None, None))[1] is not stack:
             return
-        self._show_stack(layer, {index: result.planes[index] for index in result.raws})
-        counts = self._stack_count(result)
-        rest = len(result.planes) - len(result.raws)
+        fresh = {index: seg for index, (raw, seg) in done.items() if stack.raws.get(index) is raw}
+        stack.planes.update(fresh)
+        self._show_stack(layer, fresh)
+        rest = len(stack.planes) - len(stack.raws)
         later = f" ({rest} without kept maps: at their next Run)" if rest else ""
-        self._status.value = f"{len(result.planes)} planes: {counts}{later}"
+        self._status.value = f"{len(stack.planes)} planes: {self._stack_count(stack)}{later}"
 
     def _on_post_finished(self) -> None:
         self._post_worker = None
@@ -668,7 +688,9 @@ class SegmentWidget(Container):
                                                                   layer.metadata.get(CLASS_KEY))
 
     def _provenance(self, predictor, raw, source, image_layer, cls: str | None) -> dict:
-        return {
+        stack = {"plane_diameters": dict(self._plane_sizes.get(id(image_layer), {}))} if hasattr(
+            raw, "raws") else {}  # a stack: the size each plane ran at (runs may differ)
+        return {**stack,
             "class": cls or (predictor.class_names[0] if len(predictor.class_names) == 1 else None),
             "source": str(source) if source else image_layer.name,
             "model": predictor.model_name,
@@ -713,34 +735,45 @@ class SegmentWidget(Container):
     def _run_stack(self, layer, leading: tuple[int, ...]) -> None:
         """Segment the plane on screen, or every plane, of a time-lapse or z-stack; the labels
         go into one Labels layer of the stack's shape (other planes keep theirs)."""
+        from ..inference.stack import plane_name
+
         data = layer.data[0] if layer.multiscale else layer.data
         plane = int(np.prod(data.shape[len(leading): len(leading) + 2]))
-        if plane > CHUNKED_ABOVE:
+        total = int(np.prod(leading))
+        if plane > CHUNKED_ABOVE or total * plane > STACK_LABELS_ABOVE:
             self._error(DeepCeNSError(
-                f"{layer.name!r} is a stack of {plane / 1e6:.0f}-MP planes, too large to segment "
-                "here: run `deepcens segment` on its file"))
+                f"{layer.name!r} holds {total} planes of {plane / 1e6:.1f} MP: its labels would "
+                f"need {total * plane * 4 / 1e9:.1f} GB in memory (at most "
+                f"{STACK_LABELS_ABOVE * 4 / 1e9:.0f} GB here, planes of at most "
+                f"{CHUNKED_ABOVE / 1e6:.0f} MP): segment it with `deepcens segment` on its file"))
             return
         planes = [displayed_plane(layer, self._viewer)] if self._planes.value == "current" else None
-        count = 1 if planes else int(np.prod(leading))
-        if count * plane > STACK_LABELS_ABOVE:
-            self._error(DeepCeNSError(
-                f"{count} planes of {plane / 1e6:.1f} MP would need {count * plane * 4 / 1e9:.1f} GB "
-                "of labels in memory: segment this stack with `deepcens segment` on its file, "
-                "or choose 'this plane'"))
-            return
-        load, _key = self._loader()
+        count = 1 if planes else total
+        load, key = self._loader()
         diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
-        keep = count * plane <= CHUNKED_ABOVE
+        estimate = bool(self._auto_diameter.value)
+        denoise = CHOICES[self._denoise.value]
+        cached = self._raw.get(id(layer))
+        reuse = (planes is not None and cached is not None and hasattr(cached[1], "raws")
+                 and cached[0] is self._predictors.get(key))
+        if reuse:  # one plane after another: the stack's size and denoising, not the plane's
+            earlier = cached[1]
+            if estimate and earlier.estimated and earlier.diameter:
+                diameter, estimate = earlier.diameter, False
+            if denoise is None:
+                denoise = earlier.denoised
         params = self._params() if self._user_knobs else None
         self._progress.value, self._progress.max = 0, 1
-        where = f"plane {planes[0]}" if planes else f"{count} planes"
+        where = f"plane {plane_name(planes[0])}" if planes else f"{count} planes"
         self._status.value = f"segmenting {layer.name}, {where}…"
         self._started = time.perf_counter()
-        worker = _stack_worker(load, data, planes, bool(layer.rgb), diameter,
-                               bool(self._auto_diameter.value), params, bool(self._tta.value),
-                               CHOICES[self._denoise.value], keep, layer.name)
+        worker = _stack_worker(load, data, planes, bool(layer.rgb), diameter, estimate, params,
+                               bool(self._tta.value), denoise, count * plane <= CHUNKED_ABOVE,
+                               layer.name)
+        estimated_before = reuse and diameter is not None and bool(self._auto_diameter.value)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result, layer=layer: self._on_stack_segmented(layer, result))
+        worker.returned.connect(lambda result, layer=layer, e=estimated_before:
+                                self._on_stack_segmented(layer, result, e))
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -749,8 +782,8 @@ class SegmentWidget(Container):
         self._busy(True)
         worker.start()
 
-    def _on_stack_segmented(self, layer, result) -> None:
-        from ..inference.stack import StackResult
+    def _on_stack_segmented(self, layer, result, estimated_before: bool = False) -> None:
+        from ..inference.stack import plane_name
 
         if isinstance(result, _Failed):
             self._error(result.error)
@@ -759,37 +792,45 @@ class SegmentWidget(Container):
             self._status.value = f"{layer.name!r} was removed during the run: result discarded"
             return
         predictor, new = result
+        if estimated_before:  # the size estimated on an earlier plane of this stack
+            new.estimated = True
         cached = self._raw.get(id(layer))
-        if (cached is not None and cached[0] is predictor and isinstance(cached[1], StackResult)
-                and cached[1].leading == new.leading and cached[1].plane_shape == new.plane_shape):
-            merged = cached[1]  # earlier planes' maps stay live
+        same_model = cached is not None and cached[0] is predictor and hasattr(cached[1], "raws")
+        old = cached[1] if same_model else None
+        if (old is not None and old.leading == new.leading and old.plane_shape == new.plane_shape
+                and abs(old.scale - new.scale) < 1e-9 and old.denoised == new.denoised
+                and bool(old.meta.get("tta")) == bool(new.meta.get("tta"))):
+            merged = old  # earlier planes' maps stay live: they ran the same way
             for index in new.planes:
                 merged.raws.pop(index, None)
             merged.planes.update(new.planes)
             merged.raws.update(new.raws)
+            merged.blank = [i for i in merged.blank if i not in new.planes] + new.blank
+            merged.diameter, merged.estimated = new.diameter, new.estimated
+            merged.size_unrecognised, merged.meta = new.size_unrecognised, new.meta or merged.meta
             plane = int(np.prod(new.plane_shape))
             for index in [i for i in merged.raws if i not in new.raws]:  # oldest first
                 if len(merged.raws) * plane <= CHUNKED_ABOVE:
                     break
                 del merged.raws[index]  # that plane keeps its labels; its maps are let go
-            merged.diameter, merged.estimated = new.diameter, new.estimated
-            merged.denoised, merged.meta = new.denoised, new.meta
-        else:
+        else:  # another model (other planes start empty), or another size: earlier maps go
             merged = new
+        if not same_model:
             self._stack_boxes.pop(id(layer), None)
+            self._plane_sizes.pop(id(layer), None)
         self._raw[id(layer)] = (predictor, merged)
-        first = next(iter(new.raws.values()), None)
+        sizes = self._plane_sizes.setdefault(id(layer), {})
+        for index, seg in new.planes.items():
+            if seg is not None:
+                sizes[plane_name(index)] = None if new.diameter is None else round(new.diameter, 2)
         if not self._user_knobs:
-            self._set_knobs(predictor.default_params(first.scale if first else predictor.scale_for(
-                new.diameter if new.estimated else None)))
-        self._show_stack(layer, {index: new.planes[index] for index in new.planes},
-                         fresh=merged is new)
+            self._set_knobs(predictor.default_params(new.scale))
+        self._show_stack(layer, dict(new.planes), fresh=not same_model)
         if new.estimated and new.diameter:
             self._diameter.value = round(new.diameter, 1)
         seconds = time.perf_counter() - self._started
-        where = (f"plane {next(iter(new.planes))}" if len(new.planes) == 1 else
+        where = (f"plane {plane_name(next(iter(new.planes)))}" if len(new.planes) == 1 else
                  f"{len(new.planes)} planes")
-        counts = self._stack_count(new)
         size = (f", diameter {new.diameter:.1f} px{' (estimated)' if new.estimated else ''}"
                 if new.diameter else "")
         if new.size_unrecognised:
@@ -797,7 +838,8 @@ class SegmentWidget(Container):
         blank = f", {len(new.blank)} blank" if new.blank else ""
         noisy = ", denoised first" if new.denoised else ""
         kept = "" if new.raws else "; thresholds apply at the next Run (too many planes to keep maps)"
-        self._status.value = f"{where}: {counts} in {seconds:.1f} s{size}{blank}{noisy}{kept}"
+        self._status.value = (f"{where}: {self._stack_count(new)} in {seconds:.1f} s{size}{blank}"
+                              f"{noisy}{kept}")
 
     @staticmethod
     def _stack_count(result) -> str:
@@ -808,9 +850,10 @@ class SegmentWidget(Container):
 
     def _show_stack(self, image_layer, planes: dict, fresh: bool = False) -> None:
         """Write ``planes`` (index → Segmentation or ``None``) into the stack's Labels layers,
-        numbered after the objects of the other planes, and the boxes of every plane.
-        ``fresh``: another model's (or weights') run: the other planes start empty, so one
-        layer never mixes two models (hand edits are kept as a layer of their own)."""
+        in place, numbered after the objects of the other planes, and the boxes of every
+        plane. A replaced plane the user edited is kept first (the whole layer, as a layer of
+        its own). ``fresh``: another model, weights or device: the other planes start empty,
+        so one layer never mixes two models."""
         predictor, result = self._raw[id(image_layer)]
         names = result.class_names() or list(predictor.class_names)
         multi = len(names) > 1
@@ -819,9 +862,11 @@ class SegmentWidget(Container):
         for name in names:
             cls = name if multi else None
             existing = self.labels_layer(image_layer, cls)
-            if (not fresh and existing is not None and isinstance(existing.data, np.ndarray)
-                    and existing.data.shape == full):
-                labels = np.array(existing.data, dtype=np.int32)
+            in_place = (not fresh and existing is not None and isinstance(existing.data, np.ndarray)
+                        and existing.data.shape == full and existing.data.dtype == np.int32)
+            if in_place:
+                self._keep_edited_planes(existing, planes)
+                labels = existing.data
             else:
                 labels = np.zeros(full, np.int32)
             for index in planes:
@@ -839,11 +884,38 @@ class SegmentWidget(Container):
                 if part.boxes is not None:
                     per_class[index] = (part.boxes, offset)
                 offset += n
-            self._show_labels(image_layer, labels, cls)
+            if in_place:
+                existing.refresh()
+                if hasattr(existing, "_reset_history"):  # Ctrl+Z must not paint old pixels back
+                    existing._reset_history()
+                layer = existing
+            else:
+                self._show_labels(image_layer, labels, cls)
+                layer = self.labels_layer(image_layer, cls)
+                self._written.pop(id(layer), None)
+            written = self._written.setdefault(id(layer), {})
+            for index in planes:
+                written[index] = _digest(layer.data[index])
         if any(boxes.values()):
             self._show_boxes(image_layer, {name: [(i, d, o) for i, (d, o) in sorted(b.items())]
                                            for name, b in boxes.items()}, multi)
         self._record_provenance(image_layer)
+
+    def _keep_edited_planes(self, layer, planes) -> None:
+        """Before planes of ``layer`` are replaced: if the user painted in any of them (they
+        differ from what this widget wrote there), keep the layer as it is as a new layer."""
+        if not layer.metadata.get(EDITED_KEY):
+            return
+        written = self._written.get(id(layer), {})
+        if not any(_digest(layer.data[i]) != written[i] if i in written else layer.data[i].any()
+                   for i in planes):
+            return
+        kept = self._viewer.add_labels(
+            layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
+            translate=layer.translate,
+            metadata={EDITED_KEY: True, CLASS_KEY: layer.metadata.get(CLASS_KEY),
+                      PROVENANCE_KEY: dict(layer.metadata.get(PROVENANCE_KEY, {}))})
+        show_info(f"your edits were kept in the layer {kept.name!r}")
 
     # ------------------------------------------------------------------ large images (chunked)
     @staticmethod
