@@ -4,6 +4,9 @@ Each grey val image becomes a synthetic time-lapse of ``--frames`` frames: the f
 (3 px right, 2 px down a frame) and bleaches (×0.9 a frame) on a camera offset, as uint16.
 Both ways are scored per frame against the drifted annotation (AP@0.5, DSB), timed, and the
 spread of the object size chosen over the frames is printed (the stack path chooses once).
+With the frames linked (``--link``, postprocess/link.py), it also prints how often a nucleus
+found in two consecutive frames (IoU ≥ 0.5 with its annotation in both) keeps its label, and
+how often a label jumps to another nucleus.
 
     .venv/bin/python bench/bench_stack.py ../shared/data/dsb2018/val --movies 10 --frames 6
 """
@@ -27,6 +30,33 @@ def movie(image: np.ndarray, labels: np.ndarray, frames: int) -> tuple[np.ndarra
     return np.stack(stack).astype(np.uint16), np.stack(truth)
 
 
+def matched(truth: np.ndarray, pred: np.ndarray) -> dict[int, int]:
+    """Annotation label → predicted label, for pairs with IoU ≥ 0.5 (one to one)."""
+    both = (truth > 0) & (pred > 0)
+    a, b = truth[both].astype(np.int64), pred[both].astype(np.int64)
+    width = int(b.max(initial=0)) + 1
+    pairs, inter = np.unique(a * width + b, return_counts=True)
+    ta, pb = pairs // width, pairs % width
+    area_t, area_p = np.bincount(truth.ravel()), np.bincount(pred.ravel())
+    iou = inter / (area_t[ta] + area_p[pb] - inter)
+    return {int(t): int(p) for t, p, v in zip(ta, pb, iou, strict=True) if v >= 0.5}
+
+
+def identities(truth: np.ndarray, linked: np.ndarray) -> tuple[int, int, int]:
+    """(nuclei found in two consecutive frames, of those keeping their label, labels that
+    move to another nucleus from one frame to the next)."""
+    pairs = kept = jumps = 0
+    for t in range(len(truth) - 1):
+        now, nxt = matched(truth[t], linked[t]), matched(truth[t + 1], linked[t + 1])
+        owner = {p: g for g, p in nxt.items()}
+        for g, p in now.items():
+            if g in nxt:
+                pairs += 1
+                kept += nxt[g] == p
+            jumps += p in owner and owner[p] != g
+    return pairs, kept, jumps
+
+
 def main() -> None:
     from napari_deepcens import Predictor
     from napari_deepcens.evaluation.metrics import match_image, summarize
@@ -39,6 +69,7 @@ def main() -> None:
     ap.add_argument("--model", default="unet")
     ap.add_argument("--movies", type=int, default=10)
     ap.add_argument("--frames", type=int, default=6)
+    ap.add_argument("--link", action="store_true", help="also link the frames and score identities")
     args = ap.parse_args()
 
     predictor = Predictor.from_name(args.model, device="cpu")
@@ -46,12 +77,15 @@ def main() -> None:
     both = {"stack": [], "frames": []}
     seconds = {"stack": 0.0, "frames": 0.0}
     spread = []
+    tracks = np.zeros(3, np.int64)
     for s in samples:
         stack, truth = movie(read_image(s.image), read_labels(s.labels), args.frames)
         t0 = time.perf_counter()
         result = segment_stack(predictor, stack)
         seconds["stack"] += time.perf_counter() - t0
         labels = result.stacked()["nucleus"][0]
+        if args.link:
+            tracks += identities(truth, result.stacked(link=True)["nucleus"][0])
         both["stack"] += [match_image(truth[t], labels[t]) for t in range(args.frames)]
         t0 = time.perf_counter()
         sizes = []
@@ -70,6 +104,10 @@ def main() -> None:
               f"{seconds[way] / frames:.2f} s/frame  ({frames} frames)")
     print(f"frame-by-frame size spread (max/min per movie): median {np.median(spread):.3f}, "
           f"max {max(spread):.3f}")
+    if args.link:
+        pairs, kept, jumps = (int(v) for v in tracks)
+        print(f"linked: {kept} of {pairs} nuclei found in consecutive frames keep their label "
+              f"({kept / max(pairs, 1):.1%}); {jumps} labels jump to another nucleus")
 
 
 if __name__ == "__main__":

@@ -118,17 +118,21 @@ def test_cli_stack_boxes_name_their_plane(tmp_path, timelapse):
     import csv
 
     stack, _ = timelapse
-    write(tmp_path / "movie.tif", stack[[0, 2]], imagej=True, metadata={"axes": "ZYX"})
-    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path), "--model",
-                 "centerunet", "--device", "cpu"]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "movie_boxes.csv")))
-    labels = tifffile.imread(tmp_path / "movie_labels.tif")
-    assert rows and {r["z"] for r in rows} == {"0", "1"}
-    for row in rows[:: max(1, len(rows) // 10)]:               # each box sits on its object
-        z, label = int(row["z"]), int(row["label"])
-        cy, cx = round(float(row["cy"])), round(float(row["cx"]))
-        ys, xs = np.nonzero(labels[z] == label)
-        assert ys.size and abs(ys.mean() - cy) < 4 and abs(xs.mean() - cx) < 4
+    write(tmp_path / "movie.tif", np.stack([stack[0], np.roll(stack[0], 2, axis=1)]),
+          imagej=True, metadata={"axes": "ZYX"})
+    for extra in ([], ["--link"]):                             # linked: the boxes follow
+        out = tmp_path / ("linked" if extra else "pieces")
+        assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(out), "--model",
+                     "centerunet", "--device", "cpu", *extra]) == 0
+        rows = list(csv.DictReader(open(out / "movie_boxes.csv")))
+        labels = tifffile.imread(out / "movie_labels.tif")
+        assert rows and {r["z"] for r in rows} == {"0", "1"}
+        for row in rows[:: max(1, len(rows) // 10)]:           # each box sits on its object
+            z, label = int(row["z"]), int(row["label"])
+            cy, cx = round(float(row["cy"])), round(float(row["cx"]))
+            ys, xs = np.nonzero(labels[z] == label)
+            assert ys.size and abs(ys.mean() - cy) < 4 and abs(xs.mean() - cx) < 4
+    assert len(np.unique(labels)) < len(np.unique(tifffile.imread(tmp_path / "pieces" / "movie_labels.tif")))
 
 
 def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_viewer, qtbot,
@@ -276,3 +280,62 @@ def test_grey_pages_of_a_colour_image_and_holes_in_a_stack(tmp_path):
     ring[1, 4, 4] = 0                                            # a hole in frame 1
     filled = fill_holes(ring)
     assert filled[1, 4, 4] == 4 and not filled[0].any()
+
+
+def test_linking_gives_an_object_one_label_across_planes():
+    from napari_deepcens.postprocess.link import link_planes
+
+    from .conftest import disc_labels
+
+    first = disc_labels((64, 64), [(10, 10), (30, 30), (50, 12)], 6)
+    second = disc_labels((64, 64), [(12, 13), (31, 33)], 6)          # moved; the third is gone
+    third = disc_labels((64, 64), [(14, 16), (50, 50)], 6)           # one moved on, one new
+    stack = np.stack([first, second, third])                         # each plane counts from 1
+    linked = link_planes(stack)
+    assert linked.dtype == np.int32
+    a, b, c = (linked[k][tuple(p)] for k, p in enumerate([(10, 10), (12, 13), (14, 16)]))
+    assert a == b == c                                               # one track
+    assert linked[1][31, 33] == linked[0][30, 30]
+    assert linked[2][50, 50] not in np.unique(linked[:2])           # a newcomer: its own label
+    assert len(np.unique(linked)) - 1 == 4                           # 4 objects, not 7 pieces
+    # two stack axes (time, z): linked along the one asked for only
+    tz = np.stack([stack, stack])
+    along_z = link_planes(tz, axis=1)
+    assert len(np.unique(along_z[0])) - 1 == 4 and not set(np.unique(along_z[0])[1:]) & set(
+        np.unique(along_z[1])[1:])
+    # labels unique across the stack: the lookup table carries boxes along
+    unique = np.where(stack > 0, stack + np.array([0, 10, 20])[:, None, None], 0)
+    relinked, lut = link_planes(unique, return_map=True)
+    assert np.array_equal(lut[unique], relinked)
+    with pytest.raises(ValueError):
+        link_planes(first)
+
+
+def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
+        tmp_path, fluorescence, make_napari_viewer):
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    image, _ = fluorescence
+    grey = (image[..., 0] if image.ndim == 3 else image).astype(np.uint16) * 40 + 100
+    movie = np.stack([np.roll(grey, (t, 2 * t), axis=(0, 1)) for t in range(3)])
+    write(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
+    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path / "b"), "--device", "cpu",
+                 "--link"]) == 0
+    pieces = tifffile.imread(tmp_path / "a" / "movie_labels.tif")
+    linked = tifffile.imread(tmp_path / "b" / "movie_labels.tif")
+    assert np.array_equal(pieces > 0, linked > 0)                    # only the numbers change
+    per_frame = [set(np.unique(f)[1:]) for f in linked]
+    shared = len(per_frame[0] & per_frame[1] & per_frame[2])
+    assert shared >= 0.9 * len(per_frame[0])                         # tracks through 3 frames
+    assert len(np.unique(linked)) - 1 < 0.5 * (len(np.unique(pieces)) - 1)
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
+    correct = CorrectionWidget(viewer)
+    correct._labels_layer.value = layer
+    correct.link_planes()
+    assert "pieces →" in correct._status.value
+    assert len(np.unique(layer.data)) == len(np.unique(linked))
+    layer.undo()
+    assert np.array_equal(layer.data, pieces)

@@ -51,6 +51,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                         "a time-lapse or z-stack TIFF is segmented plane by plane into one "
                         "labels stack")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--link", action="store_true",
+                   help="stacks: one label per object across planes (3-D objects along Z, "
+                        "else tracks along T): an object takes the label of the one it "
+                        "overlaps most in the previous plane (IoU ≥ 0.1)")
     p.add_argument("--channel", type=_COUNT, default=None,
                    help="multichannel TIFFs (ImageJ hyperstacks): the nuclear stain's channel, "
                         "from 0; also picks one colour of an RGB image")

@@ -178,7 +178,9 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
                 break
             bar.total, bar.n = total, done
             bar.refresh()
-    written = write_stack_segmentation(args.output, stem, result, stack.axes, overwrite=args.overwrite)
+    link = getattr(args, "link", False)
+    written = write_stack_segmentation(args.output, stem, result, stack.axes,
+                                       overwrite=args.overwrite, link=link)
     counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
     size = (f"diameter {result.diameter:.1f} px{' estimated' if result.estimated else ''}"
             if result.diameter else "object size not recognised: planes as they are"
@@ -188,8 +190,9 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     n_blank = len(result.blank)
     blank = f", {n_blank} blank plane{'s' if n_blank > 1 else ''} left empty" if n_blank else ""
     name = path.name if stem == path.stem else f"{stem} ({path.name})"
-    tqdm.write(f"{name}: {planes} planes (axes {stack.axes}): {counts} ({size}{blank}) -> "
-               f"{written[-1].parent}")
+    linked = ", linked across planes" if link else ""
+    tqdm.write(f"{name}: {planes} planes (axes {stack.axes}): {counts} ({size}{blank}{linked}) "
+               f"-> {written[-1].parent}")
     if args.diameter and not any(result.counts().values()):
         tqdm.write(f"  nothing found at a diameter of {args.diameter:g} px: is that the "
                    "objects' size? (leave --diameter out to estimate it)")
@@ -208,7 +211,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
     with dask_client(args.scheduler, args.workers) as client:
         if small:
             jobs = [FileJob(str(p), stem, str(args.output), args.diameter, args.tile,
-                            tuple(overrides.items()), args.overwrite, getattr(args, "channel", None))
+                            tuple(overrides.items()), args.overwrite, getattr(args, "channel", None),
+                            getattr(args, "link", False))
                     for p, stem in small]
             with tqdm(total=len(jobs), desc="images", unit="image", leave=False) as bar:
                 for path, ok, message in run_files(client, spec, jobs):

@@ -78,9 +78,16 @@ class StackResult:
                 return list(seg.by_class())
         return []
 
-    def stacked(self) -> dict[str, tuple[np.ndarray, list[tuple[tuple[int, ...], Detections]] | None]]:
-        """Class name → (labels of the whole stack, int32, numbered across planes; the boxes of
-        each plane, label ``offset + i`` ↔ its box ``i - 1``, or ``None`` for dense models)."""
+    def stacked(self, link: bool = False, axis: int = 0
+                ) -> dict[str, tuple[np.ndarray, list[tuple[tuple[int, ...], Detections, object]] | None]]:
+        """Class name → (labels of the whole stack, int32; the boxes of each plane as
+        (plane index, Detections, labels) or ``None`` for dense models).
+
+        Labels are numbered across planes (box ``i`` of a plane ↔ label ``offset + i + 1``,
+        the third item an int offset). ``link``: one label per object along stack axis
+        ``axis`` (:func:`~napari_deepcens.postprocess.link.link_planes`: 3-D objects in a
+        z-stack, tracks in a time-lapse); the third item is then each box's label array.
+        """
         out = {}
         for name in self.class_names() or ["nucleus"]:
             labels = np.zeros(self.leading + self.plane_shape, np.int32)
@@ -98,6 +105,12 @@ class StackResult:
                     boxes = boxes if boxes is not None else []
                     boxes.append((index, part.boxes, offset))
                 offset += n
+            if link and len(self.leading):
+                from ..postprocess.link import link_planes
+
+                labels, lut = link_planes(labels, axis=axis, return_map=True)
+                if boxes is not None:
+                    boxes = [(i, d, lut[o + 1 + np.arange(len(d))]) for i, d, o in boxes]
             out[name] = (labels, boxes)
         return out
 
@@ -273,6 +286,15 @@ def restack(predictor, result: StackResult, params=None) -> Generator[None, None
         done[index] = (raw, predictor.instances(raw, params))
         yield
     return done
+
+
+def link_axis(axes: str) -> int:
+    """The stack axis along which objects are linked: depth (Z) if the stack has one, else
+    time (T), else the first. ``axes``: the stack axes' letters (e.g. ``"TZ"``)."""
+    for letter in "ZT":
+        if letter in axes:
+            return axes.index(letter)
+    return 0
 
 
 def plane_name(index: tuple[int, ...]) -> str:

@@ -91,19 +91,22 @@ def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = Fal
 
 
 def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
-                             overwrite: bool = False) -> list[Path]:
+                             overwrite: bool = False, link: bool = False) -> list[Path]:
     """Write a stack's :class:`~napari_deepcens.inference.stack.StackResult` as ``deepcens
     segment`` does for one image, but each file holds the whole stack: ``<stem>_labels.tif``
     with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
-    for detection models ``<stem>_boxes.csv`` with one column per stack axis first."""
+    for detection models ``<stem>_boxes.csv`` with one column per stack axis first.
+    ``link``: one label per object across planes (along Z, else T; see
+    :meth:`~napari_deepcens.inference.stack.StackResult.stacked`)."""
     import csv
 
+    from ..inference.stack import link_axis
     from ..postprocess.centers import BOX_COLUMNS
 
     folder = Path(folder)
     axes = axes.replace("S", "")
     names = axes[: len(axes) - 2].lower()
-    stacked = result.stacked()
+    stacked = result.stacked(link=link, axis=link_axis(names.upper()))
     written = []
     multi = len(stacked) > 1
     for name, (labels, boxes) in stacked.items():
@@ -113,10 +116,13 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
                 with open(tmp, "w", newline="") as fh:
                     writer = csv.writer(fh)
                     writer.writerow(tuple(names) + BOX_COLUMNS + (("class",) if multi else ()))
-                    for index, dets, offset in boxes:
-                        for row in dets.table():
-                            writer.writerow([*index, int(row[0]) + offset,
-                                             *(f"{v:.4f}" for v in row[1:]), *((name,) if multi else ())])
+                    for index, dets, offset in boxes:  # label offset, or linked labels
+                        table = dets.table()
+                        ids = (table[:, 0].astype(np.int64) + offset if np.isscalar(offset)
+                               else np.asarray(offset, np.int64))
+                        for label, row in zip(ids, table, strict=True):
+                            writer.writerow([*index, int(label), *(f"{v:.4f}" for v in row[1:]),
+                                             *((name,) if multi else ())])
 
             written.append(atomic_write(folder / f"{prefix}_boxes.csv", write, overwrite))
         written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))

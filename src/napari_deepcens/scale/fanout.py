@@ -88,6 +88,7 @@ class FileJob:
     overrides: tuple[tuple[str, float], ...]
     overwrite: bool
     channel: int | None = None
+    link: bool = False
 
 
 def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
@@ -109,7 +110,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
                                    params=dict(job.overrides) or None, tta=spec.tta,
                                    denoise=spec.denoise, tile=job.tile)
             written = write_stack_segmentation(job.output, job.stem, result, stack.axes,
-                                               overwrite=job.overwrite)
+                                               overwrite=job.overwrite, link=job.link)
             counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
             noisy = " (denoised)" if result.denoised else ""
             return job.path, True, (f"{name}: {len(result.planes)} planes: {counts}{noisy} -> "

@@ -98,6 +98,10 @@ class CorrectionWidget(Container):
         self._remove = PushButton(text="Remove small objects")
         self._relabel = PushButton(text="Relabel 1..N")
         self._boxes = PushButton(text="Recompute rotated boxes")
+        self._link = PushButton(text="Link planes (3-D objects / tracks)",
+                                tooltip="a stack's labels: each object takes the label of the "
+                                "object it overlaps most in the previous plane (IoU ≥ 0.1), "
+                                "so a nucleus keeps one label across z or time (undoable)")
         self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
         self._name = LineEdit(label="sample name", value="",
                               tooltip="empty: the image layer's name")
@@ -119,7 +123,7 @@ class CorrectionWidget(Container):
         self._restore = PushButton(text="Restore as a new layer")
         self._status = status_label(value="Shift+D delete, Shift+M merge (under cursor)")
         self.extend([self._labels_layer, self._image, self._delete, self._fill, self._min_size,
-                     self._remove, self._relabel, self._boxes, self._dataset, self._name,
+                     self._remove, self._relabel, self._boxes, self._link, self._dataset, self._name,
                      self._modality, self._export, self._autosave, self._versions,
                      self._restore, self._status])
         self._delete.changed.connect(self.delete_selected)
@@ -128,6 +132,7 @@ class CorrectionWidget(Container):
             lambda lab: edit.remove_small(lab, int(self._min_size.value)), "small objects removed"))
         self._relabel.changed.connect(lambda: self._apply(edit.relabel_sequential, "relabelled"))
         self._boxes.changed.connect(self.update_boxes)
+        self._link.changed.connect(self.link_planes)
         self._export.changed.connect(self.export)
         self._labels_layer.changed.connect(self._bind_keys)
         self._bind_keys(self._labels_layer.value)
@@ -199,6 +204,29 @@ class CorrectionWidget(Container):
         layer.bind_key("Shift-D", self.delete_under_cursor, overwrite=True)
         layer.bind_key("Shift-M", self.merge_under_cursor, overwrite=True)
         layer._deepcens_keys = True
+
+    def link_planes(self) -> None:
+        """One label per object across the planes of a stack (undoable, as every edit)."""
+        from ..postprocess.link import link_planes
+
+        try:
+            layer = self._layer()
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        if layer.data.ndim < 3:
+            self._report(f"{layer.name!r} is one plane: nothing to link")
+            return
+        data = np.asarray(layer.data)
+        before = len(np.unique(data)) - 1
+        linked = edit.relabel_sequential(link_planes(data))  # objects 1..N
+        after = int(linked.max(initial=0))
+        if after > np.iinfo(data.dtype).max:
+            self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
+                                     f"{after} objects"))
+            return
+        self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
+                   f"planes linked: {before} pieces → {after} objects ({{n}} pixels changed)")
 
     def update_boxes(self) -> None:
         """Create or refresh the Shapes layer of rotated boxes from the current labels."""
