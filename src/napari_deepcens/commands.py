@@ -98,6 +98,18 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_progress_bar(gen, desc: str, unit: str):
+    """Drain a (done, total) progress generator behind a tqdm bar; return its value."""
+    with tqdm(desc=desc, unit=unit, leave=False) as bar:
+        while True:
+            try:
+                done, total = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+
 def denoise_choice(args) -> bool | None:
     """``--denoise``: auto → ``None`` (noisy images only), yes → ``True``, no → ``False``."""
     from .inference.denoise import CHOICES
@@ -121,16 +133,7 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             gen = predictor.predict_iter(image, diameter=args.diameter, tile=args.tile,
                                          tta=getattr(args, "tta", False),
                                          denoise=denoise_choice(args))
-            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
-                while True:
-                    try:
-                        done, total = next(gen)
-                    except StopIteration as stop:
-                        raw = stop.value
-                        break
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
+            raw = with_progress_bar(gen, path.name, "tile")
             params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **overrides})
             seg = predictor.instances(raw, params)
             written = write_segmentation(args.output, stem, seg, overwrite=args.overwrite)
@@ -169,15 +172,7 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
                              params=dict(overrides) or None, tta=getattr(args, "tta", False),
                              denoise=denoise_choice(args), tile=args.tile)
     planes = math.prod(stack.data.shape[: len(stack.leading)])
-    with tqdm(desc=f"{path.name} ({planes} planes)", unit="tile", leave=False) as bar:
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            bar.total, bar.n = total, done
-            bar.refresh()
+    result = with_progress_bar(gen, f"{path.name} ({planes} planes)", "tile")
     link = getattr(args, "link", False)
     written = write_stack_segmentation(args.output, stem, result, stack.axes,
                                        overwrite=args.overwrite, link=link)
@@ -231,15 +226,7 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                     chunk=args.chunk, halo=args.halo, diameter=args.diameter,
                     params=overrides,
                     table=args.output / f"{stem}_objects.csv", overwrite=args.overwrite)
-                with tqdm(desc=path.name, unit="task", leave=False) as bar:
-                    while True:
-                        try:
-                            done, total = next(gen)
-                        except StopIteration as stop:
-                            result = stop.value
-                            break
-                        bar.total, bar.n = total, done
-                        bar.refresh()
+                result = with_progress_bar(gen, path.name, "task")
                 counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
                 tqdm.write(f"{path.name}: {counts} in {result.seconds:.0f} s ({image.shape[0]}×"
                            f"{image.shape[1]}, chunks of {result.chunk} + {result.halo} px halo"

@@ -81,6 +81,17 @@ def drain(gen: Generator):
             return stop.value
 
 
+def relay(gen: Generator, progress) -> Generator:
+    """Run ``gen``, yielding ``progress(item)`` for each item it yields; return its value.
+    How a step that only knows it advanced (a filter block) reports as progress."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield progress(item)
+
+
 @dataclass(frozen=True)
 class Denoiser:
     """What filtering an image takes, fixed once per image so that every part of it (the

@@ -399,14 +399,9 @@ class Predictor:
         shape = plane.shape[-2:]
         denoised = False
         if denoise is not False:  # None: only channels noisier than the training data
-            gen = denoising.Denoiser.fit_iter(plane, force=denoise is True)
-            while True:  # the filter yields between blocks: Cancel need not wait for it
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    fitted, plane = stop.value
-                    break
-                yield 0, 1
+            # the filter yields between blocks: Cancel need not wait for it
+            fitted, plane = yield from denoising.relay(
+                denoising.Denoiser.fit_iter(plane, force=denoise is True), lambda _block: (0, 1))
             denoised = fitted.filters
         estimated = unrecognised = False
         if diameter is None and estimate and self.info.median_diameter > 0:

@@ -202,14 +202,9 @@ def segment_stack_iter(
                          "to segment")
     fitted = None
     if denoise is not False:  # the filter yields between blocks: Cancel need not wait for it
-        gen = denoising.Denoiser.fit_iter(ref_plane, force=denoise is True)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                fitted, ref_plane = stop.value
-                break
-            yield 0, len(planes)
+        fitted, ref_plane = yield from denoising.relay(
+            denoising.Denoiser.fit_iter(ref_plane, force=denoise is True),
+            lambda _block: (0, len(planes)))
         fitted = fitted if fitted.filters else None
     estimated = unrecognised = False
     if diameter is None and estimate and predictor.info.median_diameter > 0:
@@ -238,24 +233,17 @@ def segment_stack_iter(
                 result.blank.append(index)
                 continue
         if fitted is not None and index != ref_index:
-            gen = fitted.apply_iter(plane)
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    plane = stop.value
-                    break
-                yield k * per_plane, len(planes) * per_plane
-        gen = predictor.predict_iter(plane, diameter=run_diameter, estimate=False, normalised=True,
-                                     tta=tta, denoise=False, tile=tile)
-        while True:
-            try:
-                done, total = next(gen)
-            except StopIteration as stop:
-                raw = stop.value
-                break
-            per_plane = max(per_plane, total)
-            yield k * per_plane + done, len(planes) * per_plane
+            plane = yield from denoising.relay(
+                fitted.apply_iter(plane), lambda _block, k=k: (k * per_plane, len(planes) * per_plane))
+
+        def overall(step: Progress, k: int = k) -> Progress:
+            nonlocal per_plane
+            per_plane = max(per_plane, step[1])
+            return k * per_plane + step[0], len(planes) * per_plane
+
+        raw = yield from denoising.relay(
+            predictor.predict_iter(plane, diameter=run_diameter, estimate=False, normalised=True,
+                                   tta=tta, denoise=False, tile=tile), overall)
         raw.diameter, raw.estimated, raw.size_unrecognised = diameter, estimated, unrecognised
         raw.meta["denoised"] = fitted is not None
         result.meta = result.meta or dict(raw.meta)

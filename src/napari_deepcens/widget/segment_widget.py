@@ -378,10 +378,15 @@ class SegmentWidget(Container):
         params = self._params() if self._user_knobs else None
         worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value),
                                  layer.name, CHOICES[self._denoise.value])
+        self._start(worker, lambda result, layer=layer: self._on_segmented(layer, result))
+
+    def _start(self, worker, returned, finished=None) -> None:
+        """Wire a segmentation worker to the progress bar, the status line and Cancel, and
+        start it; ``returned`` gets its result."""
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result, layer=layer: self._on_segmented(layer, result))
+        worker.returned.connect(returned)
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
-        worker.finished.connect(self._on_finished)
+        worker.finished.connect(finished or self._on_finished)
         self._worker = worker
         stop_on_close(self.native, worker)
         show_warnings(worker)
@@ -585,12 +590,7 @@ class SegmentWidget(Container):
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
             return
         if layer.metadata.get(EDITED_KEY):
-            kept = self._viewer.add_labels(
-                layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
-                translate=layer.translate,
-                metadata={EDITED_KEY: True, CLASS_KEY: layer.metadata.get(CLASS_KEY),
-                          PROVENANCE_KEY: dict(layer.metadata.get(PROVENANCE_KEY, {}))})
-            show_info(f"your edits were kept in the layer {kept.name!r}")
+            self._keep_copy(layer)
         layer.data = labels
         if hasattr(layer, "_reset_history"):  # Ctrl+Z must not paint old pixels into new labels
             layer._reset_history()
@@ -771,16 +771,8 @@ class SegmentWidget(Container):
                                bool(self._tta.value), denoise, count * plane <= CHUNKED_ABOVE,
                                layer.name)
         estimated_before = reuse and diameter is not None and bool(self._auto_diameter.value)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result, layer=layer, e=estimated_before:
-                                self._on_stack_segmented(layer, result, e))
-        worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        stop_on_close(self.native, worker)
-        show_warnings(worker)
-        self._busy(True)
-        worker.start()
+        self._start(worker, lambda result, layer=layer, e=estimated_before:
+                    self._on_stack_segmented(layer, result, e))
 
     def _on_stack_segmented(self, layer, result, estimated_before: bool = False) -> None:
         from ..inference.stack import plane_name
@@ -910,6 +902,10 @@ class SegmentWidget(Container):
         if not any(_digest(layer.data[i]) != written[i] if i in written else layer.data[i].any()
                    for i in planes):
             return
+        self._keep_copy(layer)
+
+    def _keep_copy(self, layer) -> None:
+        """Keep a hand-edited labels layer, as it is now, as a layer of its own."""
         kept = self._viewer.add_labels(
             layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
             translate=layer.translate,
@@ -960,14 +956,8 @@ class SegmentWidget(Container):
         self._progress.value, self._progress.max = 0, 1
         self._status.value = f"segmenting {layer.name} chunk by chunk…"
         self._started = time.perf_counter()
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result, layer=layer: self._on_chunked(layer, result))
-        worker.finished.connect(self._on_chunked_finished)
-        self._worker = worker
-        stop_on_close(self.native, worker)
-        show_warnings(worker)
-        self._busy(True)
-        worker.start()
+        self._start(worker, lambda result, layer=layer: self._on_chunked(layer, result),
+                    self._on_chunked_finished)
 
     def _on_chunked_finished(self) -> None:
         self._chunk_cancel = None
