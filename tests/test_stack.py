@@ -309,10 +309,12 @@ def test_linking_gives_an_object_one_label_across_planes():
     assert np.array_equal(lut[unique], relinked)
     with pytest.raises(ValueError):
         link_planes(first)
+    with pytest.raises(ValueError, match="min_iou"):
+        link_planes(stack, min_iou=0)
 
 
 def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
-        tmp_path, fluorescence, make_napari_viewer):
+        tmp_path, fluorescence, make_napari_viewer, capsys):
     from napari_deepcens.widget.correction_widget import CorrectionWidget
 
     image, _ = fluorescence
@@ -320,8 +322,10 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     movie = np.stack([np.roll(grey, (t, 2 * t), axis=(0, 1)) for t in range(3)])
     write(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
     assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    capsys.readouterr()
     assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(tmp_path / "b"), "--device", "cpu",
                  "--link"]) == 0
+    said = capsys.readouterr().out
     pieces = tifffile.imread(tmp_path / "a" / "movie_labels.tif")
     linked = tifffile.imread(tmp_path / "b" / "movie_labels.tif")
     assert np.array_equal(pieces > 0, linked > 0)                    # only the numbers change
@@ -329,6 +333,8 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     shared = len(per_frame[0] & per_frame[1] & per_frame[2])
     assert shared >= 0.9 * len(per_frame[0])                         # tracks through 3 frames
     assert len(np.unique(linked)) - 1 < 0.5 * (len(np.unique(pieces)) - 1)
+    n_pieces, n_objects = len(np.unique(pieces)) - 1, len(np.unique(linked)) - 1
+    assert f"{n_pieces} nucleus pieces linked into {n_objects} objects" in said
 
     viewer = make_napari_viewer()
     layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
@@ -339,3 +345,11 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     assert len(np.unique(layer.data)) == len(np.unique(linked))
     layer.undo()
     assert np.array_equal(layer.data, pieces)
+    # a (time, z) layer napari knows the axes of: linked along z, into 3-D objects per time
+    tz = np.stack([pieces[:2], pieces[1:]]).astype(np.int32)
+    layer4 = viewer.add_labels(tz, name="tz", axis_labels=("t", "z", "y", "x"))
+    correct.reset_choices()
+    correct._labels_layer.value = layer4
+    correct.link_planes()
+    assert set(np.unique(layer4.data[0, 0])[1:]) & set(np.unique(layer4.data[0, 1])[1:])
+    assert not set(np.unique(layer4.data[0])[1:]) & set(np.unique(layer4.data[1])[1:])

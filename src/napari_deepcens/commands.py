@@ -174,9 +174,13 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     planes = math.prod(stack.data.shape[: len(stack.leading)])
     result = with_progress_bar(gen, f"{path.name} ({planes} planes)", "tile")
     link = getattr(args, "link", False)
+    objects: dict[str, int] = {}
     written = write_stack_segmentation(args.output, stem, result, stack.axes,
-                                       overwrite=args.overwrite, link=link)
+                                       overwrite=args.overwrite, link=link, objects=objects)
     counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+    if link:  # the pieces of all planes, and the objects they form
+        counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
+                           for c, n in objects.items())
     size = (f"diameter {result.diameter:.1f} px{' estimated' if result.estimated else ''}"
             if result.diameter else "object size not recognised: planes as they are"
             if result.size_unrecognised else "planes as they are")
@@ -185,7 +189,7 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     n_blank = len(result.blank)
     blank = f", {n_blank} blank plane{'s' if n_blank > 1 else ''} left empty" if n_blank else ""
     name = path.name if stem == path.stem else f"{stem} ({path.name})"
-    linked = ", linked across planes" if link else ""
+    linked = ""
     tqdm.write(f"{name}: {planes} planes (axes {stack.axes}): {counts} ({size}{blank}{linked}) "
                f"-> {written[-1].parent}")
     if args.diameter and not any(result.counts().values()):

@@ -91,13 +91,15 @@ def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = Fal
 
 
 def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
-                             overwrite: bool = False, link: bool = False) -> list[Path]:
+                             overwrite: bool = False, link: bool = False,
+                             objects: dict | None = None) -> list[Path]:
     """Write a stack's :class:`~napari_deepcens.inference.stack.StackResult` as ``deepcens
     segment`` does for one image, but each file holds the whole stack: ``<stem>_labels.tif``
     with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
     for detection models ``<stem>_boxes.csv`` with one column per stack axis first.
     ``link``: one label per object across planes (along Z, else T; see
-    :meth:`~napari_deepcens.inference.stack.StackResult.stacked`)."""
+    :meth:`~napari_deepcens.inference.stack.StackResult.stacked`). ``objects``, if given,
+    receives the number of distinct labels written per class."""
     import csv
 
     from ..inference.stack import link_axis
@@ -126,4 +128,6 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
 
             written.append(atomic_write(folder / f"{prefix}_boxes.csv", write, overwrite))
         written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))
+        if objects is not None:
+            objects[name] = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
     return written

@@ -45,7 +45,7 @@ def link_pair(previous: np.ndarray, current: np.ndarray, min_iou: float = MIN_IO
     score = np.zeros((rows.size, cols.size))
     score[ri, ci] = iou
     r, c = linear_sum_assignment(score, maximize=True)
-    ok = score[r, c] >= min_iou
+    ok = (score[r, c] > 0) & (score[r, c] >= min_iou)  # the assignment may pair non-overlaps
     return rows[r[ok]], cols[c[ok]]
 
 
@@ -60,35 +60,38 @@ def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
     carry boxes tied to labels along.
     """
     labels = np.asarray(labels)
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
     stack_dims = labels.ndim - 2
     if stack_dims < 1:
         raise ValueError(f"labels of shape {labels.shape} have no planes to link")
     if not -stack_dims <= axis < stack_dims:
         raise ValueError(f"axis {axis} is not a stack axis of labels {labels.shape}")
     moved = np.moveaxis(labels, axis % stack_dims, 0)
-    out = np.zeros(moved.shape, np.int64)
+    out = np.zeros(moved.shape, np.int32)  # a view's order: written plane by plane below
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64) if return_map else None
     next_id = 1
     for rest in np.ndindex(*moved.shape[1:-2]):
         previous = None
         for k in range(moved.shape[0]):
-            plane = moved[(k, *rest)].astype(np.int64, copy=False)
-            ids = np.unique(plane)
-            ids = ids[ids > 0]
-            fresh = np.zeros(int(plane.max(initial=0)) + 1, np.int64)
-            fresh[ids] = np.arange(next_id, next_id + ids.size)
-            next_id += ids.size
-            current = fresh[plane]
-            if previous is not None and ids.size:
+            ids, inverse = np.unique(moved[(k, *rest)], return_inverse=True)
+            inverse = inverse.reshape(moved.shape[-2:])
+            first = 1 if ids[0] == 0 else 0  # background keeps 0
+            new = np.zeros(ids.size, np.int64)
+            new[first:] = np.arange(next_id, next_id + ids.size - first)
+            next_id += ids.size - first
+            if next_id >= 2**31:
+                raise ValueError("more than 2**31 objects: cannot be numbered in int32")
+            current = new[inverse]
+            if previous is not None and ids.size > first:
                 mine, theirs = link_pair(previous, current, min_iou)
-                if mine.size:
-                    step = np.arange(int(current.max()) + 1, dtype=np.int64)
-                    step[mine] = theirs
-                    current = step[current]
-                    fresh[ids] = step[fresh[ids]]
+                if mine.size:  # ``new`` holds this plane's labels in order: remap them
+                    where = np.searchsorted(new[first:], mine) + first
+                    new[where] = theirs
+                    current = new[inverse]
             if lut is not None:
-                lut[ids] = fresh[ids]
+                lut[ids[first:]] = new[first:]
             out[(k, *rest)] = current
             previous = current
-    out = np.moveaxis(out, 0, axis % stack_dims).astype(np.int32)
+    out = np.ascontiguousarray(np.moveaxis(out, 0, axis % stack_dims))
     return (out, lut) if return_map else out

@@ -109,9 +109,14 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
             result = segment_stack(predictor, stack.data, rgb=stack.rgb, diameter=job.diameter,
                                    params=dict(job.overrides) or None, tta=spec.tta,
                                    denoise=spec.denoise, tile=job.tile)
+            objects: dict[str, int] = {}
             written = write_stack_segmentation(job.output, job.stem, result, stack.axes,
-                                               overwrite=job.overwrite, link=job.link)
+                                               overwrite=job.overwrite, link=job.link,
+                                               objects=objects)
             counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+            if job.link:
+                counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
+                                   for c, n in objects.items())
             noisy = " (denoised)" if result.denoised else ""
             return job.path, True, (f"{name}: {len(result.planes)} planes: {counts}{noisy} -> "
                                     f"{written[-1].parent}")

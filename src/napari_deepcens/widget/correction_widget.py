@@ -101,7 +101,8 @@ class CorrectionWidget(Container):
         self._link = PushButton(text="Link planes (3-D objects / tracks)",
                                 tooltip="a stack's labels: each object takes the label of the "
                                 "object it overlaps most in the previous plane (IoU ≥ 0.1), "
-                                "so a nucleus keeps one label across z or time (undoable)")
+                                "so a nucleus keeps one label across z or time (undoable); "
+                                "along the axis napari names z, else t, else the first")
         self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
         self._name = LineEdit(label="sample name", value="",
                               tooltip="empty: the image layer's name")
@@ -217,9 +218,13 @@ class CorrectionWidget(Container):
         if layer.data.ndim < 3:
             self._report(f"{layer.name!r} is one plane: nothing to link")
             return
+        from ..inference.stack import link_axis
+
         data = np.asarray(layer.data)
-        before = len(np.unique(data)) - 1
-        linked = edit.relabel_sequential(link_planes(data))  # objects 1..N
+        before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
+        names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
+        axis = link_axis(names) if len(names) == data.ndim - 2 else 0
+        linked = edit.relabel_sequential(link_planes(data, axis=axis))  # objects 1..N
         after = int(linked.max(initial=0))
         if after > np.iinfo(data.dtype).max:
             self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
