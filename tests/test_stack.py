@@ -353,3 +353,17 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     correct.link_planes()
     assert set(np.unique(layer4.data[0, 0])[1:]) & set(np.unique(layer4.data[0, 1])[1:])
     assert not set(np.unique(layer4.data[0])[1:]) & set(np.unique(layer4.data[1])[1:])
+
+
+def test_deepcens_napari_opens_a_time_lapse_with_its_axes(make_napari_viewer, tmp_path, timelapse,
+                                                          monkeypatch):
+    import napari
+
+    stack, _ = timelapse
+    viewers = []
+    monkeypatch.setattr(napari, "Viewer", lambda: viewers.append(make_napari_viewer()) or viewers[-1])
+    monkeypatch.setattr(napari, "run", lambda: None)
+    write(tmp_path / "movie.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    assert main(["napari", str(tmp_path / "movie.tif"), "--no-run"]) == 0
+    layer = viewers[0].layers["movie"]
+    assert layer.data.shape == stack.shape and tuple(layer.axis_labels) == ("t", "y", "x")

@@ -161,6 +161,8 @@ def _add_napari(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", nargs="?", type=Path,
                    help="image to open (default: the bundled fluorescence sample)")
     p.add_argument("--no-run", action="store_true", help="do not start segmenting right away")
+    p.add_argument("--channel", type=_COUNT, default=None,
+                   help="multichannel TIFFs: the nuclear stain's channel, from 0")
 
 
 def build_parser() -> argparse.ArgumentParser:

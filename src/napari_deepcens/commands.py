@@ -416,7 +416,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_napari(args: argparse.Namespace) -> int:
     import napari
 
-    from .io.images import read_image, validate_image
+    from .io.images import read_stack, validate_image
     from .scale.fanout import needs_chunks
     from .scale.lazy import open_lazy
     from .widget.dock import DeepCeNSDock
@@ -432,9 +432,12 @@ def run_napari(args: argparse.Namespace) -> int:
         lazy = open_lazy(args.image)
         data = lazy.levels if lazy.multiscale else lazy.levels[0]
         kwargs = {"name": args.image.stem, "rgb": lazy.rgb, "multiscale": lazy.multiscale}
-    else:
-        data = validate_image(read_image(args.image))
-        kwargs = {"name": args.image.stem, "rgb": data.ndim == 3}
+    else:  # a time-lapse or z-stack opens as one layer whose axes napari names (t, z, …)
+        stack = read_stack(args.image, getattr(args, "channel", None))
+        data = stack.data if stack.leading else validate_image(stack.data)
+        kwargs = {"name": args.image.stem, "rgb": stack.rgb}
+        if stack.leading:
+            kwargs["axis_labels"] = tuple(a.lower() for a in stack.axes.replace("S", ""))
     layer = viewer.add_image(data, **kwargs)
     dock = DeepCeNSDock(viewer)
     viewer.window.add_dock_widget(dock, name="DeepCeNS", area="right")
