@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.images import PERCENTILES, noise_sigma
+from .progress import drain
 
 #: A plane whose normalised range is under this many noise σ is denoised (the training
 #: images' lowest is 22.9; a field of camera noise alone is normalised to 12).
@@ -70,26 +71,6 @@ def _nl_means_iter(channel: np.ndarray, sigma: float) -> Generator[None, None, n
             out[r0:r1, c0:c1] = part[r0 - a: r1 - a, c0 - b: c1 - b]
             yield
     return out
-
-
-def drain(gen: Generator):
-    """Run a generator to its end and return its value (for callers that cannot stop)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
-def relay(gen: Generator, progress) -> Generator:
-    """Run ``gen``, yielding ``progress(item)`` for each item it yields; return its value.
-    How a step that only knows it advanced (a filter block) reports as progress."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield progress(item)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from .detection import detect_tiled
 from .device import resolve_device
 from .fusion import fuse_conv_bn
 from .onnx_cpu import Exported, OnnxMaps
+from .progress import drain, relay
 from .tiling import predict_tiled
 from .tta import flip_averaged_maps, flip_fused_detections
 
@@ -53,6 +54,18 @@ SNAP = 1.25
 #: watershed need ~40 bytes per pixel, so this stays within a 16 GB workstation.
 MAX_PIXELS = 256_000_000
 Progress = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an image (or a whole stack, decided on one plane) is segmented with: the fitted
+    denoising (``None``: not filtered), the object size and the zoom it gives."""
+
+    denoiser: denoising.Denoiser | None
+    diameter: float | None
+    estimated: bool
+    unrecognised: bool
+    scale: float
 
 
 @dataclass
@@ -374,6 +387,7 @@ class Predictor:
         tta: bool | None = None,
         sharpen: bool | None = None,
         denoise: bool | None = None,
+        decision: Decision | None = None,
     ) -> Generator[Progress, None, RawOutput]:
         """Yield (tiles done, tiles total); return the :class:`RawOutput` maps.
 
@@ -385,7 +399,9 @@ class Predictor:
         before it is enlarged (:mod:`.sharpen`): ``None`` as :meth:`sharpens` says, ``True``
         at any enlargement; never when the image is not enlarged. ``denoise``: non-local means
         before anything else (:mod:`.denoise`): ``None`` when the image is noisier than any the
-        networks learnt from, ``True``/``False`` always/never.
+        networks learnt from, ``True``/``False`` always/never. ``decision``: from
+        :meth:`decide_iter` on another plane of the same sample (a stack); ``image`` is then
+        normalised and filtered already, and ``diameter``/``estimate``/``denoise`` are unused.
         """
         tta = self.tta if tta is None else bool(tta)
         diameter = check_diameter(diameter)
@@ -397,21 +413,10 @@ class Predictor:
         self._check_size(np.shape(image)[-2:] if normalised else np.shape(image)[:2], diameter)
         plane = image.astype(np.float32, copy=False) if normalised else self.prepare(image, invert=invert)
         shape = plane.shape[-2:]
-        denoised = False
-        if denoise is not False:  # None: only channels noisier than the training data
-            # the filter yields between blocks: Cancel need not wait for it
-            fitted, plane = yield from denoising.relay(
-                denoising.Denoiser.fit_iter(plane, force=denoise is True), lambda _block: (0, 1))
-            denoised = fitted.filters
-        estimated = unrecognised = False
-        if diameter is None and estimate and self.info.median_diameter > 0:
-            found = self.estimate_diameter(plane, normalised=True).diameter
-            if found is not None:
-                diameter, estimated = found, True
-            unrecognised = found is None
-        scale = self.scale_for(diameter)
-        if estimated and abs(np.log(scale)) < np.log(SNAP):
-            scale = 1.0
+        if decision is None:
+            plane, decision = yield from self.decide_iter(plane, diameter, estimate, denoise)
+        diameter, estimated, unrecognised = decision.diameter, decision.estimated, decision.unrecognised
+        denoised, scale = decision.denoiser is not None, decision.scale
         work = plane
         sharpened = self.sharpens(scale) if sharpen is None else bool(sharpen) and scale > 1.0
         if scale != 1.0:
@@ -461,6 +466,30 @@ class Predictor:
                   "denoised": denoised},
         )
 
+    def decide_iter(self, plane: np.ndarray, diameter: float | None = None, estimate: bool = True,
+                    denoise: bool | None = None
+                    ) -> Generator[Progress, None, tuple[np.ndarray, Decision]]:
+        """The choices that depend on the sample, made on a normalised ``plane``: denoise it
+        (``None``: only when noisier than the training data; the filter yields between blocks,
+        so Cancel need not wait for it), then estimate the object size unless ``diameter`` is
+        given (an estimate within :data:`SNAP` of the working size runs at ×1). Returns the
+        plane as the network will see it (before any zoom) and the :class:`Decision`."""
+        fitted = None
+        if denoise is not False:
+            fitted, plane = yield from relay(
+                denoising.Denoiser.fit_iter(plane, force=denoise is True), lambda _block: (0, 1))
+            fitted = fitted if fitted.filters else None
+        estimated = unrecognised = False
+        if diameter is None and estimate and self.info.median_diameter > 0:
+            found = self.estimate_diameter(plane, normalised=True).diameter
+            if found is not None:
+                diameter, estimated = found, True
+            unrecognised = found is None
+        scale = self.scale_for(diameter)
+        if estimated and abs(np.log(scale)) < np.log(SNAP):
+            scale = 1.0
+        return plane, Decision(fitted, diameter, estimated, unrecognised, scale)
+
     def sharpens(self, scale: float) -> bool:
         """Whether an image enlarged ``scale`` times is unsharp-masked first (:mod:`.sharpen`):
         for weights that measured it (``sharpen_enlarged``), from ×2.5."""
@@ -468,12 +497,7 @@ class Predictor:
 
     def predict(self, image: np.ndarray, **kwargs) -> RawOutput:
         """:meth:`predict_iter` drained, for scripts."""
-        gen = self.predict_iter(image, **kwargs)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                return stop.value
+        return drain(self.predict_iter(image, **kwargs))
 
     def instances(self, raw: RawOutput, params: PostprocessParams | dict | None = None) -> Segmentation:
         """Labels (and boxes, for detection models) from cached maps; never runs the network.

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import DeepCeNSError, ImageError
 from ..io.images import validate_image
 from ..postprocess.centers import Detections
-from . import denoise as denoising
+from .progress import drain, relay
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def segment_stack_iter(
     default: the model's tuned ones at the zoom chosen). ``keep_maps`` keeps each plane's
     raw network output, for live re-thresholding.
     """
-    from .predictor import SNAP, check_diameter
+    from .predictor import check_diameter
 
     rgb = is_rgb_array(stack) if rgb is None else rgb
     leading = leading_shape(stack.shape, rgb)
@@ -200,25 +200,11 @@ def segment_stack_iter(
         what = "the plane is" if len(candidates) == 1 else "every plane of the stack is"
         raise ImageError(f"{what} blank (one value everywhere, or no finite values): nothing "
                          "to segment")
-    fitted = None
-    if denoise is not False:  # the filter yields between blocks: Cancel need not wait for it
-        fitted, ref_plane = yield from denoising.relay(
-            denoising.Denoiser.fit_iter(ref_plane, force=denoise is True),
-            lambda _block: (0, len(planes)))
-        fitted = fitted if fitted.filters else None
-    estimated = unrecognised = False
-    if diameter is None and estimate and predictor.info.median_diameter > 0:
-        found = predictor.estimate_diameter(ref_plane, normalised=True).diameter
-        if found is not None:
-            diameter, estimated = found, True
-        unrecognised = found is None
-    run_diameter = diameter
-    if estimated and abs(np.log(predictor.scale_for(diameter))) < np.log(SNAP):
-        run_diameter = None  # as for one image: an estimate this close runs at ×1
-
-    result = StackResult(leading, plane_shape, {}, diameter=diameter, estimated=estimated,
-                         size_unrecognised=unrecognised, denoised=fitted is not None,
-                         scale=predictor.scale_for(run_diameter))
+    ref_plane, decision = yield from relay(
+        predictor.decide_iter(ref_plane, diameter, estimate, denoise), lambda _step: (0, len(planes)))
+    result = StackResult(leading, plane_shape, {}, diameter=decision.diameter,
+                         estimated=decision.estimated, size_unrecognised=decision.unrecognised,
+                         denoised=decision.denoiser is not None, scale=decision.scale)
     per_plane = 1
     for k, index in enumerate(planes):
         if index == ref_index:  # prepared (and denoised) already
@@ -232,20 +218,17 @@ def segment_stack_iter(
                 result.planes[index] = None
                 result.blank.append(index)
                 continue
-        if fitted is not None and index != ref_index:
-            plane = yield from denoising.relay(
-                fitted.apply_iter(plane), lambda _block, k=k: (k * per_plane, len(planes) * per_plane))
+        if decision.denoiser is not None and index != ref_index:
+            plane = yield from relay(decision.denoiser.apply_iter(plane),
+                                     lambda _block, k=k: (k * per_plane, len(planes) * per_plane))
 
         def overall(step: Progress, k: int = k) -> Progress:
             nonlocal per_plane
             per_plane = max(per_plane, step[1])
             return k * per_plane + step[0], len(planes) * per_plane
 
-        raw = yield from denoising.relay(
-            predictor.predict_iter(plane, diameter=run_diameter, estimate=False, normalised=True,
-                                   tta=tta, denoise=False, tile=tile), overall)
-        raw.diameter, raw.estimated, raw.size_unrecognised = diameter, estimated, unrecognised
-        raw.meta["denoised"] = fitted is not None
+        raw = yield from relay(predictor.predict_iter(plane, normalised=True, decision=decision,
+                                                      tta=tta, tile=tile), overall)
         result.meta = result.meta or dict(raw.meta)
         result.planes[index] = predictor.instances(raw, params)
         if keep_maps:
@@ -255,12 +238,7 @@ def segment_stack_iter(
 
 def segment_stack(predictor, stack, **kwargs) -> StackResult:
     """:func:`segment_stack_iter` drained, for scripts."""
-    gen = segment_stack_iter(predictor, stack, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drain(segment_stack_iter(predictor, stack, **kwargs))
 
 
 def restack(predictor, result: StackResult, params=None) -> Generator[None, None, dict]:
