@@ -208,23 +208,25 @@ class CorrectionWidget(Container):
 
     def link_planes(self) -> None:
         """One label per object across the planes of a stack (undoable, as every edit)."""
+        from ..inference.stack import link_axis
         from ..postprocess.link import link_planes
 
         try:
             layer = self._layer()
+            data = np.asarray(layer.data)
+            if data.ndim < 3:
+                self._report(f"{layer.name!r} is one plane: nothing to link")
+                return
+            before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
+            names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
+            axis = link_axis(names) if len(names) == data.ndim - 2 else 0
+            linked = edit.relabel_sequential(link_planes(data, axis=axis))  # objects 1..N
         except DeepCeNSError as exc:
             self._fail(exc)
             return
-        if layer.data.ndim < 3:
-            self._report(f"{layer.name!r} is one plane: nothing to link")
+        except (ValueError, MemoryError) as exc:
+            self._fail(DeepCeNSError(f"linking failed ({type(exc).__name__}): {exc}"))
             return
-        from ..inference.stack import link_axis
-
-        data = np.asarray(layer.data)
-        before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
-        names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
-        axis = link_axis(names) if len(names) == data.ndim - 2 else 0
-        linked = edit.relabel_sequential(link_planes(data, axis=axis))  # objects 1..N
         after = int(linked.max(initial=0))
         if after > np.iinfo(data.dtype).max:
             self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
