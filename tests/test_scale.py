@@ -357,6 +357,13 @@ class MaskOracle:
 
         return PostprocessParams()
 
+    def decide_iter(self, plane, diameter=None, estimate=True, denoise=None):
+        """Nothing to decide: clean masks, no object size (as the predictor's, a generator)."""
+        from napari_deepcens.inference.predictor import Decision
+
+        return plane, Decision(None, diameter, False, False, 1.0)
+        yield  # pragma: no cover
+
     def predict(self, plane, **kwargs):
         from napari_deepcens.inference.predictor import RawOutput
 

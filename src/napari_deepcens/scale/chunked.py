@@ -297,29 +297,6 @@ def central_crop(image: LazyImage, norm: Normalisation) -> np.ndarray:
     return norm.apply(image.sources[0].region(slice(y0, y0 + side), slice(x0, x0 + side)))
 
 
-def global_diameter(predictor, image: LazyImage, norm: Normalisation, diameter: float | None,
-                    estimate: bool, crop: np.ndarray | None = None,
-                    ) -> tuple[float | None, float | None, bool]:
-    """(diameter the network runs at — ``None`` for as is —, diameter to report, estimated).
-
-    Estimated once on a central crop (``crop``: that crop, already normalised and, for a noisy
-    image, denoised), with the same snapping as the in-memory path: an estimate within ×1.25 of
-    the working size runs the image as it is.
-    """
-    from ..inference.predictor import SNAP
-
-    if diameter is not None and diameter > 0:
-        return diameter, diameter, False
-    if not estimate or predictor.info.median_diameter <= 0:
-        return None, None, False
-    crop = central_crop(image, norm) if crop is None else crop
-    found = predictor.estimate_diameter(crop, normalised=True).diameter
-    if found is None:
-        return None, None, False
-    scale = predictor.scale_for(found)
-    return (None if abs(math.log(scale)) < math.log(SNAP) else found), found, True
-
-
 # ---------------------------------------------------------------------------- the grid
 @dataclass(frozen=True)
 class Plan:
@@ -747,18 +724,19 @@ def segment_chunked_iter(
     predictor = predictor or spec.load()
     spec.share(predictor)  # in-process workers use it; other workers load their own copy
     norm = global_normalisation(image, predictor.in_channels)
-    from ..inference import denoise as denoising
+    from ..inference.progress import drain
 
-    # one decision for every chunk, so that neighbours agree (non-local means reads 8 px
-    # around each pixel, well inside the halo)
-    crop = central_crop(image, norm)
-    denoiser = None
-    if spec.denoise is not False:
-        fitted, filtered = denoising.Denoiser.fit(crop, force=spec.denoise is True)
-        if fitted.filters:
-            log.info("%s: every chunk is denoised (non-local means)", image.name)
-            denoiser, crop = fitted, filtered
-    run_d, shown_d, estimated = global_diameter(predictor, image, norm, diameter, estimate, crop)
+    # one decision for every chunk, on the central crop, as one image decides (denoising, size
+    # estimate, snapping), so that neighbours agree (non-local means reads 8 px around each
+    # pixel, well inside the halo)
+    diameter = diameter if diameter is not None and diameter > 0 else None
+    _crop, decision = drain(predictor.decide_iter(central_crop(image, norm), diameter, estimate,
+                                                  spec.denoise))
+    denoiser = decision.denoiser
+    if denoiser is not None:
+        log.info("%s: every chunk is denoised (non-local means)", image.name)
+    run_d = decision.diameter if decision.scale != 1.0 else None  # None: as it is
+    shown_d, estimated = decision.diameter, decision.estimated
     halo = default_halo(predictor, shown_d, chunk) if halo is None else int(halo)
     if not 0 <= halo <= chunk:
         raise DeepCeNSError(f"halo must lie in [0, chunk]; got halo {halo}, chunk {chunk}")
