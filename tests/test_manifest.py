@@ -22,3 +22,13 @@ def test_sample_data_are_real_images():
     for loader in (sample_data.fluorescence, sample_data.histology, sample_data.brightfield):
         (data, _meta, kind), = loader()
         assert kind == "image" and data.shape[0] >= 256 and data.std() > 5
+
+
+def test_the_two_stain_sample_opens_as_a_nuclear_and_a_cytoplasm_layer():
+    from napari_deepcens import sample_data
+
+    (nuclei, nuclei_meta, kind), (cyto, cyto_meta, kind2) = sample_data.cells()
+    assert kind == kind2 == "image" and nuclei.shape == cyto.shape == (640, 640)
+    assert nuclei_meta["name"].startswith("nuclei") and cyto_meta["name"] == "cytoplasm"
+    # different stains: the nuclei are compact bright spots, the cytoplasm spreads around them
+    assert (nuclei > 50).mean() < (cyto > 50).mean()

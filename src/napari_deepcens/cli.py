@@ -58,7 +58,13 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=_COUNT, default=None,
                    help="multichannel TIFFs (ImageJ hyperstacks): the nuclear stain's channel, "
                         "from 0; also picks one colour of an RGB image")
-    p.add_argument("--model", default="unet", help="model name (default: unet)")
+    p.add_argument("--cyto-channel", type=_COUNT, default=None,
+                   help="two-stain models (--model cells): the cytoplasm stain's channel, from "
+                        "0, with --channel for the nuclear one (default for RGB images: red "
+                        "nuclei, green cytoplasm)")
+    p.add_argument("--model", default="unet",
+                   help="unet (default), centerunet, deepcens (nuclei), or cells (cells and "
+                        "nuclei from a nuclear + a cytoplasm stain)")
     p.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--diameter", type=_DIAMETER, default=None,
@@ -99,7 +105,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="dataset folders of <id>/image.* + <id>/labels.*, or COCO instance JSON "
                         "files (several classes; DeepCeNS)")
     p.add_argument("-o", "--output", type=Path, required=True, help="weights file to write")
-    p.add_argument("--model", default="unet", help="model name (default: unet)")
+    p.add_argument("--model", default="unet",
+                   help="unet (default), centerunet or deepcens; cells fine-tunes the bundled "
+                        "cells + nuclei DeepCeNS")
     p.add_argument("--val", type=Path, nargs="*", default=[],
                    help="validation folders: the best epoch on them is kept")
     p.add_argument("--init", type=Path, help="weights to fine-tune from")

@@ -120,12 +120,14 @@ def denoise_choice(args) -> bool | None:
 def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) -> None:
     """Small images one after the other in this process, with a progress bar per image."""
     from .io.export import write_segmentation
-    from .io.images import read_stack
+    from .io.images import check_stains, read_stack
     from .postprocess.params import PostprocessParams
 
     for path, stem in jobs:
         try:
-            stack = read_stack(path, getattr(args, "channel", None))
+            stack = read_stack(path, getattr(args, "channel", None),
+                               getattr(args, "cyto_channel", None))
+            check_stains(stack, predictor.in_channels, path.name)
             if stack.leading:
                 _segment_stack_here(args, predictor, overrides, path, stem, stack)
                 continue
@@ -211,7 +213,7 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
         if small:
             jobs = [FileJob(str(p), stem, str(args.output), args.diameter, args.tile,
                             tuple(overrides.items()), args.overwrite, getattr(args, "channel", None),
-                            getattr(args, "link", False))
+                            getattr(args, "link", False), getattr(args, "cyto_channel", None))
                     for p, stem in small]
             with tqdm(total=len(jobs), desc="images", unit="image", leave=False) as bar:
                 for path, ok, message in run_files(client, spec, jobs):
@@ -223,7 +225,14 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                         tqdm.write(f"error: {Path(path).name}: {message}", file=sys.stderr)
         for path, stem in large:
             try:
+                if getattr(args, "cyto_channel", None) is not None:
+                    raise DeepCeNSError("--cyto-channel works on images that fit in memory; "
+                                        "save the nuclear and cytoplasm stains as an RGB "
+                                        "(red, green) image to segment a file this large")
                 image = open_lazy(path)
+                if predictor.in_channels > 1 and not image.rgb:
+                    raise DeepCeNSError(f"{path.name} is one stain: this model needs a nuclear "
+                                        "and a cytoplasm stain (red and green of an RGB image)")
                 image.name = stem
                 gen = segment_chunked_iter(
                     client, image, args.output / f"{stem}.zarr", spec, predictor=predictor,
@@ -281,6 +290,7 @@ def check_new_file(path: Path, what: str = "output", exists_ok: bool = False) ->
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .models.registry import bundled_weights, get_preset
     from .models.weights import read_info
     from .training.augment import AugmentConfig
     from .training.loop import TrainConfig, train_iter
@@ -292,6 +302,9 @@ def run_train(args: argparse.Namespace) -> int:
                             "overwritten; an interrupted run resumes from its .ckpt beside it)")
     args.output.parent.mkdir(parents=True, exist_ok=True)
 
+    preset = get_preset(args.model)
+    if preset.name != preset.model:  # bundled weights of an architecture: fine-tune them
+        args.model, args.init = preset.model, args.init or bundled_weights(preset.name)
     if args.init is not None:
         init_config = read_info(args.init).config
         channels = int(init_config.get("in_channels", 1)) if read_info(args.init).model == args.model else 1

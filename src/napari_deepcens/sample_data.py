@@ -1,4 +1,5 @@
-"""napari sample data: three small nucleus images from the DSB2018 validation split (CC0)."""
+"""napari sample data: three small nucleus images from the DSB2018 validation split (CC0), and
+a two-stain field of U2OS cells (nuclei + cytoplasm) for the cells + nuclei model."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ def histology() -> list[tuple]:
 def brightfield() -> list[tuple]:
     """Brightfield nuclei, a 512×512 crop."""
     return _layer("nuclei_brightfield", "nuclei brightfield")
+
+
+_U2OS = ("U2OS cells, Aits lab (github.com/Aitslab/imageanalysis, commit 1664791; cite the "
+         "source), training split of the bundled cells + nuclei model")
+
+
+def cells() -> list[tuple]:
+    """U2OS cells, 640×640: a Hoechst (nuclei) and a cytoplasm layer, as napari opens a
+    two-channel image; pick the first as image and the second as cytoplasm for the
+    *Cells + nuclei* model."""
+    image = _load("cells_u2os")
+    return [(image[..., 0], {"name": "nuclei (Hoechst)", "colormap": "blue", "blending": "additive",
+                             "metadata": {"source": _U2OS}}, "image"),
+            (image[..., 1], {"name": "cytoplasm", "colormap": "green", "blending": "additive",
+                             "metadata": {"source": _U2OS}}, "image")]

@@ -108,7 +108,8 @@ class Segmentation:
     others: dict[str, Segmentation] = field(default_factory=dict)
 
     def by_class(self) -> dict[str, Segmentation]:
-        """Every class, in the model's class order where it has one."""
+        """Every class: the main one (nuclei where the model has them) first, then the
+        others in the model's order."""
         return {self.name: self, **self.others}
 
 

@@ -90,7 +90,8 @@ class Stack:
         return self.axes[: len(self.axes) - (3 if self.rgb else 2)]
 
 
-def read_stack(path: str | Path, channel: int | None = None) -> Stack:
+def read_stack(path: str | Path, channel: int | None = None,
+               cyto_channel: int | None = None) -> Stack:
     """Read an image file that may hold several planes (a time-lapse, a z-stack, an ImageJ
     hyperstack) with its axes; axes of length one are dropped.
 
@@ -98,6 +99,10 @@ def read_stack(path: str | Path, channel: int | None = None) -> Stack:
     not planes of one sample: ``channel`` picks the nuclear one (0-based); without it such a
     file is refused with a message saying how many there are. ``channel`` also picks one
     colour of an RGB image.
+
+    ``cyto_channel`` (two-stain models such as the cells + nuclei DeepCeNS): the cytoplasm
+    stain's channel; the result is then colour, red the nuclear stain (``channel``, default 0)
+    and green the cytoplasm, as those models were trained.
     """
     path = Path(path)
     axes = None
@@ -132,6 +137,8 @@ def read_stack(path: str | Path, channel: int | None = None) -> Stack:
     if "Y" not in axes or "X" not in axes or axes.index("X") != axes.index("Y") + 1:
         raise ImageError(f"{path.name}: axes {axes} with shape {data.shape}: expected the image "
                          "plane (Y, X) as the last axes")
+    if cyto_channel is not None:
+        return two_stains(data, axes, 0 if channel is None else channel, cyto_channel, path.name)
     if channel is not None:
         where = axes.index("C") if "C" in axes else (data.ndim - 1 if axes.endswith("S") else None)
         if where is None:
@@ -146,6 +153,36 @@ def read_stack(path: str | Path, channel: int | None = None) -> Stack:
                          f"shape {data.shape}): choose the nuclear stain with --channel "
                          f"(0 to {data.shape[axes.index('C')] - 1})")
     return Stack(data, axes)
+
+
+def two_stains(data: np.ndarray, axes: str, nuclear: int, cyto: int, name: str) -> Stack:
+    """A two-stain model's input from a multichannel or RGB image: red the nuclear channel,
+    green the cytoplasm, blue empty (the order the bundled cells model was trained on)."""
+    where = axes.index("C") if "C" in axes else (data.ndim - 1 if axes.endswith("S") else None)
+    if where is None:
+        raise ImageError(f"{name} has one channel (axes {axes}): a cells + nuclei model needs "
+                         "the nuclear and the cytoplasm stain in one file (a multichannel TIFF "
+                         "or an RGB image)")
+    count = data.shape[where]
+    for what, index in (("--channel", nuclear), ("--cyto-channel", cyto)):
+        if not 0 <= index < count:
+            raise ImageError(f"{name} has {count} channels: {what} must be 0 to {count - 1}, "
+                             f"got {index}")
+    if nuclear == cyto:
+        raise ImageError(f"{name}: --channel and --cyto-channel are both {cyto}: the nuclear "
+                         "and the cytoplasm stain are different channels")
+    nuc, cyt = np.take(data, nuclear, axis=where), np.take(data, cyto, axis=where)
+    rest = axes[:where] + axes[where + 1:]
+    return Stack(np.stack([nuc, cyt, np.zeros_like(nuc)], axis=-1), rest.rstrip("S") + "S")
+
+
+def check_stains(stack: Stack, in_channels: int, name: str) -> None:
+    """A model trained on several stains refuses a one-stain image with what to do, rather
+    than segmenting the same grey in every channel (cells would be guessed from nuclei)."""
+    if in_channels > 1 and not stack.rgb:
+        raise ImageError(f"{name} is one stain: this model needs a nuclear and a cytoplasm "
+                         "stain (an RGB image, red nuclei and green cytoplasm, or a multichannel "
+                         "file with --channel N --cyto-channel M)")
 
 
 def read_labels(path: str | Path) -> np.ndarray:

@@ -36,12 +36,42 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A bundled weights file users pick by name: which network it is and what it finds.
+
+    Several presets can share one architecture: ``cells`` is a DeepCeNS trained on two stains
+    (nuclear and cytoplasm) to find cells and nuclei, beside the one-stain nucleus DeepCeNS.
+    """
+
+    name: str
+    label: str
+    model: str  # the architecture, a key of MODELS
+    bundled: str
+
+
+PRESETS: dict[str, Preset] = {
+    **{n: Preset(n, s.label, n, s.bundled) for n, s in MODELS.items()},
+    "cells": Preset("cells", "Cells + nuclei (DeepCeNS, 2 stains)", "deepcens",
+                    "deepcens_u2os_cells.safetensors"),
+}
+
+
 def get_spec(name: str) -> ModelSpec:
-    """The spec of model ``name``; a clear error listing the known names otherwise."""
+    """The spec of model ``name`` (an architecture or a preset's); a clear error listing the
+    known names otherwise."""
     try:
-        return MODELS[name]
+        return MODELS[get_preset(name).model]
     except KeyError:
-        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
+        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}") from None
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; a clear error listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}") from None
 
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
@@ -55,6 +85,6 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
 
 
 def bundled_weights(name: str) -> Path:
-    """Path of the default weights shipped in the package for model ``name``."""
-    spec = get_spec(name)
-    return Path(str(resources.files("napari_deepcens") / "weights" / spec.bundled))
+    """Path of the default weights shipped in the package for model (or preset) ``name``."""
+    preset = get_preset(name)
+    return Path(str(resources.files("napari_deepcens") / "weights" / preset.bundled))

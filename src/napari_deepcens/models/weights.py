@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import build_model, get_spec
+from .registry import MODELS, build_model, get_spec
 
 FORMAT = "napari-deepcens/1"
 _KEY = "deepcens"
@@ -125,10 +125,9 @@ def read_info(path: str | Path) -> WeightsInfo:
     if not isinstance(info.sharpen_enlarged, bool):
         raise WeightsError(f"{path.name}: its sharpen_enlarged ({info.sharpen_enlarged!r}) is not "
                            "true or false")
-    try:
-        get_spec(info.model)  # known model name
-    except WeightsError as exc:
-        raise WeightsError(f"{path.name}: {exc}") from None
+    if info.model not in MODELS:  # files name an architecture, never a preset
+        raise WeightsError(f"{path.name}: unknown model {info.model!r}: it must be one of "
+                           f"{', '.join(MODELS)}")
     return info
 
 
@@ -144,7 +143,7 @@ def load_weights(
 
     path = Path(path)
     info = read_info(path)
-    if expected_model is not None and info.model != expected_model:
+    if expected_model is not None and info.model != get_spec(expected_model).name:
         raise WeightsError(
             f"{path.name} holds weights for model {info.model!r}, not {expected_model!r}: "
             f"choose the {info.model!r} model or other weights"

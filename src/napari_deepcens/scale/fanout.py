@@ -89,6 +89,7 @@ class FileJob:
     overwrite: bool
     channel: int | None = None
     link: bool = False
+    cyto_channel: int | None = None
 
 
 def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
@@ -96,7 +97,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
     back as messages (the run goes on), so workers log no tracebacks for a corrupt file."""
     from ..inference.stack import segment_stack
     from ..io.export import write_segmentation, write_stack_segmentation
-    from ..io.images import read_stack
+    from ..io.images import check_stains, read_stack
     from ..postprocess.params import PostprocessParams
     from .chunked import _limit_torch_threads
 
@@ -104,7 +105,8 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
     try:
         _limit_torch_threads()
         predictor = spec.load()
-        stack = read_stack(job.path, job.channel)
+        stack = read_stack(job.path, job.channel, job.cyto_channel)
+        check_stains(stack, predictor.in_channels, Path(job.path).name)
         if stack.leading:  # a time-lapse or z-stack: plane by plane, one labels stack
             result = segment_stack(predictor, stack.data, rgb=stack.rgb, diameter=job.diameter,
                                    params=dict(job.overrides) or None, tta=spec.tta,

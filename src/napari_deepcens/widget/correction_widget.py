@@ -287,6 +287,8 @@ class CorrectionWidget(Container):
             if plane:
                 name = f"{name}_plane{'-'.join(str(i) for i in plane)}"
             provenance = dict(layer.metadata.get(PROVENANCE_KEY, {}))
+            if provenance.get("cytoplasm"):  # a two-stain model: the sample keeps both stains
+                image = self._with_cytoplasm(image, provenance["cytoplasm"], plane)
             source = getattr(getattr(image_layer, "source", None), "path", None)
             provenance.setdefault("source", str(source) if source else image_layer.name)
             classes = self._class_layers(layer)
@@ -313,6 +315,21 @@ class CorrectionWidget(Container):
         self._report(f"exported {' + '.join(classes)} labels to {folder}")
         show_info(f"exported sample {folder.name} to {folder.parent}")
         return folder
+
+    def _with_cytoplasm(self, nuclear: np.ndarray, name: str, plane: tuple) -> np.ndarray:
+        """The sample image of a two-stain segmentation: red the nuclear stain, green the
+        cytoplasm layer it ran with, as the model reads it (and as fine-tuning will)."""
+        if name not in self._viewer.layers:
+            raise DeepCeNSError(f"these labels were segmented with the cytoplasm layer {name!r}, "
+                                "which is no longer open: open it again to export both stains")
+        cyto = self._viewer.layers[name]
+        data = cyto.data[0] if cyto.multiscale else cyto.data
+        other = np.asarray(data[plane])
+        if other.shape != nuclear.shape:
+            raise DeepCeNSError(f"the cytoplasm layer {name!r} {other.shape} no longer matches "
+                                f"the image {nuclear.shape}")
+        return np.stack([nuclear, other.astype(nuclear.dtype, copy=False),
+                         np.zeros_like(nuclear)], axis=-1)
 
     # ------------------------------------------------------------------ autosave
     def _version_choices(self, _widget=None) -> list[tuple[str, AutosaveEntry]]:

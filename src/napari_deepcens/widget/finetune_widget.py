@@ -93,12 +93,12 @@ class FineTuneWidget(Container):
 
     def _base(self) -> tuple[str, Path]:
         """Model name and weights the segmentation widget would use now."""
-        from ..models.registry import bundled_weights
+        from ..models.registry import bundled_weights, get_preset
 
         if self._segment is None:
             return "unet", bundled_weights("unet")
-        model = self._segment._model.value
-        return model, self._segment.chosen_weights() or bundled_weights(model)
+        preset = get_preset(self._segment._model.value)  # e.g. cells: a DeepCeNS
+        return preset.model, self._segment.chosen_weights() or bundled_weights(preset.name)
 
     def start(self) -> None:
         if self._worker is not None:

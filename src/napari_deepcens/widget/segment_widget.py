@@ -37,7 +37,7 @@ from qtpy.QtCore import QTimer
 from ..errors import DeepCeNSError
 from ..inference.denoise import CHOICES
 from ..io.paths import results_root
-from ..models.registry import MODELS
+from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
@@ -211,8 +211,13 @@ class SegmentWidget(Container):
 
         self._viewer = viewer
         self._image = create_widget(annotation=napari.layers.Image, label="image")
-        self._model = ComboBox(label="model", choices=[(s.label, n) for n, s in MODELS.items()],
+        self._model = ComboBox(label="model", choices=[(p.label, n) for n, p in PRESETS.items()],
                                value="unet")
+        self._cyto = create_widget(annotation=napari.layers.Image | None, label="cytoplasm",
+                                   options={"tooltip": "two-stain models: the layer of the "
+                                            "cytoplasm stain (the image above is the nuclear "
+                                            "stain); not needed for an RGB image with red "
+                                            "nuclei and green cytoplasm"})
         self._weights = FileEdit(label="weights", mode="r", filter="*.safetensors", value=None,
                                  nullable=True, tooltip="empty: the weights bundled with the plugin")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto",
@@ -251,7 +256,7 @@ class SegmentWidget(Container):
                                   "each is a nucleus an annotator would draw); 0 keeps all")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
-        self.extend([self._image, self._model, self._weights, self._device,
+        self.extend([self._image, self._model, self._cyto, self._weights, self._device,
                      self._auto_diameter, self._diameter, self._tta, self._denoise,
                      self._planes, self._run, self._cancel, self._progress, self._status,
                      self._fg, self._seed, self._score, self._min_size])
@@ -283,6 +288,7 @@ class SegmentWidget(Container):
         self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
         self._plane_sizes: dict[int, dict] = {}  # image layer id -> plane -> diameter it ran at
         self._written: dict[int, dict] = {}  # labels layer id -> plane -> digest of what we wrote
+        self._cyto_of: dict[int, str] = {}  # image layer id -> cytoplasm layer it ran with
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -290,7 +296,9 @@ class SegmentWidget(Container):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
         self._weights.changed.connect(self._update_score_knob)
+        self._weights.changed.connect(self._update_stains)
         self._update_score_knob()
+        self._update_stains()
         viewer.layers.events.removed.connect(self._forget_layer)
         # hand edits of the labels this tab writes are autosaved (one saver per viewer)
         self._autosaver = autosaver_for(viewer)
@@ -368,6 +376,11 @@ class SegmentWidget(Container):
             image = layer_plane(layer)
         except Exception as exc:
             self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
+            return
+        try:
+            image, _rgb = self._stains(layer, image)
+        except DeepCeNSError as exc:
+            self._error(exc)
             return
         load, _key = self._loader()
         diameter = None if self._auto_diameter.value else (float(self._diameter.value) or None)
@@ -456,11 +469,56 @@ class SegmentWidget(Container):
                 visible = True  # a bad file: Run says what is wrong with it
         self._score.visible = visible
 
+    def _stain_count(self) -> int:
+        """Input channels of the chosen weights (read from the file's header, not loaded)."""
+        from ..models.registry import bundled_weights
+        from ..models.weights import read_info
+
+        try:
+            info = read_info(self.chosen_weights() or bundled_weights(self._model.value))
+            return int(info.config.get("in_channels", 1))
+        except (DeepCeNSError, TypeError, ValueError):
+            return 1  # a bad file: Run says what is wrong with it
+
+    def _update_stains(self, *_args) -> None:
+        """The cytoplasm picker matters for two-stain models only: show it for those."""
+        self._cyto.visible = self._stain_count() > 1
+
+    def _stains(self, layer, data):
+        """What a two-stain model is given for ``layer``: (data, rgb). An RGB layer goes as
+        it is (red nuclei, green cytoplasm); a grey one is paired with the cytoplasm layer
+        (red nuclear, green cytoplasm, blue empty, as the model was trained). One-stain
+        models get the layer unchanged."""
+        rgb = bool(getattr(layer, "rgb", False))
+        self._cyto_of.pop(id(layer), None)
+        if self._stain_count() == 1 or rgb:
+            return data, rgb
+        cyto = self._cyto.value
+        if cyto is None or cyto is layer:
+            raise DeepCeNSError(
+                f"{PRESETS[self._model.value].label} needs two stains: choose the cytoplasm "
+                f"stain's layer in 'cytoplasm' ({layer.name!r} is taken as the nuclear stain), "
+                "or open an RGB image with red nuclei and green cytoplasm")
+        other = cyto.data[0] if cyto.multiscale else cyto.data
+        if cyto.rgb or other.shape != data.shape:
+            raise DeepCeNSError(f"the cytoplasm layer {cyto.name!r} {tuple(other.shape)} does "
+                                f"not match {layer.name!r} {tuple(data.shape)}: both stains "
+                                "must be grey images of the same size")
+        self._cyto_of[id(layer)] = cyto.name  # provenance: export pairs the stains again
+        if isinstance(data, np.ndarray) and isinstance(other, np.ndarray):
+            return np.stack([data, other.astype(data.dtype, copy=False), np.zeros_like(data)],
+                            axis=-1), True
+        import dask.array as da
+
+        nuc, cyt = da.asarray(data), da.asarray(other).astype(data.dtype)
+        return da.stack([nuc, cyt, da.zeros_like(nuc)], axis=-1), True
+
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
         self._raw.pop(id(event.value), None)
         self._stack_boxes.pop(id(event.value), None)
         self._plane_sizes.pop(id(event.value), None)
+        self._cyto_of.pop(id(event.value), None)
         self._written.pop(id(event.value), None)
         for layer in self._viewer.layers:  # a new layer may get the same id(): unlink
             if layer.metadata.get(SOURCE_KEY) == id(event.value):
@@ -472,11 +530,12 @@ class SegmentWidget(Container):
         layer = self._image.value
         if layer is not None and id(layer) in self._raw:
             self._status.value = (f"model changed: press Run to segment with "
-                                  f"{MODELS[self._model.value].label}")
-        detector = self._model.value != "unet"
-        self._seed.visible = not detector
+                                  f"{PRESETS[self._model.value].label}")
+        architecture = get_preset(self._model.value).model
+        self._seed.visible = architecture == "unet"
         self._update_score_knob()
-        self._fg.label = "mask" if self._model.value == "deepcens" else "foreground"
+        self._update_stains()
+        self._fg.label = "mask" if architecture == "deepcens" else "foreground"
 
     # ------------------------------------------------------------------ live thresholds
     def _on_knob(self) -> None:
@@ -491,7 +550,7 @@ class SegmentWidget(Container):
                                       "at the next Run")
             return
         if self._raw[id(layer)][0].model_name != self._model.value:
-            self._status.value = (f"the thresholds belong to {MODELS[self._model.value].label}: "
+            self._status.value = (f"the thresholds belong to {PRESETS[self._model.value].label}: "
                                   "press Run to segment with it first")
             return
         if self._post_worker is not None:  # coalesce fast slider moves
@@ -703,6 +762,8 @@ class SegmentWidget(Container):
             "sharpened": bool(raw.meta.get("sharpened", False)),
             "denoised": bool(raw.meta.get("denoised", False)),
             "segmented": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"cytoplasm": self._cyto_of[id(image_layer)]} if id(image_layer) in self._cyto_of
+               else {}),
         }
 
     @staticmethod
@@ -738,6 +799,11 @@ class SegmentWidget(Container):
         from ..inference.stack import plane_name
 
         data = layer.data[0] if layer.multiscale else layer.data
+        try:
+            data, rgb = self._stains(layer, data)
+        except DeepCeNSError as exc:
+            self._error(exc)
+            return
         plane = int(np.prod(data.shape[len(leading): len(leading) + 2]))
         total = int(np.prod(leading))
         if plane > CHUNKED_ABOVE or total * plane > STACK_LABELS_ABOVE:
@@ -767,7 +833,7 @@ class SegmentWidget(Container):
         where = f"plane {plane_name(planes[0])}" if planes else f"{count} planes"
         self._status.value = f"segmenting {layer.name}, {where}…"
         self._started = time.perf_counter()
-        worker = _stack_worker(load, data, planes, bool(layer.rgb), diameter, estimate, params,
+        worker = _stack_worker(load, data, planes, rgb, diameter, estimate, params,
                                bool(self._tta.value), denoise, count * plane <= CHUNKED_ABOVE,
                                layer.name)
         estimated_before = reuse and diameter is not None and bool(self._auto_diameter.value)
@@ -932,6 +998,11 @@ class SegmentWidget(Container):
         from ..scale.chunked import ModelSpec
         from ..scale.lazy import from_array, is_zarr, open_lazy
 
+        if self._stain_count() > 1 and not getattr(layer, "rgb", False):
+            self._error(DeepCeNSError(
+                f"{layer.name!r} is too large to pair with a cytoplasm layer here: save the "
+                "two stains as one RGB image (red nuclei, green cytoplasm) and open that"))
+            return
         try:
             path = getattr(getattr(layer, "source", None), "path", None)
             if path and (is_zarr(Path(path)) or Path(path).suffix.lower() in (".tif", ".tiff")):
