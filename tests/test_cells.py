@@ -36,10 +36,10 @@ def crop():
 
 
 def test_the_cells_preset_is_a_two_stain_deepcens(cells_predictor):
-    from napari_deepcens.models.registry import get_preset, get_spec
+    from napari_deepcens.models.registry import get_preset
     from napari_deepcens.models.weights import load_weights
 
-    assert get_preset("cells").model == "deepcens" and get_spec("cells").name == "deepcens"
+    assert get_preset("cells").model == "deepcens"
     assert cells_predictor.model_name == "deepcens"
     assert cells_predictor.class_names == ("cell", "nucleus") and cells_predictor.in_channels == 3
     # the diameter knob means the nucleus diameter, as for the nucleus models
@@ -89,6 +89,14 @@ def test_two_stains_from_a_multichannel_tiff_match_the_rgb_image(crop, tmp_path)
     tifffile.imwrite(grey, image[..., 0])
     with pytest.raises(ImageError, match="one channel"):
         read_stack(grey, cyto_channel=1)
+    # a plain (C, Y, X) TIFF without axis names: its one unnamed axis holds the stains
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, channels)
+    assert np.array_equal(read_stack(plain, channel=2, cyto_channel=0).data, expected)
+    unnamed = tmp_path / "unnamed.tif"
+    tifffile.imwrite(unnamed, np.stack([channels[:2], channels[:2]]))
+    with pytest.raises(ImageError, match="do not say which axis holds the stains"):
+        read_stack(unnamed, channel=1, cyto_channel=0)
 
 
 def test_cli_segments_cells_and_refuses_a_single_stain(crop, tmp_path, capsys):
@@ -108,16 +116,19 @@ def test_cli_segments_cells_and_refuses_a_single_stain(crop, tmp_path, capsys):
         from_png = read_labels(out / f"{sample.id}_{cls}_labels.tif")
         assert from_png.max() > 3
         assert np.array_equal(from_png, read_labels(out / f"two_{cls}_labels.tif"))
+    capsys.readouterr()
+    assert main(["segment", str(two), "--cyto-channel", "1", "-o", str(out), "--device", "cpu"]) == 2
+    assert "--cyto-channel is for two-stain models" in capsys.readouterr().err
     grey = tmp_path / "grey.png"
     iio.imwrite(grey, image[..., 0])
-    capsys.readouterr()
     assert main(["segment", str(grey), *args]) == 1
     err = capsys.readouterr().err
     assert "one stain" in err and "--cyto-channel" in err and "Traceback" not in err
 
 
 def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewer, qtbot, crop,
-                                                               cells_predictor, tmp_path):
+                                                               cells_predictor, tmp_path,
+                                                               monkeypatch):
     from napari_deepcens.widget.segment_widget import SegmentWidget
 
     _sample, image = crop
@@ -146,6 +157,16 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     assert np.array_equal(cells.data, parts["cell"].labels), widget.status
     assert np.array_equal(nuclei.data, parts["nucleus"].labels)
     assert "cell" in widget.status and "nucleus" in widget.status
+    # the sliders re-threshold the cached detections, without the network
+    monkeypatch.setattr(widget._raw[id(nuclear)][0], "predict_iter",
+                        lambda *a, **k: pytest.fail("a slider re-ran the network"))
+    before = int(cells.data.max())
+    widget.set_options(score=0.95)
+    qtbot.waitUntil(lambda: widget._post_worker is None, timeout=20_000)
+    assert int(cells.data.max()) < before and "belong to" not in widget.status, widget.status
+    widget.set_options(score=float(cells_predictor.default_params().score_threshold))
+    qtbot.waitUntil(lambda: widget._post_worker is None and cells.data.max() == before,
+                    timeout=20_000)
     # exported for fine-tuning, the sample keeps both stains, as the model read them
     from napari_deepcens.io.images import read_image, read_labels
     from napari_deepcens.widget.correction_widget import CorrectionWidget
@@ -157,6 +178,18 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     assert folder is not None, correct._status.value
     assert np.array_equal(read_image(folder / "image.tif"), rgb)
     assert np.array_equal(read_labels(folder / "labels_nucleus.tif"), nuclei.data)
+    # a cytoplasm layer of another type keeps its values (each stain is normalised alone)
+    scaled = viewer.add_image(image[..., 1] / 255.0, name="actin 0-1")
+    widget.set_options(cyto=scaled)
+    composed, rgb_flag, name = widget._stains(nuclear, nuclear.data)
+    assert rgb_flag and name == "actin 0-1" and composed.dtype == np.float64
+    assert np.array_equal(composed[..., 1], image[..., 1] / 255.0)
+    # an RGB composite with blue nuclei is refused with what to do
+    blue = viewer.add_image(rgb[..., ::-1].copy(), name="dapi composite", rgb=True)
+    widget.set_options(image=blue)
+    widget.run()
+    assert widget._worker is None and "Split RGB" in widget.status
+    widget.set_options(image=nuclear)
     # a cytoplasm layer of another size is refused with both sizes
     small = viewer.add_image(image[:100, :100, 1], name="small")
     widget.set_options(cyto=small)
@@ -186,7 +219,7 @@ def test_fine_tuning_the_cells_preset_on_nucleus_only_data_is_refused(tmp_path, 
     assert main(["train", str(dsb), "-o", str(tmp_path / "x.safetensors"), "--model", "cells",
                  "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "do not match the model's cell, nucleus" in err and "Traceback" not in err
+    assert "grey image" in err and "colour" in err and "Traceback" not in err
     assert not (tmp_path / "x.safetensors").exists()
 
 

@@ -50,6 +50,9 @@ def run_segment(args: argparse.Namespace) -> int:
     if duplicates:
         raise DeepCeNSError(f"several inputs would write the same output name: {duplicates}")
     predictor = Predictor.from_name(args.model, weights=args.weights, device=args.device)
+    if getattr(args, "cyto_channel", None) is not None and predictor.in_channels == 1:
+        raise DeepCeNSError("--cyto-channel is for two-stain models (--model cells); this model "
+                            "reads one stain: choose it with --channel")
     overrides = {k: v for k, v in {"fg_threshold": args.fg_threshold,
                                    "seed_threshold": args.seed_threshold,
                                    "score_threshold": args.score_threshold,
@@ -304,6 +307,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.model)
     if preset.name != preset.model:  # bundled weights of an architecture: fine-tune them
+        if args.init is not None and read_info(args.init).model != preset.model:
+            raise DeepCeNSError(f"--model {preset.name} fine-tunes a {preset.model} model; "
+                                f"{args.init.name} holds a {read_info(args.init).model} model")
         args.model, args.init = preset.model, args.init or bundled_weights(preset.name)
     if args.init is not None:
         init_config = read_info(args.init).config
@@ -367,7 +373,8 @@ def run_tune(args: argparse.Namespace) -> int:
     if args.sharpen_enlarged is not None:
         info.sharpen_enlarged = args.sharpen_enlarged == "yes"
     device = resolve_device(args.device)
-    items = [item for folder in args.val for item in load_folder(folder)]  # a bad path fails now
+    channels = int(info.config.get("in_channels", 1))  # two-stain models read colour
+    items = [item for folder in args.val for item in load_folder(folder, channels=channels)]
     if args.fit_scorer:
         info.object_scorer = _fit_scorer(model, info, args.fit_scorer, device, zooms).to_dict()
     metrics, params = validate(model, info, items, device, estimate=True, confirm=args.confirm)

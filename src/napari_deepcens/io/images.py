@@ -129,7 +129,8 @@ def read_stack(path: str | Path, channel: int | None = None,
     if "S" in axes and axes[-1] != "S":  # planar colour (S, Y, X): colour last
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
-    if "S" in axes and data.shape[-1] not in (3, 4):  # two samples (grey + alpha): keep grey
+    if "S" in axes and data.shape[-1] not in (3, 4) and cyto_channel is None:
+        # two samples (grey + alpha): keep grey; with --cyto-channel they are two stains
         data, axes = data[..., 0], axes[:-1]
     keep = [i for i, n in enumerate(data.shape) if n > 1 or axes[i] in "YX"]
     data = data.reshape(tuple(data.shape[i] for i in keep))
@@ -158,7 +159,16 @@ def read_stack(path: str | Path, channel: int | None = None,
 def two_stains(data: np.ndarray, axes: str, nuclear: int, cyto: int, name: str) -> Stack:
     """A two-stain model's input from a multichannel or RGB image: red the nuclear channel,
     green the cytoplasm, blue empty (the order the bundled cells model was trained on)."""
-    where = axes.index("C") if "C" in axes else (data.ndim - 1 if axes.endswith("S") else None)
+    if "C" in axes and axes.endswith("S"):
+        raise ImageError(f"{name} has channels of colour images (axes {axes}): save the nuclear "
+                         "and the cytoplasm stain as two grey channels")
+    unnamed = [i for i, a in enumerate(axes) if a in "QI"]
+    where = (axes.index("C") if "C" in axes else data.ndim - 1 if axes.endswith("S")
+             else unnamed[0] if len(unnamed) == 1 else None)  # a plain (C, Y, X) TIFF
+    if where is None and len(unnamed) > 1:
+        raise ImageError(f"{name}: axes {axes} with shape {data.shape} do not say which axis "
+                         "holds the stains: save it with named axes (an ImageJ hyperstack, "
+                         "e.g. TCYX)")
     if where is None:
         raise ImageError(f"{name} has one channel (axes {axes}): a cells + nuclei model needs "
                          "the nuclear and the cytoplasm stain in one file (a multichannel TIFF "
@@ -183,6 +193,22 @@ def check_stains(stack: Stack, in_channels: int, name: str) -> None:
         raise ImageError(f"{name} is one stain: this model needs a nuclear and a cytoplasm "
                          "stain (an RGB image, red nuclei and green cytoplasm, or a multichannel "
                          "file with --channel N --cyto-channel M)")
+    if in_channels > 1 and nuclei_in_blue(stack.data):
+        raise ImageError(f"{name}: its red channel is empty and its blue one is not: nuclei "
+                         "in blue (DAPI, Hoechst) and cytoplasm in green? Say so with "
+                         "--channel 2 --cyto-channel 1 (the model reads red as the nuclear stain)")
+
+
+def nuclei_in_blue(rgb: np.ndarray) -> bool:
+    """Whether a colour image (…, Y, X, 3) has an empty red channel beside a blue one that
+    holds signal: the usual DAPI-blue composite, whose nuclei a red-nuclear model would miss."""
+    plane = np.asarray(rgb[tuple(n // 2 for n in rgb.shape[:-3])])  # the middle plane of a stack
+    if plane.ndim != 3 or plane.shape[-1] < 3:
+        return False
+    sample = plane[::4, ::4].astype(np.float32)
+    spread = [float(np.percentile(sample[..., c], 99.8) - np.percentile(sample[..., c], 1))
+              for c in (0, 2)]
+    return spread[0] <= 1e-3 * max(spread[1], 1e-12) and spread[1] > 0
 
 
 def read_labels(path: str | Path) -> np.ndarray:

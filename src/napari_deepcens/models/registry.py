@@ -58,12 +58,12 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec of model ``name`` (an architecture or a preset's); a clear error listing the
-    known names otherwise."""
+    """The spec of architecture ``name`` (a preset's is ``MODELS[get_preset(p).model]``);
+    a clear error listing the known names otherwise."""
     try:
-        return MODELS[get_preset(name).model]
+        return MODELS[name]
     except KeyError:
-        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}") from None
+        raise WeightsError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}") from None
 
 
 def get_preset(name: str) -> Preset:

@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import WeightsError
-from .registry import MODELS, build_model, get_spec
+from .registry import MODELS, build_model, get_preset
 
 FORMAT = "napari-deepcens/1"
 _KEY = "deepcens"
@@ -143,7 +143,7 @@ def load_weights(
 
     path = Path(path)
     info = read_info(path)
-    if expected_model is not None and info.model != get_spec(expected_model).name:
+    if expected_model is not None and info.model != get_preset(expected_model).model:
         raise WeightsError(
             f"{path.name} holds weights for model {info.model!r}, not {expected_model!r}: "
             f"choose the {info.model!r} model or other weights"

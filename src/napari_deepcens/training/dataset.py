@@ -46,11 +46,22 @@ class AnnotatedImage:
         return dict(zip(self.classes, per_class, strict=True))
 
 
+def network_input(image: np.ndarray, channels: int, name: str) -> np.ndarray:
+    """``image`` as a model of ``channels`` inputs reads it; a grey image for a model of
+    several stains is refused (copied into every channel it would teach the model that the
+    cytoplasm looks like the nuclei)."""
+    if channels > 1 and (image.ndim == 2 or image.shape[-1] == 1):
+        raise DeepCeNSError(f"{name} is a grey image, but this model reads {channels} colour "
+                            "channels, one per stain (red nuclear, green cytoplasm for the cells "
+                            "model): export samples segmented with both stains")
+    return to_channels(image, channels)
+
+
 def load_folder(data_dir: str | Path, channels: int = 1) -> list[AnnotatedImage]:
     """Read and normalise every sample of a dataset folder (one class)."""
     items = []
     for sample in list_samples(data_dir):
-        plane = to_channels(read_image(sample.image), channels)
+        plane = network_input(read_image(sample.image), channels, f"{sample.id}/{sample.image.name}")
         classes = tuple(sample.classes)
         if len(classes) > 1:  # <id>/labels_<class>.* : one label image per class
             labels = np.stack([read_labels(path) for path in sample.classes.values()])
@@ -94,7 +105,7 @@ def load_coco(annotations: str | Path, channels: int = 3,
     items = []
     for info in images:
         path = annotations.parent / info["file_name"]
-        plane = to_channels(read_image(path), channels)
+        plane = network_input(read_image(path), channels, info["file_name"])
         h, w = plane.shape[-2:]
         labels = np.zeros((len(names), h, w), np.int32)
         counts = [0] * len(names)

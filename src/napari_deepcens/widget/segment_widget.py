@@ -36,6 +36,7 @@ from qtpy.QtCore import QTimer
 
 from ..errors import DeepCeNSError
 from ..inference.denoise import CHOICES
+from ..io.images import nuclei_in_blue
 from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
@@ -378,7 +379,7 @@ class SegmentWidget(Container):
             self._error(DeepCeNSError(f"cannot read layer {layer.name!r}: {exc}"))
             return
         try:
-            image, _rgb = self._stains(layer, image)
+            image, _rgb, cyto = self._stains(layer, image)
         except DeepCeNSError as exc:
             self._error(exc)
             return
@@ -391,7 +392,7 @@ class SegmentWidget(Container):
         params = self._params() if self._user_knobs else None
         worker = _segment_worker(load, image, diameter, estimate, params, bool(self._tta.value),
                                  layer.name, CHOICES[self._denoise.value])
-        self._start(worker, lambda result, layer=layer: self._on_segmented(layer, result))
+        self._start(worker, lambda result, layer=layer, c=cyto: self._on_segmented(layer, result, c))
 
     def _start(self, worker, returned, finished=None) -> None:
         """Wire a segmentation worker to the progress bar, the status line and Cancel, and
@@ -432,7 +433,7 @@ class SegmentWidget(Container):
             for predictor in self._predictors.values():
                 predictor.release_memory()
 
-    def _on_segmented(self, layer, result) -> None:
+    def _on_segmented(self, layer, result, cyto: str | None = None) -> None:
         if isinstance(result, _Failed):
             self._error(result.error)
             return
@@ -441,6 +442,7 @@ class SegmentWidget(Container):
             return
         predictor, raw, params, seg = result
         self._raw[id(layer)] = (predictor, raw)
+        self._ran_with(layer, cyto)
         self._set_knobs(params)
         self._show_segmentation(layer, seg)
         if raw.estimated and raw.diameter:
@@ -484,15 +486,28 @@ class SegmentWidget(Container):
         """The cytoplasm picker matters for two-stain models only: show it for those."""
         self._cyto.visible = self._stain_count() > 1
 
+    def _ran_with(self, layer, cyto: str | None) -> None:
+        """Remember the cytoplasm layer a result was segmented with (provenance; export)."""
+        if cyto is None:
+            self._cyto_of.pop(id(layer), None)
+        else:
+            self._cyto_of[id(layer)] = cyto
+
     def _stains(self, layer, data):
-        """What a two-stain model is given for ``layer``: (data, rgb). An RGB layer goes as
+        """What a two-stain model is given for ``layer``: (data, rgb, name of the cytoplasm
+        layer or ``None``). An RGB layer goes as
         it is (red nuclei, green cytoplasm); a grey one is paired with the cytoplasm layer
         (red nuclear, green cytoplasm, blue empty, as the model was trained). One-stain
         models get the layer unchanged."""
         rgb = bool(getattr(layer, "rgb", False))
-        self._cyto_of.pop(id(layer), None)
+        if self._stain_count() > 1 and rgb and nuclei_in_blue(data):
+            raise DeepCeNSError(
+                f"{layer.name!r} has an empty red channel beside a blue one: nuclei in blue and "
+                "cytoplasm in green? This model reads red as the nuclear stain: split the "
+                "image (right-click the layer, Split RGB), then choose the blue layer as image "
+                "and the green one as cytoplasm")
         if self._stain_count() == 1 or rgb:
-            return data, rgb
+            return data, rgb, None
         cyto = self._cyto.value
         if cyto is None or cyto is layer:
             raise DeepCeNSError(
@@ -504,14 +519,17 @@ class SegmentWidget(Container):
             raise DeepCeNSError(f"the cytoplasm layer {cyto.name!r} {tuple(other.shape)} does "
                                 f"not match {layer.name!r} {tuple(data.shape)}: both stains "
                                 "must be grey images of the same size")
-        self._cyto_of[id(layer)] = cyto.name  # provenance: export pairs the stains again
-        if isinstance(data, np.ndarray) and isinstance(other, np.ndarray):
-            return np.stack([data, other.astype(data.dtype, copy=False), np.zeros_like(data)],
-                            axis=-1), True
-        import dask.array as da
+        # each channel is normalised on its own: a common type keeps both stains' values
+        dtype = np.result_type(data.dtype, other.dtype)
+        if data.ndim == 2 and isinstance(data, np.ndarray) and isinstance(other, np.ndarray):
+            return np.stack([data.astype(dtype, copy=False), other.astype(dtype, copy=False),
+                             np.zeros(data.shape, dtype)], axis=-1), True, cyto.name
+        import dask.array as da  # stacks: composed plane by plane as the worker reads them
 
-        nuc, cyt = da.asarray(data), da.asarray(other).astype(data.dtype)
-        return da.stack([nuc, cyt, da.zeros_like(nuc)], axis=-1), True
+        nuc, cyt = da.asarray(data).astype(dtype), da.asarray(other).astype(dtype)
+        chunks = (1,) * (data.ndim - 2) + tuple(data.shape[-2:])
+        nuc, cyt = nuc.rechunk(chunks), cyt.rechunk(chunks)
+        return da.stack([nuc, cyt, da.zeros_like(nuc)], axis=-1), True, cyto.name
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
@@ -549,7 +567,8 @@ class SegmentWidget(Container):
                 self._status.value = ("large image: no maps are kept, so the thresholds apply "
                                       "at the next Run")
             return
-        if self._raw[id(layer)][0].model_name != self._model.value:
+        if self._raw[id(layer)][0] is not self._predictors.get(self._loader()[1]):
+            # the maps came from other weights (another model, preset or file) than chosen now
             self._status.value = (f"the thresholds belong to {PRESETS[self._model.value].label}: "
                                   "press Run to segment with it first")
             return
@@ -799,11 +818,6 @@ class SegmentWidget(Container):
         from ..inference.stack import plane_name
 
         data = layer.data[0] if layer.multiscale else layer.data
-        try:
-            data, rgb = self._stains(layer, data)
-        except DeepCeNSError as exc:
-            self._error(exc)
-            return
         plane = int(np.prod(data.shape[len(leading): len(leading) + 2]))
         total = int(np.prod(leading))
         if plane > CHUNKED_ABOVE or total * plane > STACK_LABELS_ABOVE:
@@ -813,6 +827,11 @@ class SegmentWidget(Container):
                 f"{STACK_LABELS_ABOVE * 4 / 1e9:.0f} GB here, planes of at most "
                 f"{CHUNKED_ABOVE / 1e6:.0f} MP): segment it with `deepcens segment` on its file"))
             return
+        try:
+            data, rgb, cyto = self._stains(layer, data)
+        except DeepCeNSError as exc:
+            self._error(exc)
+            return
         planes = [displayed_plane(layer, self._viewer)] if self._planes.value == "current" else None
         count = 1 if planes else total
         load, key = self._loader()
@@ -821,7 +840,8 @@ class SegmentWidget(Container):
         denoise = CHOICES[self._denoise.value]
         cached = self._raw.get(id(layer))
         reuse = (planes is not None and cached is not None and hasattr(cached[1], "raws")
-                 and cached[0] is self._predictors.get(key))
+                 and cached[0] is self._predictors.get(key)
+                 and self._cyto_of.get(id(layer)) == cyto)
         if reuse:  # one plane after another: the stack's size and denoising, not the plane's
             earlier = cached[1]
             if estimate and earlier.estimated and earlier.diameter:
@@ -837,10 +857,11 @@ class SegmentWidget(Container):
                                bool(self._tta.value), denoise, count * plane <= CHUNKED_ABOVE,
                                layer.name)
         estimated_before = reuse and diameter is not None and bool(self._auto_diameter.value)
-        self._start(worker, lambda result, layer=layer, e=estimated_before:
-                    self._on_stack_segmented(layer, result, e))
+        self._start(worker, lambda result, layer=layer, e=estimated_before, c=cyto:
+                    self._on_stack_segmented(layer, result, e, c))
 
-    def _on_stack_segmented(self, layer, result, estimated_before: bool = False) -> None:
+    def _on_stack_segmented(self, layer, result, estimated_before: bool = False,
+                            cyto: str | None = None) -> None:
         from ..inference.stack import plane_name
 
         if isinstance(result, _Failed):
@@ -853,7 +874,8 @@ class SegmentWidget(Container):
         if estimated_before:  # the size estimated on an earlier plane of this stack
             new.estimated = True
         cached = self._raw.get(id(layer))
-        same_model = cached is not None and cached[0] is predictor and hasattr(cached[1], "raws")
+        same_model = (cached is not None and cached[0] is predictor and hasattr(cached[1], "raws")
+                      and self._cyto_of.get(id(layer)) == cyto)
         old = cached[1] if same_model else None
         if (old is not None and old.leading == new.leading and old.plane_shape == new.plane_shape
                 and abs(old.scale - new.scale) < 1e-9 and old.denoised == new.denoised
@@ -877,6 +899,7 @@ class SegmentWidget(Container):
             self._stack_boxes.pop(id(layer), None)
             self._plane_sizes.pop(id(layer), None)
         self._raw[id(layer)] = (predictor, merged)
+        self._ran_with(layer, cyto)
         sizes = self._plane_sizes.setdefault(id(layer), {})
         for index, seg in new.planes.items():
             if seg is not None:
