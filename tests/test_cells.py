@@ -250,3 +250,25 @@ def test_widget_pairs_stacks_of_two_stains_plane_by_plane(make_napari_viewer, qt
         expected = alone.by_class()["cell"].labels
         assert np.array_equal(cells[t] > 0, expected > 0)
         assert len(np.unique(cells[t])) == len(np.unique(expected))
+
+
+def test_deepcens_napari_opens_two_stains_as_two_layers_for_the_cells_model(make_napari_viewer, crop,
+                                                                          tmp_path, monkeypatch):
+    import napari
+
+    from napari_deepcens.cli import main
+
+    _sample, image = crop
+    viewers = []
+    monkeypatch.setattr(napari, "Viewer", lambda: viewers.append(make_napari_viewer()) or viewers[-1])
+    monkeypatch.setattr(napari, "run", lambda: None)
+    path = tmp_path / "stains.tif"
+    tifffile.imwrite(path, np.stack([image[..., 1], image[..., 0]]), imagej=True,
+                     metadata={"axes": "CYX"})
+    assert main(["napari", str(path), "--channel", "1", "--cyto-channel", "0", "--no-run"]) == 0
+    viewer = viewers[0]
+    nuclear, cyto = viewer.layers["stains"], viewer.layers["stains cytoplasm"]
+    assert np.array_equal(nuclear.data, image[..., 0]) and np.array_equal(cyto.data, image[..., 1])
+    segment = viewer.window.dock_widgets["DeepCeNS"].segment
+    assert segment._model.value == "cells" and segment._cyto.value is cyto
+    assert segment._image.value is nuclear and not segment._cyto.native.isHidden()

@@ -171,6 +171,11 @@ def _add_napari(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-run", action="store_true", help="do not start segmenting right away")
     p.add_argument("--channel", type=_COUNT, default=None,
                    help="multichannel TIFFs: the nuclear stain's channel, from 0")
+    p.add_argument("--cyto-channel", type=_COUNT, default=None,
+                   help="the cytoplasm stain's channel: opens it as a second layer and picks "
+                        "the cells + nuclei model")
+    p.add_argument("--model", default=None,
+                   help="unet (default), centerunet, deepcens or cells")
 
 
 def build_parser() -> argparse.ArgumentParser:

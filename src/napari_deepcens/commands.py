@@ -443,6 +443,22 @@ def run_napari(args: argparse.Namespace) -> int:
 
     if args.image is not None and not args.image.exists():  # say so before napari starts
         raise DeepCeNSError(f"image file not found: {args.image}")
+    cyto_channel = getattr(args, "cyto_channel", None)
+    model = getattr(args, "model", None) or ("cells" if cyto_channel is not None else None)
+    if model is not None:
+        from .models.registry import get_preset
+
+        get_preset(model)  # an unknown name is said before napari starts
+    cyto = None
+    if cyto_channel is not None:  # two stains: two layers, as napari shows channels
+        if args.image is None:
+            raise DeepCeNSError("--cyto-channel needs an image file")
+        nuclear = args.channel if args.channel is not None else 0
+        if nuclear == cyto_channel:
+            raise DeepCeNSError(f"--channel and --cyto-channel are both {nuclear}: the nuclear "
+                                "and the cytoplasm stain are different channels")
+        cyto = read_stack(args.image, cyto_channel)
+        args.channel = nuclear
     viewer = napari.Viewer()
     if args.image is None:
         from .sample_data import fluorescence
@@ -462,6 +478,14 @@ def run_napari(args: argparse.Namespace) -> int:
     dock = DeepCeNSDock(viewer)
     viewer.window.add_dock_widget(dock, name="DeepCeNS", area="right")
     dock.segment.set_options(image=layer)
+    if model is not None:
+        dock.segment.set_options(model=model)
+    if cyto is not None:
+        other = viewer.add_image(cyto.data, name=f"{args.image.stem} cytoplasm", colormap="green",
+                                 blending="additive", **({"axis_labels": kwargs["axis_labels"]}
+                                                         if "axis_labels" in kwargs else {}))
+        layer.colormap, layer.blending = "blue", "additive"
+        dock.segment.set_options(cyto=other)
     if not args.no_run:
         dock.segment.run()
     napari.run()
