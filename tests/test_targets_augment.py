@@ -106,6 +106,6 @@ def test_coco_outlines_that_are_empty_or_degenerate_are_skipped(tmp_path, monkey
                 {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 2, 2]]},
                 {"id": 4, "image_id": 1, "category_id": 1, "segmentation": None}]}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    (item,) = load_coco(tmp_path / "coco.json")
+    (item,) = load_coco(tmp_path / "coco.json", channels=1)
     assert int(item.labels.max()) == 1 and (item.labels > 0).sum() >= 400
     assert any("3 empty or unreadable outlines skipped" in m for m in said)

@@ -53,7 +53,8 @@ def network_input(image: np.ndarray, channels: int, name: str) -> np.ndarray:
     if channels > 1 and (image.ndim == 2 or image.shape[-1] == 1):
         raise DeepCeNSError(f"{name} is a grey image, but this model reads {channels} colour "
                             "channels, one per stain (red nuclear, green cytoplasm for the cells "
-                            "model): export samples segmented with both stains")
+                            "model): export samples segmented with both stains, or train a "
+                            "one-channel model on grey data (--channels 1)")
     return to_channels(image, channels)
 
 
