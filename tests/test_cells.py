@@ -184,6 +184,8 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     composed, rgb_flag, name = widget._stains(nuclear, nuclear.data)
     assert rgb_flag and name == "actin 0-1" and composed.dtype == np.float64
     assert np.array_equal(composed[..., 1], image[..., 1] / 255.0)
+    exported = correct._with_cytoplasm(nuclear.data, "actin 0-1", ())
+    assert np.array_equal(exported[..., 1], image[..., 1] / 255.0)
     # an RGB composite with blue nuclei is refused with what to do
     blue = viewer.add_image(rgb[..., ::-1].copy(), name="dapi composite", rgb=True)
     widget.set_options(image=blue)
@@ -272,3 +274,19 @@ def test_deepcens_napari_opens_two_stains_as_two_layers_for_the_cells_model(make
     segment = viewer.window.dock_widgets["DeepCeNS"].segment
     assert segment._model.value == "cells" and segment._cyto.value is cyto
     assert segment._image.value is nuclear and not segment._cyto.native.isHidden()
+    # a plain (C, Y, X) TIFF without axis names opens the same way
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.stack([image[..., 1], image[..., 0]]))
+    assert main(["napari", str(plain), "--channel", "1", "--cyto-channel", "0", "--no-run"]) == 0
+    assert np.array_equal(viewers[1].layers["plain cytoplasm"].data, image[..., 1])
+    # a one-stain model is not given a cytoplasm it would ignore
+    assert main(["napari", str(plain), "--cyto-channel", "0", "--model", "unet", "--no-run"]) == 2
+    assert len(viewers) == 2
+
+
+def test_new_multi_class_models_read_colour_only_from_colour_data():
+    from napari_deepcens.commands import _colour_data
+
+    assert _colour_data([CELLS]) and _colour_data([Path(__file__).parent / "data" / "u2os_crop"
+                                                  / "annotations.json"])
+    assert not _colour_data([Path(__file__).parent / "data" / "dsb_tiny"])

@@ -278,6 +278,24 @@ def _several_classes(paths: list[Path]) -> bool:
                for p in paths)
 
 
+def _colour_data(paths: list[Path]) -> bool:
+    """Whether the first training image is colour (several stains): a new multi-class model
+    then reads each stain; grey data (phase contrast, one stain) gets a one-channel model."""
+    from .io.images import read_image
+    from .io.layout import list_samples
+
+    path = paths[0]
+    if path.suffix.lower() == ".json":
+        try:
+            first = path.parent / json.loads(path.read_text())["images"][0]["file_name"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return True  # load_coco says what is wrong with the file
+    else:
+        first = list_samples(path)[0].image
+    image = read_image(first)
+    return image.ndim == 3 and image.shape[-1] >= 3
+
+
 def check_new_file(path: Path, what: str = "output", exists_ok: bool = False) -> None:
     """Fail early, before any work, if ``path`` cannot become a new file (nothing the user
     has is ever overwritten)."""
@@ -315,7 +333,8 @@ def run_train(args: argparse.Namespace) -> int:
         init_config = read_info(args.init).config
         channels = int(init_config.get("in_channels", 1)) if read_info(args.init).model == args.model else 1
     else:
-        channels = args.channels or (3 if args.model == "deepcens" and _several_classes(args.data) else 1)
+        channels = args.channels or (3 if args.model == "deepcens" and _several_classes(args.data)
+                                     and _colour_data(args.data) else 1)
     if channels != 1 and args.model != "deepcens":
         raise DeepCeNSError(f"the {args.model} model takes one grey channel; use --model deepcens")
     train_items = load_training_data(args.data, channels)
@@ -449,21 +468,31 @@ def run_napari(args: argparse.Namespace) -> int:
         from .models.registry import get_preset
 
         get_preset(model)  # an unknown name is said before napari starts
-    cyto = None
+    pair = None
     if cyto_channel is not None:  # two stains: two layers, as napari shows channels
+        from .models.registry import bundled_weights
+        from .models.weights import read_info
+
         if args.image is None:
             raise DeepCeNSError("--cyto-channel needs an image file")
-        nuclear = args.channel if args.channel is not None else 0
-        if nuclear == cyto_channel:
-            raise DeepCeNSError(f"--channel and --cyto-channel are both {nuclear}: the nuclear "
-                                "and the cytoplasm stain are different channels")
-        cyto = read_stack(args.image, cyto_channel)
-        args.channel = nuclear
+        if int(read_info(bundled_weights(model)).config.get("in_channels", 1)) == 1:
+            raise DeepCeNSError(f"--cyto-channel is for two-stain models (--model cells); {model} "
+                                "reads one stain: choose it with --channel")
+        if needs_chunks(args.image):
+            raise DeepCeNSError(f"{args.image.name} is too large to pair two channels here: save "
+                                "the nuclear and the cytoplasm stain as one RGB image (red "
+                                "nuclei, green cytoplasm) and open that")
+        pair = read_stack(args.image, args.channel if args.channel is not None else 0, cyto_channel)
     viewer = napari.Viewer()
     if args.image is None:
         from .sample_data import fluorescence
 
         data, kwargs, _kind = fluorescence()[0]
+    elif pair is not None:  # the nuclear stain as the image, the cytoplasm beside it
+        data = pair.data[..., 0]
+        kwargs = {"name": args.image.stem}
+        if pair.leading:
+            kwargs["axis_labels"] = tuple(a.lower() for a in pair.axes.replace("S", ""))
     elif needs_chunks(args.image):  # OME-Zarr, large TIFF: lazily, every pyramid level
         lazy = open_lazy(args.image)
         data = lazy.levels if lazy.multiscale else lazy.levels[0]
@@ -480,8 +509,8 @@ def run_napari(args: argparse.Namespace) -> int:
     dock.segment.set_options(image=layer)
     if model is not None:
         dock.segment.set_options(model=model)
-    if cyto is not None:
-        other = viewer.add_image(cyto.data, name=f"{args.image.stem} cytoplasm", colormap="green",
+    if pair is not None:
+        other = viewer.add_image(pair.data[..., 1], name=f"{args.image.stem} cytoplasm", colormap="green",
                                  blending="additive", **({"axis_labels": kwargs["axis_labels"]}
                                                          if "axis_labels" in kwargs else {}))
         layer.colormap, layer.blending = "blue", "additive"

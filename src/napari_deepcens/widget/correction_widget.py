@@ -328,8 +328,9 @@ class CorrectionWidget(Container):
         if other.shape != nuclear.shape:
             raise DeepCeNSError(f"the cytoplasm layer {name!r} {other.shape} no longer matches "
                                 f"the image {nuclear.shape}")
-        return np.stack([nuclear, other.astype(nuclear.dtype, copy=False),
-                         np.zeros_like(nuclear)], axis=-1)
+        dtype = np.result_type(nuclear.dtype, other.dtype)  # both stains keep their values
+        return np.stack([nuclear.astype(dtype, copy=False), other.astype(dtype, copy=False),
+                         np.zeros(nuclear.shape, dtype)], axis=-1)
 
     # ------------------------------------------------------------------ autosave
     def _version_choices(self, _widget=None) -> list[tuple[str, AutosaveEntry]]:
