@@ -181,9 +181,26 @@ def two_stains(data: np.ndarray, axes: str, nuclear: int, cyto: int, name: str) 
     if nuclear == cyto:
         raise ImageError(f"{name}: --channel and --cyto-channel are both {cyto}: the nuclear "
                          "and the cytoplasm stain are different channels")
-    nuc, cyt = np.take(data, nuclear, axis=where), np.take(data, cyto, axis=where)
     rest = axes[:where] + axes[where + 1:]
-    return Stack(np.stack([nuc, cyt, np.zeros_like(nuc)], axis=-1), rest.rstrip("S") + "S")
+    pair = pair_stains(np.take(data, nuclear, axis=where), np.take(data, cyto, axis=where))
+    return Stack(pair, rest.rstrip("S") + "S")
+
+
+def pair_stains(nuclear, cyto):
+    """The input of a two-stain model, (…, Y, X, 3): red the nuclear stain, green the
+    cytoplasm, blue empty (the order the bundled cells model was trained on), in a type that
+    keeps both stains' values (each is normalised on its own later). Dask arrays stay lazy,
+    one plane per chunk, so a stack is paired as its planes are read."""
+    dtype = np.result_type(nuclear.dtype, cyto.dtype)
+    if isinstance(nuclear, np.ndarray) and isinstance(cyto, np.ndarray):
+        nuclear, cyto = nuclear.astype(dtype, copy=False), cyto.astype(dtype, copy=False)
+        return np.stack([nuclear, cyto, np.zeros(nuclear.shape, dtype)], axis=-1)
+    import dask.array as da
+
+    chunks = (1,) * (nuclear.ndim - 2) + tuple(nuclear.shape[-2:])
+    nuc = da.asarray(nuclear).astype(dtype).rechunk(chunks)
+    cyt = da.asarray(cyto).astype(dtype).rechunk(chunks)
+    return da.stack([nuc, cyt, da.zeros_like(nuc)], axis=-1)
 
 
 def check_stains(stack: Stack, in_channels: int, name: str) -> None:

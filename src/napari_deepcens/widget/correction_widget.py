@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
 from ..io.autosave import AutosaveEntry
+from ..io.images import pair_stains
 from ..postprocess import edit
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
@@ -328,9 +329,7 @@ class CorrectionWidget(Container):
         if other.shape != nuclear.shape:
             raise DeepCeNSError(f"the cytoplasm layer {name!r} {other.shape} no longer matches "
                                 f"the image {nuclear.shape}")
-        dtype = np.result_type(nuclear.dtype, other.dtype)  # both stains keep their values
-        return np.stack([nuclear.astype(dtype, copy=False), other.astype(dtype, copy=False),
-                         np.zeros(nuclear.shape, dtype)], axis=-1)
+        return pair_stains(nuclear, other)
 
     # ------------------------------------------------------------------ autosave
     def _version_choices(self, _widget=None) -> list[tuple[str, AutosaveEntry]]:

@@ -36,7 +36,7 @@ from qtpy.QtCore import QTimer
 
 from ..errors import DeepCeNSError
 from ..inference.denoise import CHOICES
-from ..io.images import nuclei_in_blue
+from ..io.images import nuclei_in_blue, pair_stains
 from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
@@ -500,13 +500,14 @@ class SegmentWidget(Container):
         (red nuclear, green cytoplasm, blue empty, as the model was trained). One-stain
         models get the layer unchanged."""
         rgb = bool(getattr(layer, "rgb", False))
-        if self._stain_count() > 1 and rgb and nuclei_in_blue(data):
+        stains = self._stain_count()  # reads the weights file's header
+        if stains > 1 and rgb and nuclei_in_blue(data):
             raise DeepCeNSError(
                 f"{layer.name!r} has an empty red channel beside a blue one: nuclei in blue and "
                 "cytoplasm in green? This model reads red as the nuclear stain: split the "
                 "image (right-click the layer, Split RGB), then choose the blue layer as image "
                 "and the green one as cytoplasm")
-        if self._stain_count() == 1 or rgb:
+        if stains == 1 or rgb:
             return data, rgb, None
         cyto = self._cyto.value
         if cyto is None or cyto is layer:
@@ -519,17 +520,13 @@ class SegmentWidget(Container):
             raise DeepCeNSError(f"the cytoplasm layer {cyto.name!r} {tuple(other.shape)} does "
                                 f"not match {layer.name!r} {tuple(data.shape)}: both stains "
                                 "must be grey images of the same size")
-        # each channel is normalised on its own: a common type keeps both stains' values
-        dtype = np.result_type(data.dtype, other.dtype)
-        if data.ndim == 2 and isinstance(data, np.ndarray) and isinstance(other, np.ndarray):
-            return np.stack([data.astype(dtype, copy=False), other.astype(dtype, copy=False),
-                             np.zeros(data.shape, dtype)], axis=-1), True, cyto.name
-        import dask.array as da  # stacks: composed plane by plane as the worker reads them
+        if data.ndim > 2:  # a stack: paired lazily, plane by plane as the worker reads them
+            import dask.array as da
 
-        nuc, cyt = da.asarray(data).astype(dtype), da.asarray(other).astype(dtype)
-        chunks = (1,) * (data.ndim - 2) + tuple(data.shape[-2:])
-        nuc, cyt = nuc.rechunk(chunks), cyt.rechunk(chunks)
-        return da.stack([nuc, cyt, da.zeros_like(nuc)], axis=-1), True, cyto.name
+            data, other = da.asarray(data), da.asarray(other)
+        else:  # one plane, read now
+            other = np.asarray(other)
+        return pair_stains(data, other), True, cyto.name
 
     def _forget_layer(self, event) -> None:
         """Drop the cached maps of a removed image layer (they can be hundreds of MB)."""
