@@ -139,7 +139,8 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     viewer.window.add_dock_widget(widget)
     widget.set_options(image=nuclear, device="cpu", auto_diameter=False,
                        diameter=NUCLEUS_DIAMETER)
-    assert widget._cyto.native.isHidden()  # one-stain models: no picker
+    assert widget._cyto.native.isHidden()  # one-stain models: no picker, no cell edge
+    assert widget._outline.native.isHidden()
     widget.set_options(model="cells")
     assert not widget._cyto.native.isHidden() and widget._fg.label == "mask"
     widget._cyto.value = None
@@ -152,8 +153,8 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     cells, nuclei = viewer.layers["hoechst cell labels"], viewer.layers["hoechst nucleus labels"]
     rgb = image.copy()
     rgb[..., 2] = 0
-    expected = cells_predictor.instances(cells_predictor.predict(rgb, diameter=NUCLEUS_DIAMETER))
-    parts = expected.by_class()
+    raw = cells_predictor.predict(rgb, diameter=NUCLEUS_DIAMETER)
+    parts = cells_predictor.instances(raw).by_class()
     assert np.array_equal(cells.data, parts["cell"].labels), widget.status
     assert np.array_equal(nuclei.data, parts["nucleus"].labels)
     assert "cell" in widget.status and "nucleus" in widget.status
@@ -166,6 +167,21 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     assert int(cells.data.max()) < before and "belong to" not in widget.status, widget.status
     widget.set_options(score=float(cells_predictor.default_params().score_threshold))
     qtbot.waitUntil(lambda: widget._post_worker is None and cells.data.max() == before,
+                    timeout=20_000)
+    # the cell-edge knob (cells model only) shows its tuned value and moves the cells'
+    # outlines on the cached detections; the nuclei stay as they were
+    assert not widget._outline.native.isHidden()
+    tuned = cells_predictor.default_params().outline_threshold
+    assert tuned > 0 and widget._outline.value == pytest.approx(tuned)
+    followed, nuclei_before = cells.data.copy(), nuclei.data.copy()
+    network_only = cells_predictor.instances(raw, {"outline_threshold": 0.0}).by_class()["cell"].labels
+    assert not np.array_equal(network_only, followed)
+    widget.set_options(outline=0.0)
+    qtbot.waitUntil(lambda: widget._post_worker is None
+                    and np.array_equal(cells.data, network_only), timeout=20_000)
+    assert np.array_equal(nuclei.data, nuclei_before)
+    widget.set_options(outline=tuned)
+    qtbot.waitUntil(lambda: widget._post_worker is None and np.array_equal(cells.data, followed),
                     timeout=20_000)
     # exported for fine-tuning, the sample keeps both stains, as the model read them
     from napari_deepcens.io.images import read_image, read_labels

@@ -76,6 +76,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="objects scoring below this are dropped (detections; U-Net objects "
                         "when its weights carry an object scorer)")
     p.add_argument("--min-size", type=_COUNT, help="smallest object kept, in pixels")
+    p.add_argument("--outline-threshold", type=float,
+                   help="two-stain models: where a cell's outline is drawn on the cytoplasm "
+                        "stain, from the background (0) to the cell's own brightness (1); 0 "
+                        "keeps the network's outline")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the network over four flips of the "
                         "image (four times slower; better masks, most for deepcens)")
@@ -159,6 +163,11 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                    help="whether images enlarged ×2.5 or more (nuclei of a few pixels) are "
                         "unsharp-masked first: measure it on val shrunk by an area filter "
                         "(bench/eval_scales.py --antialias). Default: keep the file's")
+    p.add_argument("--stain-outlines", metavar="CLASS:CHANNEL", default=None,
+                   help="multi-class DeepCeNS: move the outlines of CLASS onto the stain of input "
+                        "channel CHANNEL after the network (e.g. cell:1, the cytoplasm of the "
+                        "two-stain model), with its threshold tuned beside the others; none: "
+                        "off. Default: keep the file's")
     p.add_argument("--scorer-zooms", type=float, nargs="+", default=None, metavar="ZOOM",
                    help="magnifications, from 0.1 to 4, the --fit-scorer images are shown at "
                         "(default 1 0.5 0.25: small nuclei look different to the scorer too)")

@@ -56,7 +56,12 @@ def run_segment(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"fg_threshold": args.fg_threshold,
                                    "seed_threshold": args.seed_threshold,
                                    "score_threshold": args.score_threshold,
-                                   "min_size": args.min_size}.items() if v is not None}
+                                   "min_size": args.min_size,
+                                   "outline_threshold": getattr(args, "outline_threshold", None),
+                                   }.items() if v is not None}
+    if "outline_threshold" in overrides and not predictor.info.stain_outlines:
+        raise DeepCeNSError("--outline-threshold is for models that outline cells on a stain "
+                            "(--model cells); this one draws its outlines from the network alone")
     try:
         PostprocessParams(**{**predictor.default_params().to_dict(), **overrides})
     except ValueError as exc:
@@ -376,7 +381,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_tune(args: argparse.Namespace) -> int:
     from .inference.device import resolve_device
-    from .models.weights import load_weights, save_weights
+    from .models.weights import load_weights, read_info, save_weights
     from .training.dataset import load_folder
     from .training.loop import validate
 
@@ -386,11 +391,15 @@ def run_tune(args: argparse.Namespace) -> int:
     zooms = tuple(args.scorer_zooms or ())
     if any(not 0.1 <= z <= 4 for z in zooms):
         raise DeepCeNSError(f"--scorer-zooms must lie in [0.1, 4]; got {list(zooms)}")
+    if args.stain_outlines is not None:  # a bad value is said before the network is built
+        _stain_outlines(args.stain_outlines, read_info(args.weights))
     model, info = load_weights(args.weights)
     if args.working_diameter is not None:
         info.working_diameter = _working_diameter(args.working_diameter, info.median_diameter)
     if args.sharpen_enlarged is not None:
         info.sharpen_enlarged = args.sharpen_enlarged == "yes"
+    if args.stain_outlines is not None:
+        info.stain_outlines = _stain_outlines(args.stain_outlines, info)
     device = resolve_device(args.device)
     channels = int(info.config.get("in_channels", 1))  # two-stain models read colour
     items = [item for folder in args.val for item in load_folder(folder, channels=channels)]
@@ -406,8 +415,28 @@ def run_tune(args: argparse.Namespace) -> int:
               f"{info.median_diameter:.1f} px)")
     if info.sharpen_enlarged:
         print("images enlarged ×2.5 or more are unsharp-masked first")
+    for name, channel in info.stain_outlines.items():
+        print(f"{name} outlines follow the stain of channel {channel} "
+              f"(outline threshold {params.outline_threshold:g})")
     print(f"val AP@0.5 {metrics['AP@0.5']:.3f}, DSB {metrics['DSB']:.3f} -> {args.output}")
     return 0
+
+
+def _stain_outlines(value: str, info) -> dict[str, int]:
+    """A checked ``--stain-outlines``: ``none``, or ``CLASS:CHANNEL`` naming a class of the
+    model and one of its input channels."""
+    if value.strip().lower() == "none":
+        return {}
+    classes = tuple(info.config.get("classes", ("nucleus",)))
+    channels = int(info.config.get("in_channels", 1))
+    name, _, channel = value.partition(":")
+    if name not in classes or not channel.strip().isdecimal() or int(channel) >= channels:
+        raise DeepCeNSError(f"--stain-outlines takes CLASS:CHANNEL with a class of the model "
+                            f"({', '.join(classes)}) and an input channel (0–{channels - 1}), "
+                            f"or none; got {value!r}")
+    if info.model != "deepcens":
+        raise DeepCeNSError(f"--stain-outlines is for DeepCeNS weights; these are {info.model!r}")
+    return {name: int(channel)}
 
 
 def _working_diameter(value: float, median: float) -> float:

@@ -58,7 +58,8 @@ def estimate_diameter(predictor, plane: np.ndarray, budget: int = 256) -> Diamet
     # look like those the network was trained on (the working diameter only moves the zoom
     # the whole image then runs at)
     train = predictor.info.median_diameter
-    params = predictor.default_params()
+    # the ladder reads the main class (nuclei) only: outlining cells on their stain is wasted
+    params = replace(predictor.default_params(), outline_threshold=0.0)
     if predictor.object_scorer is not None:
         # the ladder's readings are judged by how fragments and clusters look; the U-Net's
         # object scorer would drop exactly those, and it was fitted on objects at their

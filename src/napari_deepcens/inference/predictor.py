@@ -89,6 +89,9 @@ class RawOutput:
     #: The size was to be estimated but no objects were recognised: the image ran as it is.
     size_unrecognised: bool = False
     meta: dict = field(default_factory=dict)
+    #: Detection models whose weights outline a class on a stain: class name → that stain as
+    #: the network saw it (normalised, float16, original grid), for :mod:`..postprocess.outlines`.
+    stains: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -437,10 +440,14 @@ class Predictor:
                     yield item
             if scale != 1.0:
                 dets["boxes"] = dets["boxes"] / np.float32(scale)
+            channels = plane if plane.ndim == 3 else plane[None]
+            stains = {name: channels[k].astype(np.float16)
+                      for name, k in self.info.stain_outlines.items()}
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,
                              meta={"model": self.model_name, "kind": "detection", "tta": tta,
-                                   "sharpened": sharpened, "denoised": denoised})
+                                   "sharpened": sharpened, "denoised": denoised},
+                             stains=stains)
         multiple = 2 ** getattr(self.model.config, "depth", 4)
         strides = self.strides
         maps: dict[str, np.ndarray] = {}
@@ -511,7 +518,8 @@ class Predictor:
             params = PostprocessParams(**{**self.default_params(raw.scale).to_dict(), **params})
         params = params or self.default_params(raw.scale)
         if raw.meta.get("kind") == "detection":
-            found = class_instances(raw.maps, raw.shape, self.class_names, params)
+            found = class_instances(raw.maps, raw.shape, self.class_names, params, raw.stains,
+                                    diameter=self.info.zoom_diameter / raw.scale)
             names = list(found)
             main = "nucleus" if "nucleus" in found else names[0]
             parts = {n: Segmentation(labels, boxes, n) for n, (labels, boxes) in found.items()}

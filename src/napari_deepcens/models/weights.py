@@ -46,11 +46,15 @@ class WeightsInfo:
     #: are unsharp-masked before the network runs, because that made this network find
     #: more of them (``inference/sharpen.py``; ``deepcens tune --sharpen-enlarged``).
     sharpen_enlarged: bool = False
+    #: Measured, not trained: class name → input channel whose stain that class's outlines
+    #: are moved onto after the network (``postprocess/outlines.py``; the cells of the
+    #: two-stain model follow its cytoplasm channel; ``deepcens tune --stain-outlines``).
+    stain_outlines: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        # an empty scorer, an unset working diameter and sharpening off are left out, so
-        # weights without them stay readable by versions that predate them
-        optional = ("object_scorer", "working_diameter", "sharpen_enlarged")
+        # an empty scorer, an unset working diameter, sharpening off and no stain outlines are
+        # left out, so weights without them stay readable by versions that predate them
+        optional = ("object_scorer", "working_diameter", "sharpen_enlarged", "stain_outlines")
         fields = {k: v for k, v in self.__dict__.items() if k not in optional or v}
         return json.dumps({"format": FORMAT, **fields}, sort_keys=True)
 
@@ -128,7 +132,26 @@ def read_info(path: str | Path) -> WeightsInfo:
     if info.model not in MODELS:  # files name an architecture, never a preset
         raise WeightsError(f"{path.name}: unknown model {info.model!r}: it must be one of "
                            f"{', '.join(MODELS)}")
+    _check_stain_outlines(info, path.name)
     return info
+
+
+def _check_stain_outlines(info: WeightsInfo, name: str) -> None:
+    """Stain outlines (DeepCeNS only) name classes of the model and channels of its input."""
+    outlines = info.stain_outlines
+    if isinstance(outlines, dict) and not outlines:
+        return
+    try:
+        classes = tuple(info.config.get("classes", ("nucleus",)))
+        channels = int(info.config.get("in_channels", 1))
+    except (AttributeError, TypeError, ValueError):
+        raise WeightsError(f"{name}: its model configuration is unreadable") from None
+    if info.model != "deepcens" or not isinstance(outlines, dict) or any(
+            not isinstance(c, str) or c not in classes or isinstance(k, bool)
+            or not isinstance(k, int) or not 0 <= k < channels for c, k in outlines.items()):
+        raise WeightsError(f"{name}: its stain outlines ({outlines!r}) must map classes of a "
+                           f"DeepCeNS model ({', '.join(map(str, classes))}) to its input "
+                           f"channels (0–{channels - 1})")
 
 
 def load_weights(

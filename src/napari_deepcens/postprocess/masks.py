@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .centers import Detections
+from .outlines import follow_stain
 from .params import PostprocessParams
 from .rotated_boxes import rotated_boxes
 
@@ -66,14 +67,20 @@ def paste_masks(boxes: np.ndarray, scores: np.ndarray, masks: np.ndarray, shape:
 
 
 def class_instances(dets: dict[str, np.ndarray], shape: tuple[int, int], class_names: tuple[str, ...],
-                    params: PostprocessParams) -> dict[str, tuple[np.ndarray, Detections]]:
+                    params: PostprocessParams, stains: dict[str, np.ndarray] | None = None,
+                    diameter: float = 0.0) -> dict[str, tuple[np.ndarray, Detections]]:
     """Per class name: (instance labels, rotated boxes of the masks with detection scores);
-    label ``i`` ↔ box ``i - 1``."""
+    label ``i`` ↔ box ``i - 1``. ``stains``: class name → the stain (on ``shape``) its outlines
+    follow when ``params.outline_threshold`` > 0 (:mod:`.outlines`), with ``diameter`` the
+    nucleus diameter in pixels."""
     out = {}
+    stains = stains or {}
     for k, name in enumerate(class_names, start=1):
         pick = np.flatnonzero((dets["classes"] == k) & (dets["scores"] >= params.score_threshold))
         labels, src = paste_masks(dets["boxes"][pick], dets["scores"][pick], dets["masks"][pick],
                                   shape, params.fg_threshold, params.min_size)
+        if name in stains and params.outline_threshold > 0:
+            labels = follow_stain(labels, stains[name], diameter, params.outline_threshold)
         rows = rotated_boxes(labels)
         table = np.asarray([r[1:] for r in rows], np.float64).reshape(-1, 5)
         score = dets["scores"][pick][src].astype(np.float64)

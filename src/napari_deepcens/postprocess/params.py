@@ -6,6 +6,9 @@
 * ``score_threshold``: objects scoring below it are dropped: CenterUNet/DeepCeNS detections,
   and U-Net objects when its weights carry an object scorer (0 keeps every object).
 * ``min_size``: objects smaller than this many pixels are dropped.
+* ``outline_threshold``: models whose weights outline a class on a stain (the cells of the
+  two-stain model): where a cell's outline is drawn, from the background (0) to the cell's
+  own median brightness (1) in that stain (:mod:`.outlines`); 0 keeps the network's outline.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ class PostprocessParams:
     seed_threshold: float = 0.1
     min_size: int = 10
     score_threshold: float = 0.3
+    outline_threshold: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("fg_threshold", "seed_threshold", "score_threshold"):
+        for name in ("fg_threshold", "seed_threshold", "score_threshold", "outline_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise DeepCeNSError(f"{name} must lie in [0, 1], got {value}")

@@ -88,12 +88,17 @@ SEARCH = {
 
 #: Score thresholds tried with the other U-Net knobs when its weights carry an object scorer.
 UNET_SCORES = (0.0, 0.3, 0.4, 0.5)  # 0: scoring off, for a fine-tune it no longer fits
+#: Outline thresholds tried with the other knobs when the weights outline a class on a stain.
+OUTLINES = (0.0, 0.2, 0.3, 0.4)  # 0: the network's own outlines
 
 
 def search_space(predictor: Predictor) -> list[PostprocessParams]:
     """The threshold sets :func:`validate` tries for ``predictor``'s model."""
     if predictor.model_name == "unet" and predictor.object_scorer is not None:
         return [replace(p, score_threshold=s) for p in SEARCH["unet"] for s in UNET_SCORES]
+    if predictor.info.stain_outlines:
+        return [replace(p, outline_threshold=o) for p in SEARCH[predictor.model_name]
+                for o in OUTLINES]
     return SEARCH[predictor.model_name]
 
 
@@ -276,6 +281,7 @@ def train_iter(
     scale_d = working_d = 0.0
     sharpen = False
     scorer: dict = {}
+    outlines: dict[str, int] = {}
     if init is not None:
         source, init_info = load_weights(init)
         if init_info.model == model_name:  # fine-tuning: keep the architecture
@@ -289,6 +295,7 @@ def train_iter(
             scale_d = init_info.median_diameter  # the knob keeps its meaning
             working_d = init_info.working_diameter  # and the zoom the network prefers
             sharpen = init_info.sharpen_enlarged
+            outlines = dict(init_info.stain_outlines)  # cells keep following their stain
         else:  # e.g. a CenterUNet whose U-Net body starts from trained U-Net weights
             body = {k: v for k, v in init_info.config.items() if k in ("base_channels", "depth",
                                                                       "max_channels")}
@@ -341,6 +348,7 @@ def train_iter(
         object_scorer=scorer,
         working_diameter=working_d,
         sharpen_enlarged=sharpen,
+        stain_outlines=outlines,
         training={**config.to_dict(), "train_images": len(train_items),
                   "init": str(init) if init else None},
     )

@@ -257,10 +257,15 @@ class SegmentWidget(Container):
                                   "each is a nucleus an annotator would draw); 0 keeps all")
         self._min_size = SpinBox(label="min size (px)", value=10, min=0, max=100_000,
                                  tooltip="objects smaller than this are dropped")
+        self._outline = FloatSlider(label="cell edge", value=0.0, min=0.0, max=1.0, step=0.01,
+                                    visible=False,
+                                    tooltip="where a cell's outline is drawn on the cytoplasm "
+                                    "stain: lower reaches into its dim rim, higher keeps its "
+                                    "bright body; 0 keeps the network's outline")
         self.extend([self._image, self._model, self._cyto, self._weights, self._device,
                      self._auto_diameter, self._diameter, self._tta, self._denoise,
                      self._planes, self._run, self._cancel, self._progress, self._status,
-                     self._fg, self._seed, self._score, self._min_size])
+                     self._fg, self._seed, self._score, self._outline, self._min_size])
         self._scheduler = LineEdit(label="scheduler", value="",
                                    tooltip="large images: a dask.distributed scheduler address "
                                    "(tcp://host:8786); empty: a local cluster on this machine")
@@ -293,7 +298,7 @@ class SegmentWidget(Container):
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
-        for knob in (self._fg, self._seed, self._score, self._min_size):
+        for knob in (self._fg, self._seed, self._score, self._outline, self._min_size):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
         self._weights.changed.connect(self._update_score_knob)
@@ -312,12 +317,14 @@ class SegmentWidget(Container):
         return PostprocessParams(fg_threshold=float(self._fg.value),
                                  seed_threshold=float(self._seed.value),
                                  score_threshold=float(self._score.value),
+                                 outline_threshold=float(self._outline.value),
                                  min_size=int(self._min_size.value))
 
     def _set_knobs(self, params) -> None:
         """Show a model's tuned thresholds without triggering a post-processing per knob."""
         for knob, value in ((self._fg, params.fg_threshold), (self._seed, params.seed_threshold),
-                            (self._score, params.score_threshold), (self._min_size, params.min_size)):
+                            (self._score, params.score_threshold), (self._min_size, params.min_size),
+                            (self._outline, params.outline_threshold)):
             with knob.changed.blocked():
                 knob.value = value
 
@@ -459,17 +466,18 @@ class SegmentWidget(Container):
 
     def _update_score_knob(self) -> None:
         """Show the score knob where it does something: detection models, and U-Net weights
-        that carry an object scorer (read from the file's metadata, not the network)."""
+        that carry an object scorer; and the cell-edge knob for weights that outline cells on
+        a stain (read from the file's metadata, not the network)."""
         from ..models.registry import bundled_weights
         from ..models.weights import read_info
 
-        visible = True
-        if self._model.value == "unet":
-            try:
-                visible = bool(read_info(self.chosen_weights() or bundled_weights("unet")).object_scorer)
-            except DeepCeNSError:
-                visible = True  # a bad file: Run says what is wrong with it
-        self._score.visible = visible
+        try:
+            info = read_info(self.chosen_weights() or bundled_weights(self._model.value))
+        except (DeepCeNSError, TypeError, ValueError):
+            info = None  # a bad file: Run says what is wrong with it
+        self._score.visible = (info is None or get_preset(self._model.value).model != "unet"
+                               or bool(info.object_scorer))
+        self._outline.visible = info is not None and bool(info.stain_outlines)
 
     def _stain_count(self) -> int:
         """Input channels of the chosen weights (read from the file's header, not loaded)."""
@@ -1090,6 +1098,6 @@ class SegmentWidget(Container):
 
     def set_options(self, **values: Any) -> None:
         """Set widgets by name (image, model, weights, device, auto_diameter, diameter, tta,
-        denoise ("auto", "yes", "no"), fg, seed, score, min_size)."""
+        denoise ("auto", "yes", "no"), fg, seed, score, outline, min_size)."""
         for name, value in values.items():
             getattr(self, f"_{name}").value = value
