@@ -405,7 +405,9 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
         plane = plan.denoiser.apply(plane)
     scale = predictor.scale_for(plan.diameter)
     side = max(plane.shape[-2:]) * scale
-    tile = min(math.ceil(side / 32.0) * 32, MAX_TILE)
+    # whole tiles of what the network needs: 32 px for the dense models, 64 for DeepCeNS
+    multiple = max(32, int(getattr(predictor.model, "SIZE_MULTIPLE", 32)))
+    tile = min(math.ceil(side / multiple) * multiple, MAX_TILE)
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
                             tile=max(tile, 64), overlap=64, tta=spec.tta, denoise=False)
     params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **plan.params})
