@@ -406,7 +406,7 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
     scale = predictor.scale_for(plan.diameter)
     side = max(plane.shape[-2:]) * scale
     # whole tiles of what the network needs: 32 px for the dense models, 64 for DeepCeNS
-    multiple = max(32, int(getattr(predictor.model, "SIZE_MULTIPLE", 32)))
+    multiple = max(32, int(getattr(getattr(predictor, "model", None), "SIZE_MULTIPLE", 32)))
     tile = min(math.ceil(side / multiple) * multiple, MAX_TILE)
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
                             tile=max(tile, 64), overlap=64, tta=spec.tta, denoise=False)
