@@ -9,7 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_deepcens.postprocess.outlines import follow_stain
+from napari_deepcens.postprocess.outlines import follow_stain, smooth_stain
 
 CELLS = Path(__file__).parent / "data" / "u2os_cells"
 
@@ -21,6 +21,11 @@ def _disc(shape, centre, radius):
 
 def _iou(a, b):
     return (a & b).sum() / (a | b).sum()
+
+
+def follow(labels, stain, diameter, edge):
+    """follow_stain on the stain smoothed as the predictor smooths it."""
+    return follow_stain(labels, smooth_stain(stain, diameter), diameter, edge)
 
 
 def _noisy(stain, seed=0):
@@ -35,11 +40,11 @@ def test_a_loose_or_tight_mask_moves_onto_the_cells_edge():
         labels = _disc(shape, centre, radius).astype(np.int32)
         before = _iou(labels > 0, truth)
         # nuclei of 60 px: an outline may move 9 px in (ERODE) and 24 px out (GROW)
-        after = follow_stain(labels, stain, diameter=60, edge=0.3)
+        after = follow(labels, stain, diameter=60, edge=0.3)
         assert before < 0.8 and _iou(after == 1, truth) > 0.9, (radius, before)
     # 0 keeps the network's outline, unchanged
     labels = _disc(shape, centre, 32).astype(np.int32)
-    assert follow_stain(labels, stain, diameter=25, edge=0.0) is labels
+    assert follow(labels, stain, diameter=25, edge=0.0) is labels
 
 
 def test_touching_cells_meet_at_the_dark_valley_between_them():
@@ -52,7 +57,7 @@ def test_touching_cells_meet_at_the_dark_valley_between_them():
     labels[left] = 1
     labels[right & ~left] = 2
     labels[:, 93:100][labels[:, 93:100] == 1] = 2  # the network put the border 7 px off
-    out = follow_stain(labels, stain, diameter=60, edge=0.3)
+    out = follow(labels, stain, diameter=60, edge=0.3)
     border = [int(np.flatnonzero(row == 2).min()) for row in out[40:80] if (row == 2).any()]
     assert abs(np.median(border) - 100) <= 2, np.median(border)
     # numbers are kept: label i stays detection i; nothing disappears
@@ -67,7 +72,7 @@ def test_a_dim_cell_beside_a_bright_one_keeps_its_own_edge_and_no_cell_is_lost()
     labels[_disc(shape, (75, 80), 33)] = 1
     labels[_disc(shape, (75, 220), 33)] = 2
     labels[5:9, 5:9] = 3  # a speck on the background: it has no edge to move to
-    out = follow_stain(labels, stain, diameter=25, edge=0.3)
+    out = follow(labels, stain, diameter=25, edge=0.3)
     assert _iou(out == 1, dim) > 0.9 and _iou(out == 2, bright) > 0.9
     assert (out == 3).sum() == 16
     with pytest.raises(ValueError, match="differ in shape"):
@@ -82,10 +87,10 @@ def test_cells_keep_their_masks_where_the_stain_shows_nothing():
     labels[_disc(shape, (75, 80), 30)] = 1
     labels[_disc(shape, (75, 220), 30)] = 2
     for value in (0.0, 0.3, 5.0):
-        out = follow_stain(labels, np.full(shape, value, np.float16), diameter=25, edge=0.3)
+        out = follow(labels, np.full(shape, value, np.float16), diameter=25, edge=0.3)
         assert np.array_equal(out, labels), value
     stain = np.where(_disc(shape, (75, 80), 36), 1.0, 0.0)  # cell 1 bright, cell 2 dark
-    out = follow_stain(labels, stain, diameter=25, edge=0.3)
+    out = follow(labels, stain, diameter=25, edge=0.3)
     assert np.array_equal(out == 2, labels == 2) and _iou(out == 1, stain > 0) > 0.95
 
 

@@ -423,20 +423,18 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _stain_outlines(value: str, info) -> dict[str, int]:
-    """A checked ``--stain-outlines``: ``none``, or ``CLASS:CHANNEL`` naming a class of the
-    model and one of its input channels."""
+    """A checked ``--stain-outlines``: ``none``, or ``CLASS:CHANNEL`` (one class of the model,
+    one of its input channels)."""
+    from .models.weights import stain_outline_problem
+
     if value.strip().lower() == "none":
         return {}
-    classes = tuple(info.config.get("classes", ("nucleus",)))
-    channels = int(info.config.get("in_channels", 1))
     name, _, channel = value.partition(":")
-    if name not in classes or not channel.strip().isdecimal() or int(channel) >= channels:
-        raise DeepCeNSError(f"--stain-outlines takes CLASS:CHANNEL with a class of the model "
-                            f"({', '.join(classes)}) and an input channel (0–{channels - 1}), "
-                            f"or none; got {value!r}")
-    if info.model != "deepcens":
-        raise DeepCeNSError(f"--stain-outlines is for DeepCeNS weights; these are {info.model!r}")
-    return {name: int(channel)}
+    outlines = {name: int(channel)} if channel.strip().isdecimal() else None
+    problem = stain_outline_problem(outlines, info) if outlines is not None else "no channel"
+    if problem:
+        raise DeepCeNSError(f"--stain-outlines takes CLASS:CHANNEL or none; {value!r}: {problem}")
+    return outlines
 
 
 def _working_diameter(value: float, median: float) -> float:

@@ -31,6 +31,7 @@ from ..models.weights import WeightsInfo, file_sha256, load_weights
 from ..postprocess.centers import Detections, decode_centers, seeded_instances
 from ..postprocess.masks import class_instances
 from ..postprocess.object_score import ObjectScorer, drop_low_scores
+from ..postprocess.outlines import smooth_stain
 from ..postprocess.params import PostprocessParams
 from ..postprocess.watershed import instances_from_maps
 from . import denoise as denoising
@@ -90,7 +91,8 @@ class RawOutput:
     size_unrecognised: bool = False
     meta: dict = field(default_factory=dict)
     #: Detection models whose weights outline a class on a stain: class name → that stain as
-    #: the network saw it (normalised, float16, original grid), for :mod:`..postprocess.outlines`.
+    #: the network saw it (normalised, original grid), smoothed once for
+    #: :mod:`..postprocess.outlines` (float16).
     stains: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -441,7 +443,7 @@ class Predictor:
             if scale != 1.0:
                 dets["boxes"] = dets["boxes"] / np.float32(scale)
             channels = plane if plane.ndim == 3 else plane[None]
-            stains = {name: channels[k].astype(np.float16)
+            stains = {name: smooth_stain(channels[k], self.info.zoom_diameter / scale).astype(np.float16)
                       for name, k in self.info.stain_outlines.items()}
             return RawOutput(maps=dets, shape=shape, scale=scale, diameter=diameter,
                              estimated=estimated, size_unrecognised=unrecognised,

@@ -132,26 +132,29 @@ def read_info(path: str | Path) -> WeightsInfo:
     if info.model not in MODELS:  # files name an architecture, never a preset
         raise WeightsError(f"{path.name}: unknown model {info.model!r}: it must be one of "
                            f"{', '.join(MODELS)}")
-    _check_stain_outlines(info, path.name)
+    problem = stain_outline_problem(info.stain_outlines, info)
+    if problem:
+        raise WeightsError(f"{path.name}: its {problem}")
     return info
 
 
-def _check_stain_outlines(info: WeightsInfo, name: str) -> None:
-    """Stain outlines (DeepCeNS only) name classes of the model and channels of its input."""
-    outlines = info.stain_outlines
+def stain_outline_problem(outlines: Any, info: WeightsInfo) -> str | None:
+    """What is wrong with ``outlines`` (class → input channel) for the model ``info``
+    describes, or ``None``: stain outlines are for DeepCeNS and name its classes and channels.
+    Shared by :func:`read_info` and ``deepcens tune --stain-outlines``."""
     if isinstance(outlines, dict) and not outlines:
-        return
+        return None
     try:
         classes = tuple(info.config.get("classes", ("nucleus",)))
         channels = int(info.config.get("in_channels", 1))
     except (AttributeError, TypeError, ValueError):
-        raise WeightsError(f"{name}: its model configuration is unreadable") from None
+        return "the model configuration is unreadable"
     if info.model != "deepcens" or not isinstance(outlines, dict) or any(
             not isinstance(c, str) or c not in classes or isinstance(k, bool)
             or not isinstance(k, int) or not 0 <= k < channels for c, k in outlines.items()):
-        raise WeightsError(f"{name}: its stain outlines ({outlines!r}) must map classes of a "
-                           f"DeepCeNS model ({', '.join(map(str, classes))}) to its input "
-                           f"channels (0–{channels - 1})")
+        return (f"stain outlines ({outlines!r}) must map classes of a DeepCeNS model "
+                f"({', '.join(map(str, classes))}) to its input channels (0–{channels - 1})")
+    return None
 
 
 def load_weights(

@@ -70,9 +70,9 @@ def class_instances(dets: dict[str, np.ndarray], shape: tuple[int, int], class_n
                     params: PostprocessParams, stains: dict[str, np.ndarray] | None = None,
                     diameter: float = 0.0) -> dict[str, tuple[np.ndarray, Detections]]:
     """Per class name: (instance labels, rotated boxes of the masks with detection scores);
-    label ``i`` ↔ box ``i - 1``. ``stains``: class name → the stain (on ``shape``) its outlines
-    follow when ``params.outline_threshold`` > 0 (:mod:`.outlines`), with ``diameter`` the
-    nucleus diameter in pixels."""
+    label ``i`` ↔ box ``i - 1``. ``stains``: class name → the stain (on ``shape``, from
+    :func:`.outlines.smooth_stain`) its outlines follow when ``params.outline_threshold`` > 0
+    (:mod:`.outlines`), with ``diameter`` the nucleus diameter in pixels."""
     out = {}
     stains = stains or {}
     for k, name in enumerate(class_names, start=1):

@@ -72,20 +72,29 @@ def _medians(values: np.ndarray, labels: np.ndarray, n: int,
     return medians, step
 
 
-def follow_stain(labels: np.ndarray, stain: np.ndarray, diameter: float,
-                 edge: float) -> np.ndarray:
-    """``labels`` (cells of one class) with their outlines moved onto ``stain``.
+def smooth_stain(stain: np.ndarray, diameter: float) -> np.ndarray:
+    """The stain as :func:`follow_stain` reads it: smoothed by :data:`SMOOTH` nucleus
+    diameters (``diameter`` in pixels of its grid), so camera noise does not draw the edge.
+    Done once per image, when the network runs, not at every slider move."""
+    sigma = max(SMOOTH * max(float(diameter), 1.0), 0.5)
+    return ndi.gaussian_filter(np.asarray(stain, np.float32), sigma)
 
-    ``stain``: the cells' stain on the same grid (any scale: only its ranking matters).
-    ``diameter``: nucleus diameter in pixels of this grid. ``edge``: where, from the background
-    (0) to the cell's median brightness (1), its outline is drawn; 0 returns ``labels``.
+
+def follow_stain(labels: np.ndarray, smooth: np.ndarray, diameter: float,
+                 edge: float) -> np.ndarray:
+    """``labels`` (cells of one class) with their outlines moved onto their stain.
+
+    ``smooth``: the cells' stain on the same grid, from :func:`smooth_stain` (any scale: only
+    its ranking matters). ``diameter``: nucleus diameter in pixels of this grid. ``edge``:
+    where, from the background (0) to the cell's median brightness (1), its outline is drawn;
+    0 returns ``labels``.
     """
     if edge <= 0 or not labels.any():
         return labels
-    if stain.shape != labels.shape:
-        raise ValueError(f"stain {stain.shape} and labels {labels.shape} differ in shape")
+    if smooth.shape != labels.shape:
+        raise ValueError(f"stain {smooth.shape} and labels {labels.shape} differ in shape")
     d = max(float(diameter), 1.0)
-    smooth = ndi.gaussian_filter(stain.astype(np.float32, copy=False), max(SMOOTH * d, 0.5))
+    smooth = smooth.astype(np.float32, copy=False)
     reach = ndi.distance_transform_edt(labels == 0) <= max(round(GROW * d), 1)
     outside = smooth[~reach]
     if outside.size >= MIN_BACKGROUND_PIXELS:
