@@ -83,6 +83,36 @@ def test_low_resolution_matches_what_the_predictor_does_to_small_objects(fluores
     assert np.corrcoef(degraded.ravel(), plane.ravel())[0, 1] > 0.8
 
 
+
+def test_point_sampled_and_sharpened_low_resolution_match_the_pipeline(fluorescence):
+    """A point-sampled crop is what a resampled ×4 image (bilinear at pixel centres, no area
+    filter) becomes once the predictor sharpens it on its small grid and enlarges it back;
+    it keeps more texture than the area-filtered one, and ×2 crops are never sharpened."""
+    import torch
+    from torch.nn import functional as F
+
+    from napari_deepcens.inference.predictor import resize
+    from napari_deepcens.inference.sharpen import unsharp
+    from napari_deepcens.io.images import to_plane
+    from napari_deepcens.training.augment import low_resolution
+
+    plane = to_plane(fluorescence[0])[:256, :256]
+    small = F.interpolate(torch.from_numpy(plane)[None, None], size=(64, 64), mode="bilinear",
+                          align_corners=False)[0, 0].numpy()
+    seen = resize(unsharp(small), plane.shape)
+    point = low_resolution(plane, 4.0, point=True, sharpen=True)
+    assert point.shape == plane.shape and point.dtype == np.float32
+    assert np.corrcoef(point.ravel(), seen.ravel())[0, 1] > 0.995
+    area = low_resolution(plane, 4.0)
+    texture = [np.abs(np.diff(x, axis=1)).mean() for x in (area, point)]
+    assert texture[1] > 1.3 * texture[0], texture
+    # sharpening starts at ×2.5 (inference/sharpen.SHARPEN_FROM), as in the predictor
+    np.testing.assert_array_equal(low_resolution(plane, 2.0, sharpen=True), low_resolution(plane, 2.0))
+    assert not np.array_equal(low_resolution(plane, 3.0, sharpen=True), low_resolution(plane, 3.0))
+    flat = np.full((64, 64), 0.3, np.float32)
+    np.testing.assert_allclose(low_resolution(flat, 4.0, point=True, sharpen=True), 0.3, atol=1e-6)
+
+
 def test_coco_outlines_that_are_empty_or_degenerate_are_skipped(tmp_path, monkeypatch):
     import json
 

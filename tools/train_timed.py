@@ -51,7 +51,10 @@ def run(args: argparse.Namespace) -> None:
         args.init = args.output.with_name(args.output.stem + "_grown.safetensors")
         save_weights(args.init, model, info, half=False)
     augment = AugmentConfig(crop=args.crop, scale_min=args.scale_min, scale_max=args.scale_max,
-                            lowres_probability=args.lowres_probability)
+                            lowres_probability=args.lowres_probability,
+                            lowres_factor=(args.lowres_min, args.lowres_max),
+                            lowres_point_fraction=args.lowres_point,
+                            lowres_sharpen=args.lowres_sharpen)
     base = TrainConfig(epochs=1, steps_per_epoch=args.probe_steps, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, workers=args.workers, augment=augment)
 
@@ -116,6 +119,12 @@ def main() -> int:
     parser.add_argument("--lowres-probability", type=float,
                         default=AugmentConfig.lowres_probability,
                         help="share of crops blurred as if upsampled from a coarser image")
+    parser.add_argument("--lowres-min", type=float, default=AugmentConfig.lowres_factor[0])
+    parser.add_argument("--lowres-max", type=float, default=AugmentConfig.lowres_factor[1])
+    parser.add_argument("--lowres-point", type=float, default=0.0,
+                        help="share of low-resolution crops shrunk by point sampling, not by area")
+    parser.add_argument("--lowres-sharpen", action="store_true",
+                        help="unsharp-mask low-resolution crops as the predictor does (sharpen_enlarged)")
     parser.add_argument("--base-channels", type=int, default=12)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--backbone", default="resnest14d")

@@ -32,6 +32,12 @@ class AugmentConfig:
     blur_probability: float = 0.2
     lowres_probability: float = 0.2
     lowres_factor: tuple[float, float] = (2.0, 5.0)
+    #: share of low-resolution crops shrunk by point sampling (a resampled image, sharp and
+    #: aliased) instead of by area (a lower magnification or binning)
+    lowres_point_fraction: float = 0.0
+    #: unsharp-mask low-resolution crops shrunk ×2.5 or more on their small grid, as the
+    #: predictor does for weights with ``sharpen_enlarged`` (inference/sharpen.py)
+    lowres_sharpen: bool = False
 
 
 def random_scaled_crop(
@@ -76,14 +82,22 @@ def dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
-def low_resolution(image: np.ndarray, factor: float) -> np.ndarray:
+def low_resolution(image: np.ndarray, factor: float, point: bool = False,
+                   sharpen: bool = False) -> np.ndarray:
     """``image`` as seen at ``factor``× lower magnification and enlarged back to its grid:
-    area-filtered (Gaussian of σ ≈ 0.4·factor, the spread of a ``factor``-px pixel), shrunk,
-    then enlarged bilinearly as the predictor enlarges small-object images."""
+    area-filtered (Gaussian of σ ≈ 0.4·factor, the spread of a ``factor``-px pixel; skipped
+    with ``point``: a resampled image), shrunk, unsharp-masked on the small grid when
+    ``sharpen`` and ``factor`` ≥ 2.5 (as the predictor does), then enlarged bilinearly as the
+    predictor enlarges small-object images."""
+    from ..inference.sharpen import SHARPEN_FROM, unsharp
+
     lead = (0,) * (image.ndim - 2)
     size = image.shape[-2:]
-    small = ndi.zoom(ndi.gaussian_filter(image, lead + (0.4 * factor,) * 2),
-                     (1,) * len(lead) + (1.0 / factor,) * 2, order=1, mode="nearest", grid_mode=True)
+    source = image if point else ndi.gaussian_filter(image, lead + (0.4 * factor,) * 2)
+    small = ndi.zoom(source, (1,) * len(lead) + (1.0 / factor,) * 2, order=1, mode="nearest",
+                     grid_mode=True)
+    if sharpen and factor >= SHARPEN_FROM:
+        small = unsharp(small)
     zoom = (size[0] / small.shape[-2], size[1] / small.shape[-1])
     # ndi.zoom's output side is round(side · zoom): exactly ``size`` again
     back = ndi.zoom(small, (1,) * len(lead) + zoom, order=1, mode="nearest", grid_mode=True)
@@ -110,5 +124,7 @@ def augment(
     img, lab = random_scaled_crop(image, labels, cfg.crop, scale, rng)
     img, lab = dihedral(img, lab, rng)
     if rng.random() < cfg.lowres_probability:
-        img = low_resolution(img, float(rng.uniform(*cfg.lowres_factor)))
+        img = low_resolution(img, float(rng.uniform(*cfg.lowres_factor)),
+                             point=rng.random() < cfg.lowres_point_fraction,
+                             sharpen=cfg.lowres_sharpen)
     return intensity(img, cfg, rng), lab.astype(np.int32)
