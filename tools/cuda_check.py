@@ -15,10 +15,10 @@ import torch
 
 
 def main(device: str = "cuda") -> None:
-    from napari_deepcens import Predictor
-    from napari_deepcens.evaluation.metrics import match_image, summarize
     import numpy as np
 
+    from napari_deepcens import Predictor
+    from napari_deepcens.evaluation.metrics import match_image, summarize
     from napari_deepcens.sample_data import brightfield, cells, fluorescence, histology
 
     def sync() -> None:
@@ -71,8 +71,10 @@ def main(device: str = "cuda") -> None:
            "cpu_s": found["cpu"][1]}
     for name, part in found["cpu"][0].items():
         gpu_part = found[device][0][name]
-        row[name] = {"cpu_objects": int(part.labels.max()), "gpu_objects": int(gpu_part.labels.max()),
-                     "AP@0.5_gpu_vs_cpu": round(summarize([match_image(part.labels, gpu_part.labels)])["AP@0.5"], 3)}
+        agreement = summarize([match_image(part.labels, gpu_part.labels)])["AP@0.5"]
+        row[name] = {"cpu_objects": int(part.labels.max()),
+                     "gpu_objects": int(gpu_part.labels.max()),
+                     "AP@0.5_gpu_vs_cpu": round(agreement, 3)}
     print(json.dumps(row), flush=True)
 
 
