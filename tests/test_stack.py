@@ -313,6 +313,37 @@ def test_linking_gives_an_object_one_label_across_planes():
         link_planes(stack, min_iou=0)
 
 
+
+def test_gap_closing_bridges_a_frame_where_a_nucleus_was_missed():
+    """A nucleus missed in one frame keeps its label with ``max_gap=1`` (and gets a new one
+    without); one missed for two frames only with ``max_gap=2``; a newcomer where nothing
+    ended stays new; the lookup table still follows."""
+    from napari_deepcens.postprocess.link import link_planes
+
+    from .conftest import disc_labels
+
+    centres = [[(10, 10), (40, 40)], [(12, 12)], [(14, 14), (44, 44)], [(16, 16), (46, 46), (10, 52)],
+               [(18, 18)], [(20, 20)], [(22, 22), (52, 52)]]
+    stack = np.stack([disc_labels((64, 64), c, 6) for c in centres])  # each plane counts from 1
+    plain = link_planes(stack, max_gap=0)
+    assert plain[2][44, 44] != plain[0][40, 40]                        # the gap breaks the track
+    bridged = link_planes(stack, max_gap=1)
+    track = bridged[0][40, 40]
+    assert bridged[2][44, 44] == bridged[3][46, 46] == track           # bridged over frame 1
+    assert bridged[6][52, 52] != track                                 # missed 2 frames: new
+    assert bridged[3][10, 52] not in np.unique(bridged[:3])            # a newcomer stays new
+    assert len({bridged[k][10 + 2 * k, 10 + 2 * k] for k in range(7)}) == 1
+    assert link_planes(stack, max_gap=2)[6][52, 52] == track           # two frames bridged
+    # objects: 2 tracks, the newcomer, the late return (max_gap 1); without, one more
+    assert len(np.unique(bridged)) - 1 == 4 and len(np.unique(plain)) - 1 == 5
+    unique = np.where(stack > 0, stack + 10 * np.arange(7)[:, None, None], 0)
+    relinked, lut = link_planes(unique, return_map=True, max_gap=1)
+    assert np.array_equal(lut[unique], relinked)
+    np.testing.assert_array_equal(relinked, bridged)
+    with pytest.raises(ValueError, match="max_gap"):
+        link_planes(stack, max_gap=-1)
+
+
 def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
         tmp_path, fluorescence, make_napari_viewer, capsys):
     from napari_deepcens.widget.correction_widget import CorrectionWidget
@@ -335,6 +366,19 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     assert len(np.unique(linked)) - 1 < 0.5 * (len(np.unique(pieces)) - 1)
     n_pieces, n_objects = len(np.unique(pieces)) - 1, len(np.unique(linked)) - 1
     assert f"{n_pieces} nucleus pieces linked into {n_objects} objects" in said
+    # a dark middle frame (nothing found there): gap closing carries the labels over it
+    dark = movie.copy()
+    dark[1] = 100
+    write(tmp_path / "dark.tif", dark, imagej=True, metadata={"axes": "TYX"})
+    for out, extra in (("c", []), ("d", ["--link-gap", "0"])):
+        assert main(["segment", str(tmp_path / "dark.tif"), "-o", str(tmp_path / out),
+                     "--device", "cpu", "--link", *extra]) == 0
+    bridged = tifffile.imread(tmp_path / "c" / "dark_labels.tif")
+    broken = tifffile.imread(tmp_path / "d" / "dark_labels.tif")
+    assert not bridged[1].any() and np.array_equal(bridged > 0, broken > 0)
+    ends = [set(np.unique(f)[1:]) for f in (bridged[0], bridged[2])]
+    assert len(ends[0] & ends[1]) >= 0.8 * len(ends[0])              # 42 of 48
+    assert not set(np.unique(broken[0])[1:]) & set(np.unique(broken[2])[1:])
 
     viewer = make_napari_viewer()
     layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
@@ -345,6 +389,19 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     assert len(np.unique(layer.data)) == len(np.unique(linked))
     layer.undo()
     assert np.array_equal(layer.data, pieces)
+    # the gap knob: a plane where the nuclei were erased is bridged (1, default) or not (0)
+    gap = np.stack([pieces[0], np.zeros_like(pieces[0]), pieces[0]]).astype(np.int32)
+    layer2 = viewer.add_labels(gap, name="gap")
+    correct.reset_choices()
+    correct._labels_layer.value = layer2
+    n = len(np.unique(pieces[0])) - 1
+    correct.link_planes()
+    assert len(np.unique(layer2.data)) - 1 == n
+    layer2.undo()
+    correct._gap.value = 0
+    correct.link_planes()
+    assert len(np.unique(layer2.data)) - 1 == 2 * n
+    correct._gap.value = 1
     # a (time, z) layer napari knows the axes of: linked along z, into 3-D objects per time
     tz = np.stack([pieces[:2], pieces[1:]]).astype(np.int32)
     layer4 = viewer.add_labels(tz, name="tz", axis_labels=("t", "z", "y", "x"))

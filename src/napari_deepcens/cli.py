@@ -54,7 +54,11 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--link", action="store_true",
                    help="stacks: one label per object across planes (3-D objects along Z, "
                         "else tracks along T): an object takes the label of the one it "
-                        "overlaps most in the previous plane (IoU ≥ 0.1)")
+                        "overlaps most in the previous plane (IoU ≥ 0.1), or in the plane "
+                        "before if it was missed there (see --link-gap)")
+    p.add_argument("--link-gap", type=_COUNT, default=None, metavar="PLANES",
+                   help="with --link: planes an object may be missed in and keep its label "
+                        "(gap closing; default 1, 0: off)")
     p.add_argument("--channel", type=_COUNT, default=None,
                    help="multichannel TIFFs (ImageJ hyperstacks): the nuclear stain's channel, "
                         "from 0; also picks one colour of an RGB image")

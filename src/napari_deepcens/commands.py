@@ -186,7 +186,8 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     link = getattr(args, "link", False)
     objects: dict[str, int] = {}
     written = write_stack_segmentation(args.output, stem, result, stack.axes,
-                                       overwrite=args.overwrite, link=link, objects=objects)
+                                       overwrite=args.overwrite, link=link, objects=objects,
+                                       link_gap=getattr(args, "link_gap", None))
     counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
     if link:  # the pieces of all planes, and the objects they form
         counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
@@ -221,7 +222,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
         if small:
             jobs = [FileJob(str(p), stem, str(args.output), args.diameter, args.tile,
                             tuple(overrides.items()), args.overwrite, getattr(args, "channel", None),
-                            getattr(args, "link", False), getattr(args, "cyto_channel", None))
+                            getattr(args, "link", False), getattr(args, "cyto_channel", None),
+                            getattr(args, "link_gap", None))
                     for p, stem in small]
             with tqdm(total=len(jobs), desc="images", unit="image", leave=False) as bar:
                 for path, ok, message in run_files(client, spec, jobs):

@@ -92,13 +92,13 @@ def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = Fal
 
 def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
                              overwrite: bool = False, link: bool = False,
-                             objects: dict | None = None) -> list[Path]:
+                             objects: dict | None = None, link_gap: int | None = None) -> list[Path]:
     """Write a stack's :class:`~napari_deepcens.inference.stack.StackResult` as ``deepcens
     segment`` does for one image, but each file holds the whole stack: ``<stem>_labels.tif``
     with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
     for detection models ``<stem>_boxes.csv`` with one column per stack axis first.
-    ``link``: one label per object across planes (along Z, else T; see
-    :meth:`~napari_deepcens.inference.stack.StackResult.stacked`). ``objects``, if given,
+    ``link``: one label per object across planes (along Z, else T, bridging ``link_gap``
+    planes; see :meth:`~napari_deepcens.inference.stack.StackResult.stacked`). ``objects``, if given,
     receives the number of distinct labels written per class."""
     import csv
 
@@ -108,7 +108,7 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     folder = Path(folder)
     axes = axes.replace("S", "")
     names = axes[: len(axes) - 2].lower()
-    stacked = result.stacked(link=link, axis=link_axis(names.upper()))
+    stacked = result.stacked(link=link, axis=link_axis(names.upper()), link_gap=link_gap)
     written = []
     multi = len(stacked) > 1
     for name, (labels, boxes) in stacked.items():

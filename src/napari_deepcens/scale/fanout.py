@@ -90,6 +90,7 @@ class FileJob:
     channel: int | None = None
     link: bool = False
     cyto_channel: int | None = None
+    link_gap: int | None = None
 
 
 def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
@@ -114,7 +115,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
             objects: dict[str, int] = {}
             written = write_stack_segmentation(job.output, job.stem, result, stack.axes,
                                                overwrite=job.overwrite, link=job.link,
-                                               objects=objects)
+                                               objects=objects, link_gap=job.link_gap)
             counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
             if job.link:
                 counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"

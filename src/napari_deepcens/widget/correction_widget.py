@@ -33,6 +33,7 @@ from ..errors import DeepCeNSError
 from ..io.autosave import AutosaveEntry
 from ..io.images import pair_stains
 from ..postprocess import edit
+from ..postprocess.link import LINK_GAP
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
@@ -104,6 +105,9 @@ class CorrectionWidget(Container):
                                 "object it overlaps most in the previous plane (IoU ≥ 0.1), "
                                 "so a nucleus keeps one label across z or time (undoable); "
                                 "along the axis napari names z, else t, else the first")
+        self._gap = SpinBox(label="bridge gaps of (planes)", value=LINK_GAP, min=0, max=10,
+                            tooltip="an object missed in up to this many planes keeps its "
+                                    "label when it is found again (0: off)")
         self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
         self._name = LineEdit(label="sample name", value="",
                               tooltip="empty: the image layer's name")
@@ -125,8 +129,8 @@ class CorrectionWidget(Container):
         self._restore = PushButton(text="Restore as a new layer")
         self._status = status_label(value="Shift+D delete, Shift+M merge (under cursor)")
         self.extend([self._labels_layer, self._image, self._delete, self._fill, self._min_size,
-                     self._remove, self._relabel, self._boxes, self._link, self._dataset, self._name,
-                     self._modality, self._export, self._autosave, self._versions,
+                     self._remove, self._relabel, self._boxes, self._gap, self._link,
+                     self._dataset, self._name, self._modality, self._export, self._autosave, self._versions,
                      self._restore, self._status])
         self._delete.changed.connect(self.delete_selected)
         self._fill.changed.connect(lambda: self._apply(edit.fill_holes, "holes filled"))
@@ -221,7 +225,8 @@ class CorrectionWidget(Container):
             before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
             names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
             axis = link_axis(names) if len(names) == data.ndim - 2 else 0
-            linked = edit.relabel_sequential(link_planes(data, axis=axis))  # objects 1..N
+            linked = edit.relabel_sequential(  # objects 1..N
+                link_planes(data, axis=axis, max_gap=int(self._gap.value)))
         except DeepCeNSError as exc:
             self._fail(exc)
             return
