@@ -1,6 +1,7 @@
 """Time-lapses and z-stacks: segmented plane by plane, one object size, labels numbered across
 planes; read with their axes from TIFF, written back as one labels stack, shown in napari."""
 
+import csv
 import warnings
 
 import numpy as np
@@ -344,6 +345,30 @@ def test_gap_closing_bridges_a_frame_where_a_nucleus_was_missed():
         link_planes(stack, max_gap=-1)
 
 
+
+def test_track_table_follows_each_nucleus_centroid_and_area():
+    from napari_deepcens.postprocess.tracks import count_tracks, track_table
+
+    from .conftest import disc_labels
+
+    frames = [disc_labels((64, 64), [(10 + 2 * t, 12 + 3 * t), (40, 40)], 5) for t in range(3)]
+    frames[2][frames[2] == 2] = 0                                     # the second one gone
+    table = track_table(np.stack(frames))
+    assert table.shape == (5, 5) and count_tracks(table) == 2
+    np.testing.assert_array_equal(table[:, :2], [[1, 0], [1, 1], [1, 2], [2, 0], [2, 1]])
+    np.testing.assert_allclose(table[:3, 2:4], [[10, 12], [12, 15], [14, 18]], atol=1e-9)
+    assert table[0, 4] == np.count_nonzero(frames[0] == 1)
+    # (T, Z, Y, X): a centroid in z too; along the second stack axis: its index in column 1
+    tz = np.stack([np.stack([frames[0], frames[0] * 0]), np.stack([frames[1], frames[1]])])
+    table4 = track_table(tz)
+    assert table4.shape[1] == 6
+    np.testing.assert_allclose(table4[(table4[:, 0] == 1) & (table4[:, 1] == 1)][0, 2:5], [0.5, 12, 15])
+    assert set(track_table(tz, axis=1)[:, 1]) == {0, 1}
+    assert track_table(np.zeros((2, 8, 8), np.int32)).shape == (0, 5)
+    with pytest.raises(ValueError):
+        track_table(frames[0])
+
+
 def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
         tmp_path, fluorescence, make_napari_viewer, capsys):
     from napari_deepcens.widget.correction_widget import CorrectionWidget
@@ -366,6 +391,16 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     assert len(np.unique(linked)) - 1 < 0.5 * (len(np.unique(pieces)) - 1)
     n_pieces, n_objects = len(np.unique(pieces)) - 1, len(np.unique(linked)) - 1
     assert f"{n_pieces} nucleus pieces linked into {n_objects} objects" in said
+    # linked along T: a tracks table, one row per nucleus per frame
+    assert not (tmp_path / "a" / "movie_tracks.csv").exists()
+    with open(tmp_path / "b" / "movie_tracks.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["label", "t", "y", "x", "area"]
+    assert len(rows) - 1 == sum(len(np.unique(f)) - 1 for f in linked)
+    first = next(r for r in rows[1:] if r[1] == "0")
+    mask = linked[0] == int(first[0])
+    assert int(first[4]) == mask.sum()
+    assert abs(float(first[2]) - np.argwhere(mask)[:, 0].mean()) < 0.01
     # a dark middle frame (nothing found there): gap closing carries the labels over it
     dark = movie.copy()
     dark[1] = 100
@@ -387,6 +422,9 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     correct.link_planes()
     assert "pieces →" in correct._status.value
     assert len(np.unique(layer.data)) == len(np.unique(linked))
+    tracks = viewer.layers["pieces tracks"]                          # one stack axis: a time-lapse
+    assert len(np.unique(tracks.data[:, 0])) >= 0.9 * (len(np.unique(pieces[0])) - 1)
+    assert "tracks over 2+ planes" in correct._status.value
     layer.undo()
     assert np.array_equal(layer.data, pieces)
     # the gap knob: a plane where the nuclei were erased is bridged (1, default) or not (0)
@@ -410,6 +448,7 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     correct.link_planes()
     assert set(np.unique(layer4.data[0, 0])[1:]) & set(np.unique(layer4.data[0, 1])[1:])
     assert not set(np.unique(layer4.data[0])[1:]) & set(np.unique(layer4.data[1])[1:])
+    assert "tz tracks" not in viewer.layers                          # 3-D objects, not tracks
 
 
 def test_deepcens_napari_opens_a_time_lapse_with_its_axes(make_napari_viewer, tmp_path, timelapse,

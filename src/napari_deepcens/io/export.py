@@ -98,8 +98,9 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
     for detection models ``<stem>_boxes.csv`` with one column per stack axis first.
     ``link``: one label per object across planes (along Z, else T, bridging ``link_gap``
-    planes; see :meth:`~napari_deepcens.inference.stack.StackResult.stacked`). ``objects``, if given,
-    receives the number of distinct labels written per class."""
+    planes; see :meth:`~napari_deepcens.inference.stack.StackResult.stacked`); linked along
+    T, ``<stem>_tracks.csv`` holds each object's centroid and area frame by frame.
+    ``objects``, if given, receives the number of distinct labels written per class."""
     import csv
 
     from ..inference.stack import link_axis
@@ -108,7 +109,9 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     folder = Path(folder)
     axes = axes.replace("S", "")
     names = axes[: len(axes) - 2].lower()
-    stacked = result.stacked(link=link, axis=link_axis(names.upper()), link_gap=link_gap)
+    axis = link_axis(names.upper())
+    along = names[axis] if axis < len(names) else ""
+    stacked = result.stacked(link=link, axis=axis, link_gap=link_gap)
     written = []
     multi = len(stacked) > 1
     for name, (labels, boxes) in stacked.items():
@@ -128,6 +131,32 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
 
             written.append(atomic_write(folder / f"{prefix}_boxes.csv", write, overwrite))
         written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))
+        if link and along == "t":  # tracks: each nucleus's centroid and area, frame by frame
+            written.append(write_tracks(folder / f"{prefix}_tracks.csv", labels, axis,
+                                        names, overwrite))
         if objects is not None:
             objects[name] = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
     return written
+
+
+def write_tracks(path: Path, labels: np.ndarray, axis: int, names: str,
+                 overwrite: bool = False) -> Path:
+    """``labels`` linked along stack axis ``axis`` as a CSV of tracks (postprocess/tracks.py):
+    label, the linking axis's index, the other stack axes' and y, x centroids, area in px."""
+    import csv
+
+    from ..postprocess.tracks import track_table
+
+    table = track_table(labels, axis)
+    others = [c for i, c in enumerate(names) if i != axis]
+    header = ["label", names[axis], *others, "y", "x", "area"]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            for row in table:
+                writer.writerow([int(row[0]), int(row[1]), *(f"{v:.2f}" for v in row[2:-1]),
+                                 int(row[-1])])
+
+    return atomic_write(path, write, overwrite)

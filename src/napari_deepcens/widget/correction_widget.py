@@ -166,20 +166,21 @@ class CorrectionWidget(Container):
                 "edit labels held in memory; napari's brush and eraser still work on it")
         return layer
 
-    def _edit(self, operation, done: str, layer=None) -> None:
+    def _edit(self, operation, done: str, layer=None) -> bool:
         """Apply ``operation`` (labels -> new labels) to the chosen layer as one undoable step;
-        whatever goes wrong becomes a message, and the layer is left as it was."""
+        whatever goes wrong becomes a message, and the layer is left as it was (False)."""
         try:
             layer = self._layer(layer)
             n = apply_edit(layer, operation(np.asarray(layer.data)))
         except DeepCeNSError as exc:
             self._fail(exc)
-            return
+            return False
         except Exception as exc:
             log.exception("edit failed")
             self._fail(DeepCeNSError(f"{done.split(':')[0]} failed ({type(exc).__name__}): {exc}"))
-            return
+            return False
         self._report(done.format(n=n))
+        return True
 
     def _report(self, message: str) -> None:
         self._status.value = message
@@ -238,8 +239,30 @@ class CorrectionWidget(Container):
             self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
                                      f"{after} objects"))
             return
-        self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
-                   f"planes linked: {before} pieces → {after} objects ({{n}} pixels changed)")
+        if not self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
+                          f"planes linked: {before} pieces → {after} objects ({{n}} pixels changed)"):
+            return
+        along = names[axis] if axis < len(names) else ""
+        if axis == 0 and along != "Z":  # a time-lapse: show each nucleus's track
+            self._show_tracks(layer, linked)
+
+    def _show_tracks(self, layer, linked: np.ndarray) -> None:
+        """A Tracks layer of the linked nuclei's centroids (replaced on every link): a tail
+        that jumps between nuclei shows where linking went wrong."""
+        from ..postprocess.tracks import count_tracks, track_table
+
+        table = track_table(linked, axis=0)
+        name = f"{layer.name} tracks"
+        if name in self._viewer.layers:  # derived data: replaced whole
+            self._viewer.layers.remove(name)
+        ids = table[:, 0].astype(np.int64)
+        moving = table[np.bincount(ids)[ids] > 1]  # napari draws tracks of two points and up
+        if not len(moving):
+            return
+        self._viewer.add_tracks(moving[:, :-1], name=name, tail_length=10, tail_width=2,
+                                scale=layer.scale, translate=layer.translate,
+                                features={"area": moving[:, -1]})
+        self._report(f"{self._status.value}; {count_tracks(moving)} tracks over 2+ planes")
 
     def update_boxes(self) -> None:
         """Create or refresh the Shapes layer of rotated boxes from the current labels."""
