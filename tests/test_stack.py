@@ -343,6 +343,13 @@ def test_gap_closing_bridges_a_frame_where_a_nucleus_was_missed():
     np.testing.assert_array_equal(relinked, bridged)
     with pytest.raises(ValueError, match="max_gap"):
         link_planes(stack, max_gap=-1)
+    # open tracks whose outlines overlap keep them whole: a small nucleus, a large one around
+    # it that ends too, two empty planes, the small one back
+    small, large = disc_labels((40, 40), [(20, 20)], 3), disc_labels((40, 40), [(20, 20)], 12)
+    empty = np.zeros_like(small)
+    both = link_planes(np.stack([small, large, empty, small]), max_gap=2)
+    assert both[3][20, 20] == both[0][20, 20] != both[1][20, 20]
+    assert link_planes(np.stack([small, empty, small]))[2][20, 20] != 1  # default: no gap closing
 
 
 
@@ -408,6 +415,9 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     for out, extra in (("c", []), ("d", ["--link-gap", "0"])):
         assert main(["segment", str(tmp_path / "dark.tif"), "-o", str(tmp_path / out),
                      "--device", "cpu", "--link", *extra]) == 0
+    assert main(["segment", str(tmp_path / "dark.tif"), "-o", str(tmp_path / "e"),
+                 "--link-gap", "1"]) == 2                             # without --link: refused
+    assert "add --link" in capsys.readouterr().err
     bridged = tifffile.imread(tmp_path / "c" / "dark_labels.tif")
     broken = tifffile.imread(tmp_path / "d" / "dark_labels.tif")
     assert not bridged[1].any() and np.array_equal(bridged > 0, broken > 0)

@@ -54,6 +54,9 @@ def main(device: str = "cuda") -> None:
         print(json.dumps({"model": model, "images": rows,
                           "pooled_AP@0.5": round(summarize(matches)["AP@0.5"], 3)}), flush=True)
     # cells + nuclei: two stains, cell outlines moved onto the cytoplasm stain (session 18)
+    if not bundled_weights("cells").is_file():
+        print(json.dumps({"model": "cells", "skipped": "weights not in this copy"}), flush=True)
+        return
     layers = cells()
     nuclear, cyto = layers[0][0], layers[1][0]
     field = np.stack([nuclear, cyto, np.zeros_like(nuclear)], axis=-1)  # as the widget hands it over

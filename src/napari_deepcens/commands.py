@@ -44,6 +44,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .postprocess.params import PostprocessParams
     from .scale.fanout import expand_inputs, needs_chunks
 
+    if getattr(args, "link_gap", None) is not None and not getattr(args, "link", False):
+        raise DeepCeNSError("--link-gap sets the gap closing of --link: add --link")
     images = expand_inputs(args.images)
     stems = [output_stem(p) for p in images]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})

@@ -78,7 +78,7 @@ class StackResult:
                 return list(seg.by_class())
         return []
 
-    def stacked(self, link: bool = False, axis: int = 0, link_gap: int | None = None
+    def stacked(self, link: bool = False, axis: int = 0, link_gap: int = 0
                 ) -> dict[str, tuple[np.ndarray, list[tuple[tuple[int, ...], Detections, object]] | None]]:
         """Class name → (labels of the whole stack, int32; the boxes of each plane as
         (plane index, Detections, labels) or ``None`` for dense models).
@@ -87,7 +87,8 @@ class StackResult:
         the third item an int offset). ``link``: one label per object along stack axis
         ``axis`` (:func:`~napari_deepcens.postprocess.link.link_planes`: 3-D objects in a
         z-stack, tracks in a time-lapse, bridging up to ``link_gap`` planes where an object was
-        missed; default ``link.LINK_GAP``); the third item is then each box's label array.
+        missed: ``link.LINK_GAP`` suits time-lapses); the third item is then each box's label
+        array.
         """
         out = {}
         for name in self.class_names() or ["nucleus"]:
@@ -107,10 +108,9 @@ class StackResult:
                     boxes.append((index, part.boxes, offset))
                 offset += n
             if link and len(self.leading):
-                from ..postprocess.link import LINK_GAP, link_planes
+                from ..postprocess.link import link_planes
 
-                gap = LINK_GAP if link_gap is None else link_gap
-                labels, lut = link_planes(labels, axis=axis, return_map=True, max_gap=gap)
+                labels, lut = link_planes(labels, axis=axis, return_map=True, max_gap=link_gap)
                 if boxes is not None:
                     boxes = [(i, d, lut[o + 1 + np.arange(len(d))]) for i, d, o in boxes]
             out[name] = (labels, boxes)

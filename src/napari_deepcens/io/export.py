@@ -98,8 +98,9 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     with the stack's axes (``axes`` without the colour axis), labels numbered across planes;
     for detection models ``<stem>_boxes.csv`` with one column per stack axis first.
     ``link``: one label per object across planes (along Z, else T, bridging ``link_gap``
-    planes; see :meth:`~napari_deepcens.inference.stack.StackResult.stacked`); linked along
-    T, ``<stem>_tracks.csv`` holds each object's centroid and area frame by frame.
+    planes, by default ``link.LINK_GAP`` in time and none along Z; see
+    :meth:`~napari_deepcens.inference.stack.StackResult.stacked`); linked along T,
+    ``<stem>_tracks.csv`` holds each object's centroid and area frame by frame.
     ``objects``, if given, receives the number of distinct labels written per class."""
     import csv
 
@@ -111,6 +112,10 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     names = axes[: len(axes) - 2].lower()
     axis = link_axis(names.upper())
     along = names[axis] if axis < len(names) else ""
+    if link_gap is None:  # gap closing for tracks in time, not for 3-D objects along z
+        from ..postprocess.link import LINK_GAP
+
+        link_gap = LINK_GAP if along != "z" else 0
     stacked = result.stacked(link=link, axis=axis, link_gap=link_gap)
     written = []
     multi = len(stacked) > 1

@@ -25,7 +25,8 @@ from scipy.optimize import linear_sum_assignment
 #: (bench/bench_stack.py --link), 0.1 kept 98.7 % of identities (3 labels jumped to another
 #: nucleus), 0.25 only 93.1 % (7 jumps), 0.4 79.0 %.
 MIN_IOU = 0.1
-#: Default gap closing: planes a track may be missing and still go on. On the same movies
+#: Default gap closing for time-lapses: frames a track may be missing and still go on (not for
+#: z-stacks, where a plane with nothing between two nuclei may be two nuclei). On the same movies
 #: with 10 % of the objects deleted at random (missed detections), a nucleus found again
 #: after one missed frame kept its label 108 times of 146 with 1 (5 of 146 without), one label
 #: jumped to another nucleus; 2 planes gained nothing more there (runs/s19/gap_study.py).
@@ -46,12 +47,19 @@ def link_pair(previous: np.ndarray, current: np.ndarray, min_iou: float = MIN_IO
     area_a = np.bincount(previous[previous > 0].astype(np.int64))
     area_b = np.bincount(current[current > 0].astype(np.int64))
     iou = inter / (area_a[pa] + area_b[pb] - inter)
+    return _assign(pb, pa, iou, min_iou)
+
+
+def _assign(mine: np.ndarray, theirs: np.ndarray, iou: np.ndarray, min_iou: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs among the candidate pairs (``mine``, ``theirs``) with their IoU:
+    IoU ≥ ``min_iou``, total IoU maximal."""
     keep = iou >= min_iou
-    pa, pb, iou = pa[keep], pb[keep], iou[keep]
-    if not pa.size:
+    mine, theirs, iou = mine[keep], theirs[keep], iou[keep]
+    if not mine.size:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    rows, ri = np.unique(pb, return_inverse=True)
-    cols, ci = np.unique(pa, return_inverse=True)
+    rows, ri = np.unique(mine, return_inverse=True)
+    cols, ci = np.unique(theirs, return_inverse=True)
     score = np.zeros((rows.size, cols.size))
     score[ri, ci] = iou
     r, c = linear_sum_assignment(score, maximize=True)
@@ -60,7 +68,7 @@ def link_pair(previous: np.ndarray, current: np.ndarray, min_iou: float = MIN_IO
 
 
 def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
-                return_map: bool = False, max_gap: int = LINK_GAP):
+                return_map: bool = False, max_gap: int = 0):
     """Relabel a (…, Y, X) stack so that an object keeps one label along stack axis ``axis``
     (int32). Any numbering is accepted (each plane may count from 1); objects not linked to
     the previous plane get labels of their own — or the label of a track that ended at most
@@ -121,39 +129,54 @@ def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
 
 
 class _OpenTracks:
-    """Tracks that ended, each remembered by its last outline and the plane it was seen in,
-    for gap closing in :func:`link_planes`."""
+    """Tracks that ended, each remembered by its last outline (flat pixel indices, kept apart:
+    outlines of tracks that ended in different planes may overlap) and the plane it was seen
+    in, for gap closing in :func:`link_planes`."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.outlines = np.zeros(shape, np.int64)
-        self.seen: dict[int, int] = {}
+        self.shape = shape
+        self.tracks: dict[int, tuple[int, np.ndarray]] = {}
 
     def expire(self, oldest: int) -> None:
         """Forget the tracks last seen before plane ``oldest``."""
-        old = [label for label, plane in self.seen.items() if plane < oldest]
-        if old:
-            self.outlines[np.isin(self.outlines, old)] = 0
-            for label in old:
-                del self.seen[label]
+        for label in [label for label, (plane, _) in self.tracks.items() if plane < oldest]:
+            del self.tracks[label]
 
     def match(self, unlinked: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
         """Pairs (unlinked label, open track) as :func:`link_pair` makes them; the tracks
         matched are closed (they go on in this plane)."""
-        if not self.seen:
+        if not self.tracks:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        mine, theirs = link_pair(self.outlines, unlinked, min_iou)
-        if theirs.size:
-            self.outlines[np.isin(self.outlines, theirs)] = 0
-            for label in theirs.tolist():
-                del self.seen[label]
+        flat = unlinked.ravel()
+        area = np.bincount(flat[flat > 0].astype(np.int64))
+        mine, theirs, iou = [], [], []
+        for label, (_, pixels) in self.tracks.items():
+            under = flat[pixels]
+            under = under[under > 0].astype(np.int64)
+            if not under.size:
+                continue
+            ids, inter = np.unique(under, return_counts=True)
+            mine.append(ids)
+            theirs.append(np.full(ids.size, label, np.int64))
+            iou.append(inter / (pixels.size + area[ids] - inter))
+        if not mine:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        mine, theirs = _assign(np.concatenate(mine), np.concatenate(theirs), np.concatenate(iou),
+                               min_iou)
+        for label in theirs.tolist():
+            del self.tracks[label]
         return mine, theirs
 
     def update(self, previous: np.ndarray, current: np.ndarray, plane: int) -> None:
         """Open the tracks of ``previous`` (plane ``plane``) that do not go on in ``current``."""
         ended = np.setdiff1d(np.unique(previous), np.unique(current))
         ended = ended[ended > 0]
-        if ended.size:
-            where = np.isin(previous, ended)
-            self.outlines[where] = previous[where]
-            for label in ended.tolist():
-                self.seen[label] = plane
+        if not ended.size:
+            return
+        flat = previous.ravel()
+        where = np.flatnonzero(np.isin(flat, ended))
+        order = np.argsort(flat[where], kind="stable")
+        where = where[order]
+        starts = np.searchsorted(flat[where], ended)
+        for label, pixels in zip(ended.tolist(), np.split(where, starts[1:]), strict=True):
+            self.tracks[label] = (plane, pixels)

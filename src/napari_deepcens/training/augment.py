@@ -125,6 +125,7 @@ def augment(
     img, lab = dihedral(img, lab, rng)
     if rng.random() < cfg.lowres_probability:
         img = low_resolution(img, float(rng.uniform(*cfg.lowres_factor)),
-                             point=rng.random() < cfg.lowres_point_fraction,
+                             point=cfg.lowres_point_fraction > 0
+                             and rng.random() < cfg.lowres_point_fraction,
                              sharpen=cfg.lowres_sharpen)
     return intensity(img, cfg, rng), lab.astype(np.int32)

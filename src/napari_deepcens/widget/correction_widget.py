@@ -105,9 +105,10 @@ class CorrectionWidget(Container):
                                 "object it overlaps most in the previous plane (IoU ≥ 0.1), "
                                 "so a nucleus keeps one label across z or time (undoable); "
                                 "along the axis napari names z, else t, else the first")
-        self._gap = SpinBox(label="bridge gaps of (planes)", value=LINK_GAP, min=0, max=10,
-                            tooltip="an object missed in up to this many planes keeps its "
-                                    "label when it is found again (0: off)")
+        self._gap = SpinBox(label="bridge gaps of (frames)", value=LINK_GAP, min=0, max=10,
+                            tooltip="time-lapses: a nucleus missed in up to this many frames "
+                                    "keeps its label when it is found again (0: off; never "
+                                    "along z, where a gap may separate two nuclei)")
         self._dataset = FileEdit(label="dataset folder", mode="d", value=None, nullable=True)
         self._name = LineEdit(label="sample name", value="",
                               tooltip="empty: the image layer's name")
@@ -226,8 +227,10 @@ class CorrectionWidget(Container):
             before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
             names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
             axis = link_axis(names) if len(names) == data.ndim - 2 else 0
+            along = names[axis] if axis < len(names) else ""
+            gap = int(self._gap.value) if along != "Z" else 0  # z: two nuclei, not a miss
             linked = edit.relabel_sequential(  # objects 1..N
-                link_planes(data, axis=axis, max_gap=int(self._gap.value)))
+                link_planes(data, axis=axis, max_gap=gap))
         except DeepCeNSError as exc:
             self._fail(exc)
             return
@@ -242,7 +245,6 @@ class CorrectionWidget(Container):
         if not self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
                           f"planes linked: {before} pieces → {after} objects ({{n}} pixels changed)"):
             return
-        along = names[axis] if axis < len(names) else ""
         if axis == 0 and along != "Z":  # a time-lapse: show each nucleus's track
             self._show_tracks(layer, linked)
 
