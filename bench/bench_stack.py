@@ -85,7 +85,10 @@ def main() -> None:
         seconds["stack"] += time.perf_counter() - t0
         labels = result.stacked()["nucleus"][0]
         if args.link:
-            tracks += identities(truth, result.stacked(link=True)["nucleus"][0])
+            from napari_deepcens.postprocess.link import LINK_GAP  # time-lapses: as the CLI
+
+            linked = result.stacked(link=True, link_gap=LINK_GAP)["nucleus"][0]
+            tracks += identities(truth, linked)
         both["stack"] += [match_image(truth[t], labels[t]) for t in range(args.frames)]
         t0 = time.perf_counter()
         sizes = []
