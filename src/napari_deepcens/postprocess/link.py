@@ -67,6 +67,17 @@ def _assign(mine: np.ndarray, theirs: np.ndarray, iou: np.ndarray, min_iou: floa
     return rows[r[ok]], cols[c[ok]]
 
 
+def planes_first(labels: np.ndarray, axis: int) -> np.ndarray:
+    """``labels`` (…, Y, X) with stack axis ``axis`` moved to the front (a view); a clear
+    ValueError for a single plane or an axis that is not a stack axis."""
+    stack_dims = labels.ndim - 2
+    if stack_dims < 1:
+        raise ValueError(f"labels of shape {labels.shape} have no planes to link")
+    if not -stack_dims <= axis < stack_dims:
+        raise ValueError(f"axis {axis} is not a stack axis of labels {labels.shape}")
+    return np.moveaxis(labels, axis % stack_dims, 0)
+
+
 def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
                 return_map: bool = False, max_gap: int = 0):
     """Relabel a (…, Y, X) stack so that an object keeps one label along stack axis ``axis``
@@ -84,11 +95,7 @@ def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
     if max_gap < 0:
         raise ValueError(f"max_gap must be 0 or more planes, got {max_gap}")
     stack_dims = labels.ndim - 2
-    if stack_dims < 1:
-        raise ValueError(f"labels of shape {labels.shape} have no planes to link")
-    if not -stack_dims <= axis < stack_dims:
-        raise ValueError(f"axis {axis} is not a stack axis of labels {labels.shape}")
-    moved = np.moveaxis(labels, axis % stack_dims, 0)
+    moved = planes_first(labels, axis)
     out = np.zeros(moved.shape, np.int32)  # a view's order: written plane by plane below
     lut = np.zeros(int(labels.max(initial=0)) + 1, np.int64) if return_map else None
     next_id = 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .link import planes_first
+
 #: Columns of :func:`track_table` for a (T, Y, X) stack; a (T, Z, Y, X) one has ``z`` too.
 COLUMNS = ("label", "t", "y", "x", "area")
 
@@ -24,12 +26,7 @@ def track_table(labels: np.ndarray, axis: int = 0) -> np.ndarray:
     their order (z, y, x for a (T, Z, Y, X) stack).
     """
     labels = np.asarray(labels)
-    stack_dims = labels.ndim - 2
-    if stack_dims < 1:
-        raise ValueError(f"labels of shape {labels.shape} have no planes to track along")
-    if not -stack_dims <= axis < stack_dims:
-        raise ValueError(f"axis {axis} is not a stack axis of labels {labels.shape}")
-    moved = np.moveaxis(labels, axis % stack_dims, 0)
+    moved = planes_first(labels, axis)
     rows = []
     for t in range(moved.shape[0]):
         volume = np.asarray(moved[t]).astype(np.int64, copy=False)
