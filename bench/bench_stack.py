@@ -6,9 +6,12 @@ Both ways are scored per frame against the drifted annotation (AP@0.5, DSB), tim
 spread of the object size chosen over the frames is printed (the stack path chooses once).
 With the frames linked (``--link``, postprocess/link.py), it also prints how often a nucleus
 found in two consecutive frames (IoU ≥ 0.5 with its annotation in both) keeps its label, and
-how often a label jumps to another nucleus.
+how often a label jumps to another nucleus; and, for gap closing (``--link-gap``), how often a
+nucleus whose label is missing from one frame has it again in the next (``--drop`` deletes
+that share of the predicted objects at random first, to make such misses).
 
     .venv/bin/python bench/bench_stack.py ../shared/data/dsb2018/val --movies 10 --frames 6
+    .venv/bin/python bench/bench_stack.py ../shared/data/dsb2018/val --link --drop 0.1 --link-gap 0
 """
 
 from __future__ import annotations
@@ -42,19 +45,28 @@ def matched(truth: np.ndarray, pred: np.ndarray) -> dict[int, int]:
     return {int(t): int(p) for t, p, v in zip(ta, pb, iou, strict=True) if v >= 0.5}
 
 
-def identities(truth: np.ndarray, linked: np.ndarray) -> tuple[int, int, int]:
+def identities(truth: np.ndarray, linked: np.ndarray) -> tuple[int, ...]:
     """(nuclei found in two consecutive frames, of those keeping their label, labels that
-    move to another nucleus from one frame to the next)."""
-    pairs = kept = jumps = 0
+    move to another nucleus from one frame to the next; nuclei found in frames t and t+2
+    whose label is missing from t+1, of those with the same label in t+2, labels that come
+    back on another nucleus after such a gap)."""
+    pairs = kept = jumps = gaps = bridged = gap_jumps = 0
+    found = [matched(truth[t], linked[t]) for t in range(len(truth))]
     for t in range(len(truth) - 1):
-        now, nxt = matched(truth[t], linked[t]), matched(truth[t + 1], linked[t + 1])
+        now, nxt = found[t], found[t + 1]
         owner = {p: g for g, p in nxt.items()}
         for g, p in now.items():
             if g in nxt:
                 pairs += 1
                 kept += nxt[g] == p
             jumps += p in owner and owner[p] != g
-    return pairs, kept, jumps
+            if t + 2 < len(truth) and g not in nxt and p not in owner:
+                later = {q: h for h, q in found[t + 2].items()}
+                if g in found[t + 2]:
+                    gaps += 1
+                    bridged += found[t + 2][g] == p
+                gap_jumps += p in later and later[p] != g
+    return pairs, kept, jumps, gaps, bridged, gap_jumps
 
 
 def main() -> None:
@@ -70,6 +82,9 @@ def main() -> None:
     ap.add_argument("--movies", type=int, default=10)
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--link", action="store_true", help="also link the frames and score identities")
+    ap.add_argument("--link-gap", type=int, default=None, help="gap closing (default: the CLI's)")
+    ap.add_argument("--drop", type=float, default=0.0,
+                    help="share of predicted objects deleted at random before linking")
     args = ap.parse_args()
 
     predictor = Predictor.from_name(args.model, device="cpu")
@@ -77,7 +92,8 @@ def main() -> None:
     both = {"stack": [], "frames": []}
     seconds = {"stack": 0.0, "frames": 0.0}
     spread = []
-    tracks = np.zeros(3, np.int64)
+    tracks = np.zeros(6, np.int64)
+    rng = np.random.default_rng(0)
     for s in samples:
         stack, truth = movie(read_image(s.image), read_labels(s.labels), args.frames)
         t0 = time.perf_counter()
@@ -85,10 +101,14 @@ def main() -> None:
         seconds["stack"] += time.perf_counter() - t0
         labels = result.stacked()["nucleus"][0]
         if args.link:
-            from napari_deepcens.postprocess.link import LINK_GAP  # time-lapses: as the CLI
+            from napari_deepcens.postprocess.link import LINK_GAP, link_planes
 
-            linked = result.stacked(link=True, link_gap=LINK_GAP)["nucleus"][0]
-            tracks += identities(truth, linked)
+            pieces = labels.copy()
+            if args.drop:  # misses, made on purpose
+                ids = np.unique(pieces)[1:]
+                pieces[np.isin(pieces, ids[rng.random(ids.size) < args.drop])] = 0
+            gap = LINK_GAP if args.link_gap is None else args.link_gap  # time-lapses: as the CLI
+            tracks += identities(truth, link_planes(pieces, max_gap=gap))
         both["stack"] += [match_image(truth[t], labels[t]) for t in range(args.frames)]
         t0 = time.perf_counter()
         sizes = []
@@ -108,9 +128,11 @@ def main() -> None:
     print(f"frame-by-frame size spread (max/min per movie): median {np.median(spread):.3f}, "
           f"max {max(spread):.3f}")
     if args.link:
-        pairs, kept, jumps = (int(v) for v in tracks)
+        pairs, kept, jumps, gaps, bridged, gap_jumps = (int(v) for v in tracks)
         print(f"linked: {kept} of {pairs} nuclei found in consecutive frames keep their label "
               f"({kept / max(pairs, 1):.1%}); {jumps} labels jump to another nucleus")
+        print(f"across a missing frame: {bridged} of {gaps} keep their label "
+              f"({bridged / max(gaps, 1):.1%}); {gap_jumps} labels come back on another nucleus")
 
 
 if __name__ == "__main__":
