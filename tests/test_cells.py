@@ -228,6 +228,23 @@ def test_training_the_cells_preset_fine_tunes_its_bundled_weights(tmp_path):
     assert info.training["init"].endswith("deepcens_u2os_cells.safetensors")
     bundled = read_info(Path(info.training["init"]))
     assert info.median_diameter == bundled.median_diameter  # the knob keeps its meaning
+    # COCO from another tool numbers its categories otherwise: matched by name, not by order
+    import json
+    import shutil
+
+    coco = tmp_path / "coco"
+    shutil.copytree(Path(__file__).parent / "data" / "u2os_crop", coco)
+    data = json.loads((coco / "annotations.json").read_text())
+    swap = {c["id"]: 3 - c["id"] for c in data["categories"]}  # cell 1 ↔ nucleus 2
+    for c in data["categories"]:
+        c["id"] = swap[c["id"]]
+    for a in data["annotations"]:
+        a["category_id"] = swap[a["category_id"]]
+    assert sorted((c["id"], c["name"]) for c in data["categories"])[0] == (1, "nucleus")
+    (coco / "annotations.json").write_text(json.dumps(data))
+    assert main(["train", str(coco / "annotations.json"), "-o", str(tmp_path / "coco.safetensors"),
+                 "--model", "cells", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size",
+                 "1", "--crop", "128", "--device", "cpu"]) == 0
 
 
 def test_fine_tuning_the_cells_preset_on_nucleus_only_data_is_refused(tmp_path, capsys):

@@ -30,6 +30,10 @@ def test_edit_operations():
     _where, values = edit.changed_pixels(lab, edit.delete_label(lab, 9))
     assert len(values) == 1 and values[0] == 0
     assert lab[0, 19] == 9                  # inputs are never modified
+    # a speck linked over 10 frames: small in each frame (a time-lapse), not in all of them
+    movie = np.stack([lab] * 10)
+    assert 9 not in edit.remove_small(movie, 2, per_plane=True)
+    assert 9 in edit.remove_small(movie, 2) and 7 in edit.remove_small(movie, 2, per_plane=True)
 
 
 @pytest.mark.parametrize("angle", [0, 30, 60, 90, 135])
@@ -144,3 +148,31 @@ def test_modality_is_guessed_from_the_image():
 
     for modality in ("fluorescence", "histology", "brightfield"):
         assert guess_modality(_load(f"nuclei_{modality}")) == modality
+
+
+def test_a_cell_mask_exported_alone_stays_a_cell_mask(tmp_path, fluorescence):
+    """labels.tif means nuclei to every reader: one class that is not nuclei is written as
+    labels_<class>.tif, so training never learns cell outlines as nuclei. Hidden folders (an
+    interrupted export's staging) are not samples, and labels out of range are refused."""
+    import shutil
+
+    from napari_deepcens.training.dataset import load_folder
+    from napari_deepcens.training.loop import train_iter
+
+    image, labels = fluorescence
+    folder = export_sample(tmp_path, image, {"cell": labels}, "s1")
+    assert (folder / "labels_cell.tif").is_file() and not (folder / "labels.tif").exists()
+    (sample,) = list_samples(tmp_path)
+    assert list(sample.classes) == ["cell"]
+    (item,) = load_folder(tmp_path)
+    assert item.classes == ("cell",) and item.labels.ndim == 2
+    nuclei = export_sample(tmp_path / "n", image, {"nucleus": labels}, "s1")
+    assert (nuclei / "labels.tif").is_file()
+    shutil.copytree(folder, tmp_path / ".export-abc")
+    assert [s.id for s in list_samples(tmp_path)] == ["s1"]
+    with pytest.raises(DeepCeNSError, match="outside"):
+        export_sample(tmp_path, image, {"nucleus": labels.astype(np.int64) - 1}, "neg")
+    # a dense network learns one class; two are refused with what to do
+    two = export_sample(tmp_path / "two", image, {"cell": labels, "nucleus": labels}, "s2")
+    with pytest.raises(DeepCeNSError, match="learns one"):
+        next(train_iter(load_folder(two.parent), tmp_path / "u.safetensors", "unet", resume=False))

@@ -142,7 +142,7 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
 
     stack, truth = timelapse
     viewer = make_napari_viewer()
-    layer = viewer.add_image(stack, name="movie")
+    layer = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
     dock = DeepCeNSDock(viewer)
     viewer.window.add_dock_widget(dock)
     widget = dock.segment
@@ -161,6 +161,7 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     assert "3 planes" in widget.status and "1 blank" in widget.status
     assert ap50(truth, labels.data[0]) > 0.6 and not labels.data[1].any()
+    assert tuple(labels.axis_labels) == ("t", "y", "x")          # linking reads the axes
     assert labels.data[0].max() < labels.data[2][labels.data[2] > 0].min()
 
     # sliders re-threshold every plane whose maps are kept, never the network
@@ -450,6 +451,12 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     correct.link_planes()
     assert len(np.unique(layer2.data)) - 1 == 2 * n
     correct._gap.value = 1
+    # the same along z: an empty slice may separate two nuclei, so no bridge and no tracks
+    layer3 = viewer.add_labels(gap.copy(), name="zgap", axis_labels=("z", "y", "x"))
+    correct.reset_choices()
+    correct._labels_layer.value = layer3
+    correct.link_planes()
+    assert len(np.unique(layer3.data)) - 1 == 2 * n and "zgap tracks" not in viewer.layers
     # a (time, z) layer napari knows the axes of: linked along z, into 3-D objects per time
     tz = np.stack([pieces[:2], pieces[1:]]).astype(np.int32)
     layer4 = viewer.add_labels(tz, name="tz", axis_labels=("t", "z", "y", "x"))

@@ -77,3 +77,39 @@ def test_fine_tuning_on_larger_nuclei_keeps_the_models_object_size(tmp_path):
                  str(bundled_weights("unet")), "--epochs", "1", "--steps-per-epoch", "1",
                  "--batch-size", "2", "--crop", "64", "--device", "cpu"]) == 0
     assert read_info(out).median_diameter == bundled.median_diameter
+
+
+def test_a_one_category_coco_file_trains_the_unet_and_resume_checks_validation(tmp_path):
+    """A COCO file of the plugin's own export (one category) trains a dense network (its
+    (1, H, W) labels are read as one label image); a run resumed with validation data it did
+    not have is refused, not continued without ever saving again."""
+    import json
+
+    import pytest
+
+    from napari_deepcens.errors import DeepCeNSError
+    from napari_deepcens.io.dataset_export import export_sample, write_coco
+    from napari_deepcens.io.images import read_labels
+    from napari_deepcens.io.layout import list_samples
+    from napari_deepcens.training.dataset import load_coco
+    from napari_deepcens.training.loop import TrainConfig, train_iter
+
+    sample = list_samples(DSB_VAL)[0]
+    image, labels = read_image(sample.image), read_labels(sample.labels)
+    ds = tmp_path / "ds"
+    export_sample(ds, image, {"nucleus": labels}, "one")
+    coco = write_coco(ds)
+    assert [c["name"] for c in json.loads(coco.read_text())["categories"]] == ["nucleus"]
+    items = load_coco(coco, channels=1)
+    assert items[0].labels.shape[0] == 1
+    config = TrainConfig(epochs=2, steps_per_epoch=1, batch_size=1, augment=AugmentConfig(crop=64))
+    out = tmp_path / "u.safetensors"
+    run = train_iter(items, out, "unet", {"base_channels": 4, "depth": 2}, config, device="cpu")
+    for progress in run:  # stop after the first epoch: its weights and checkpoint are written
+        if progress.best_path is not None:
+            break
+    run.close()
+    assert out.with_name(out.name + ".ckpt").is_file()
+    with pytest.raises(DeepCeNSError, match="val"):
+        next(train_iter(items, out, "unet", {"base_channels": 4, "depth": 2}, config,
+                        val_items=load_folder(DSB_VAL)[:1], device="cpu"))

@@ -111,3 +111,14 @@ def test_a_size_that_is_not_a_size_is_refused_at_load(tmp_path, field, value):
     path = save_weights(tmp_path / "w.safetensors", model, info)
     with pytest.raises(WeightsError, match=field.replace("_", " ")):
         read_info(path)
+
+
+@pytest.mark.parametrize("thresholds", ["x", {"fg_threshold": 5.0}])
+def test_unusable_stored_thresholds_are_refused_at_load(tmp_path, thresholds):
+    """Not after an epoch of fine-tuning, as an 'unexpected TypeError'."""
+    model = small_unet()
+    info = replace(WeightsInfo("unet", model.config.to_dict(), median_diameter=20.0),
+                   thresholds=thresholds)
+    path = save_weights(tmp_path / "w.safetensors", model, info)
+    with pytest.raises(WeightsError, match="thresholds"):
+        read_info(path)

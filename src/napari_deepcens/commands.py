@@ -265,14 +265,16 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                 tqdm.write(f"error: {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
-def load_training_data(paths: list[Path], channels: int) -> list:
-    """Annotated images from dataset folders (one class) and COCO instance JSON files."""
+def load_training_data(paths: list[Path], channels: int,
+                       classes: tuple[str, ...] | None = None) -> list:
+    """Annotated images from dataset folders and COCO instance JSON files. ``classes``: the
+    model's, which COCO categories are matched to by name (their ids differ between tools)."""
     from .training.dataset import load_coco, load_folder
 
     items = []
     for path in paths:
         if path.suffix.lower() == ".json":
-            items.extend(load_coco(path, channels=channels))
+            items.extend(load_coco(path, channels=channels, classes=classes))
         else:
             items.extend(load_folder(path, channels=channels))
     return items
@@ -346,8 +348,12 @@ def run_train(args: argparse.Namespace) -> int:
                                      and _colour_data(args.data) else 1)
     if channels != 1 and args.model != "deepcens":
         raise DeepCeNSError(f"the {args.model} model takes one grey channel; use --model deepcens")
-    train_items = load_training_data(args.data, channels)
-    val_items = load_training_data(args.val, channels)
+    # fine-tuning a multi-class model: COCO categories are taken by the model's class names
+    init_classes = None
+    if args.init is not None and read_info(args.init).model == args.model == "deepcens":
+        init_classes = tuple(read_info(args.init).config.get("classes") or ()) or None
+    train_items = load_training_data(args.data, channels, init_classes)
+    val_items = load_training_data(args.val, channels, init_classes)
     if not train_items:
         raise DeepCeNSError("no usable training images in " + ", ".join(map(str, args.data)))
     classes = sorted({c for item in train_items for c in item.classes})

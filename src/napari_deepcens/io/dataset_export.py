@@ -72,7 +72,9 @@ def find_duplicate(dataset: Path, digest: str) -> str | None:
 
 
 def _labels_name(cls: str, n_classes: int) -> str:
-    return "labels.tif" if n_classes == 1 else f"labels_{_safe_name(cls)}.tif"
+    """``labels.tif`` for nuclei alone (datasets read it as nuclei: io/layout.py), else
+    ``labels_<class>.tif``, so a cell mask exported alone is never trained on as nuclei."""
+    return "labels.tif" if n_classes == 1 and cls == "nucleus" else f"labels_{_safe_name(cls)}.tif"
 
 
 def export_sample(
@@ -94,6 +96,9 @@ def export_sample(
             raise DeepCeNSError(
                 f"labels {cls!r} have shape {lab.shape} but the image is {image.shape[:2]}"
             )
+        if np.asarray(lab).min(initial=0) < 0 or np.asarray(lab).max(initial=0) >= 2**32:
+            raise DeepCeNSError(f"labels {cls!r} hold values outside 0 … 2³²−1: relabel them "
+                                "1..N (correction tab) before exporting")
     digest = content_digest(np.asarray(image), {c: np.asarray(v) for c, v in labels.items()})
     if dataset.is_dir() and (twin := find_duplicate(dataset, digest)) is not None:
         raise DeepCeNSError(f"sample {twin!r} in {dataset} already has this image with exactly "

@@ -62,7 +62,8 @@ def list_samples(data_dir: str | Path) -> list[Sample]:
         raise DeepCeNSError(f"dataset folder not found: {data_dir}")
     index = read_index(data_dir)
     samples = []
-    for sub in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+    # hidden folders are not samples (an export interrupted while staging: .export-*)
+    for sub in sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         image, labels = _find(sub, "image"), _find(sub, "labels")
         per_class = tuple(sorted((p.stem[len("labels_"):], p) for p in sub.glob("labels_*")
                                  if p.suffix.lower() in IMAGE_SUFFIXES))

@@ -135,6 +135,13 @@ def read_info(path: str | Path) -> WeightsInfo:
     problem = stain_outline_problem(info.stain_outlines, info)
     if problem:
         raise WeightsError(f"{path.name}: its {problem}")
+    try:  # refused now, not after a whole epoch of fine-tuning
+        from ..postprocess.params import PostprocessParams
+
+        PostprocessParams.from_dict(info.thresholds)
+    except Exception as exc:
+        raise WeightsError(f"{path.name}: its stored thresholds ({info.thresholds!r}) are not "
+                           f"usable: {exc}") from exc
     return info
 
 

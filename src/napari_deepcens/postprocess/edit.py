@@ -47,8 +47,17 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` pixels, keeping the other labels unchanged."""
+def remove_small(labels: np.ndarray, min_size: int, per_plane: bool = False) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` pixels, keeping the other labels unchanged.
+
+    ``per_plane``: a stack's objects are measured in each plane on its own (a time-lapse,
+    where a linked speck is small in every frame however many frames it lasts); otherwise
+    over the whole array (3-D objects of a z-stack)."""
+    if per_plane and labels.ndim > 2:
+        out = labels.copy()
+        for index in np.ndindex(*labels.shape[:-2]):
+            out[index] = remove_small(labels[index], min_size)
+        return out
     values, counts = np.unique(labels, return_counts=True)  # any integer labels, negative too
     small = values[(counts < min_size) & (values != 0)]
     out = labels.copy()

@@ -177,6 +177,23 @@ def _check_classes(model: torch.nn.Module, items: list[AnnotatedImage]) -> None:
                                 f"model's {', '.join(names)}")
 
 
+def _one_class(model_name: str, items: list[AnnotatedImage] | None) -> list[AnnotatedImage] | None:
+    """Data for a network that learns one class: a one-category COCO file's (1, H, W) labels
+    become (H, W); data with several classes (cells + nuclei) is refused with what to do."""
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        if len(item.classes) > 1:
+            raise DeepCeNSError(f"{item.id} has the classes {', '.join(item.classes)}; the "
+                                f"{model_name} model learns one: fine-tune the cells + nuclei "
+                                "model (DeepCeNS) on it, or use data with one class")
+        if item.labels.ndim == 3:
+            item = replace(item, labels=item.labels[0])
+        out.append(item)
+    return out
+
+
 def transfer_matching(source: torch.nn.Module, target: torch.nn.Module) -> int:
     """Copy every tensor whose name and shape match; returns how many were copied."""
     src = source.state_dict()
@@ -228,14 +245,19 @@ _RESUME_HINT = "delete it, pass --no-resume, or choose another output file"
 
 
 def run_signature(model_name: str, model_config: dict | None, config: TrainConfig,
-                  items: list[AnnotatedImage] | None = None, init: str | Path | None = None) -> dict:
+                  items: list[AnnotatedImage] | None = None, init: str | Path | None = None,
+                  val_items: list[AnnotatedImage] | None = None) -> dict:
     """What a checkpoint must share with a run to be resumed by it: the recipe, the
-    training images (ids and sizes) and the weights it started from."""
+    training and validation images (ids and sizes: with validation, the best epoch is chosen
+    by its score, without, the last is kept) and the weights it started from."""
     data = hashlib.sha1(json.dumps(sorted((i.id, list(i.plane.shape)) for i in items or [])
                                    ).encode()).hexdigest()[:16]
+    val = (hashlib.sha1(json.dumps(sorted((i.id, list(i.plane.shape)) for i in val_items)
+                                   ).encode()).hexdigest()[:16] if val_items else None)
     return {"model": model_name, "config": dict(model_config or {}), "epochs": config.epochs,
             "steps_per_epoch": config.steps_per_epoch, "batch_size": config.batch_size,
-            "lr": config.lr, "data": data, "init": Path(init).name if init else None}
+            "lr": config.lr, "data": data, "init": Path(init).name if init else None,
+            "val": val, "crop": config.augment.crop, "seed": config.seed}
 
 
 def _load_checkpoint(path: Path, signature: dict, device) -> dict:
@@ -274,6 +296,8 @@ def train_iter(
     """
     block_triton_in_gui_process()
     config = config or TrainConfig()
+    if model_name != "deepcens":  # the dense networks learn one class
+        train_items, val_items = _one_class(model_name, train_items), _one_class(model_name, val_items)
     output = Path(output)
     ckpt_path = output.with_name(output.name + ".ckpt")
     dev = resolve_device(device)
@@ -320,7 +344,7 @@ def train_iter(
         optimizer, max_lr=config.lr, total_steps=total, pct_start=0.05
     )
     start_epoch, best_score = 0, -math.inf
-    signature = run_signature(model_name, model_config, config, train_items, init)
+    signature = run_signature(model_name, model_config, config, train_items, init, val_items)
     if resume and ckpt_path.is_file():
         state = _load_checkpoint(ckpt_path, signature, dev)
         try:

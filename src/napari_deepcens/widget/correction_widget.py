@@ -135,8 +135,7 @@ class CorrectionWidget(Container):
                      self._restore, self._status])
         self._delete.changed.connect(self.delete_selected)
         self._fill.changed.connect(lambda: self._apply(edit.fill_holes, "holes filled"))
-        self._remove.changed.connect(lambda: self._apply(
-            lambda lab: edit.remove_small(lab, int(self._min_size.value)), "small objects removed"))
+        self._remove.changed.connect(self.remove_small)
         self._relabel.changed.connect(lambda: self._apply(edit.relabel_sequential, "relabelled"))
         self._boxes.changed.connect(self.update_boxes)
         self._link.changed.connect(self.link_planes)
@@ -188,6 +187,15 @@ class CorrectionWidget(Container):
 
     def _apply(self, operation, done: str) -> None:
         self._edit(operation, done + ": {n} pixels changed")
+
+    def remove_small(self) -> None:
+        """Objects under the size threshold go; in a stack, measured plane by plane (a
+        time-lapse's frames), except in a z-stack, whose linked objects are 3-D."""
+        layer = self._labels_layer.value
+        names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
+        per_plane = "Z" not in names
+        self._apply(lambda lab: edit.remove_small(lab, int(self._min_size.value), per_plane),
+                    "small objects removed")
 
     def delete_selected(self) -> None:
         layer = self._labels_layer.value

@@ -66,6 +66,9 @@ def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: i
         return output
     except DeepCeNSError as exc:
         return str(exc)
+    except Exception as exc:  # a message in napari, the traceback in the log
+        log.exception("fine-tuning failed")
+        return f"fine-tuning failed ({type(exc).__name__}): {exc}"
 
 
 class FineTuneWidget(Container):

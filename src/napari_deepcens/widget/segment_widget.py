@@ -668,6 +668,8 @@ class SegmentWidget(Container):
             layer = self._viewer.add_labels(
                 labels, name=name, scale=image_layer.scale[-labels.ndim:],
                 translate=image_layer.translate[-labels.ndim:],
+                # the image's axis names (t, z…): linking and tracks read them
+                axis_labels=tuple(image_layer.axis_labels)[-labels.ndim:],
                 metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, CLASS_KEY: cls},
             )
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
@@ -722,6 +724,7 @@ class SegmentWidget(Container):
             features=features, edge_color="score" if len(shapes) else "yellow",
             edge_colormap="plasma", face_color="transparent", edge_width=1.5,
             scale=image_layer.scale[-ndim:], translate=image_layer.translate[-ndim:],
+            axis_labels=tuple(image_layer.axis_labels)[-ndim:],
             metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
         )
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
@@ -1002,7 +1005,7 @@ class SegmentWidget(Container):
         """Keep a hand-edited labels layer, as it is now, as a layer of its own."""
         kept = self._viewer.add_labels(
             layer.data.copy(), name=f"{layer.name} (edited)", scale=layer.scale,
-            translate=layer.translate,
+            translate=layer.translate, axis_labels=layer.axis_labels,
             metadata={EDITED_KEY: True, CLASS_KEY: layer.metadata.get(CLASS_KEY),
                       PROVENANCE_KEY: dict(layer.metadata.get(PROVENANCE_KEY, {}))})
         show_info(f"your edits were kept in the layer {kept.name!r}")
