@@ -209,6 +209,32 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     assert boxes.ndim == 3 and len(boxes.data) == len(np.unique(labels.data)) - 1
 
 
+def test_stack_boxes_start_over_with_a_new_labels_layer(make_napari_viewer, qtbot, timelapse):
+    """Labels deleted, one plane run again: the other planes' old boxes go with them (they
+    would share label numbers with the new plane's objects)."""
+    from napari_deepcens.widget.dock import DeepCeNSDock
+
+    stack, _ = timelapse
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
+    dock = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    widget = dock.segment
+    widget.set_options(image=layer, device="cpu", model="centerunet", planes="all")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    boxes = viewer.layers["movie boxes"]
+    assert {int(round(b[0, 0])) for b in boxes.data} == {0, 2}     # frame 1 is dark
+    assert tuple(boxes.axis_labels) == ("t", "y", "x")
+    viewer.layers.remove("movie labels")
+    viewer.dims.set_current_step(0, 2)
+    widget.set_options(planes="current")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert {int(round(b[0, 0])) for b in viewer.layers["movie boxes"].data} == {2}
+    assert not viewer.layers["movie labels"].data[0].any()
+
+
 def test_planes_run_one_by_one_keep_maps_within_the_memory_cap(make_napari_viewer, qtbot,
                                                                 timelapse, monkeypatch):
     from napari_deepcens.widget import segment_widget

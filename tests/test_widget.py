@@ -235,6 +235,18 @@ def test_box_edits_are_kept_when_a_slider_redraws_the_boxes(docked, qtbot):
     assert len([ly for ly in viewer.layers if "(edited)" in ly.name]) == 1
 
 
+def test_a_model_without_boxes_removes_the_previous_models_boxes(docked, qtbot):
+    """CenterUNet's boxes name its labels; after a U-Net run they would name other nuclei."""
+    viewer, widget, _layer = docked
+    widget.set_options(model="centerunet", device="cpu")
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers["nuclei boxes"].data) > 10
+    widget.set_options(model="unet")
+    run_and_wait(qtbot, widget)
+    assert "nuclei boxes" not in viewer.layers and "nuclei labels" in viewer.layers
+    assert not [ly for ly in viewer.layers if "(edited)" in ly.name]
+
+
 def test_sliders_after_a_model_switch_ask_for_a_run_and_undo_stays_in_its_run(docked, qtbot):
     viewer, widget, _layer = docked
     run_and_wait(qtbot, widget)

@@ -650,7 +650,27 @@ class SegmentWidget(Container):
             self._show_labels(image_layer, part.labels, name if multi else None)
         if seg.boxes is not None:
             self._show_boxes(image_layer, {name: part.boxes for name, part in parts.items()}, multi)
+        else:
+            self._drop_boxes(image_layer)
         self._record_provenance(image_layer)
+
+    def _drop_boxes(self, image_layer) -> None:
+        """A model without boxes replaced one with: the old boxes would name other objects
+        now. Boxes edited by hand are kept as a layer of their own first."""
+        layer = self.boxes_layer(image_layer)
+        if layer is not None:
+            self._keep_edited_boxes(layer)
+            self._viewer.layers.remove(layer)
+
+    def _keep_edited_boxes(self, layer) -> None:
+        """Boxes moved or deleted by hand are kept, as they are, as a layer of their own."""
+        if layer.metadata.get(EDITED_KEY):
+            kept = self._viewer.add_shapes(
+                layer.data, shape_type=layer.shape_type, name=f"{layer.name} (edited)",
+                features=layer.features, edge_color="yellow", face_color="transparent",
+                edge_width=1.5, scale=layer.scale, translate=layer.translate,
+                axis_labels=layer.axis_labels)
+            show_info(f"your box edits were kept in the layer {kept.name!r}")
 
     def labels_layer(self, image_layer, cls: str | None = None) -> napari.layers.Labels | None:
         """The Labels layer this widget wrote for ``image_layer`` (and class ``cls`` of a
@@ -702,12 +722,7 @@ class SegmentWidget(Container):
         self._box_classes_multi = multi
         layer = self.boxes_layer(image_layer)
         if layer is not None:
-            if layer.metadata.get(EDITED_KEY):  # boxes moved or deleted by hand: keep them
-                kept = self._viewer.add_shapes(
-                    layer.data, shape_type=layer.shape_type, name=f"{layer.name} (edited)",
-                    features=layer.features, edge_color="yellow", face_color="transparent",
-                    edge_width=1.5, scale=layer.scale, translate=layer.translate)
-                show_info(f"your box edits were kept in the layer {kept.name!r}")
+            self._keep_edited_boxes(layer)
             self._writing_boxes = True
             try:
                 layer.selected_data = set()
@@ -958,6 +973,7 @@ class SegmentWidget(Container):
                 labels = existing.data
             else:
                 labels = np.zeros(full, np.int32)
+                boxes.pop(name, None)  # the other planes start empty: so do their boxes
             for index in planes:
                 labels[index] = 0
             offset = int(labels.max(initial=0))
@@ -988,6 +1004,8 @@ class SegmentWidget(Container):
         if any(boxes.values()):
             self._show_boxes(image_layer, {name: [(i, d, o) for i, (d, o) in sorted(b.items())]
                                            for name, b in boxes.items()}, multi)
+        else:
+            self._drop_boxes(image_layer)
         self._record_provenance(image_layer)
 
     def _keep_edited_planes(self, layer, planes) -> None:
