@@ -213,6 +213,17 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     widget.set_options(cyto=small)
     widget.run()
     assert widget._worker is None and "(100, 100)" in widget.status
+    # another image segmented by a one-class model: this image's boxes still pick their class
+    other = viewer.add_image(image[..., 0].copy(), name="other")
+    widget.set_options(image=other, model="centerunet", auto_diameter=True)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert "other boxes" in viewer.layers
+    boxes = viewer.layers["hoechst boxes"]
+    k = int(np.flatnonzero((boxes.features["class"].to_numpy() == "nucleus")
+                           & (boxes.features["label"].to_numpy() != nuclei.selected_label))[0])
+    boxes.selected_data = {k}
+    assert nuclei.selected_label == int(boxes.features["label"].iloc[k])
 
 
 def test_training_the_cells_preset_fine_tunes_its_bundled_weights(tmp_path):

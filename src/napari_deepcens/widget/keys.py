@@ -8,3 +8,5 @@ PROVENANCE_KEY = "deepcens_provenance"
 SOURCE_KEY = "deepcens_source"
 #: class name of a multi-class model's labels layer
 CLASS_KEY = "deepcens_class"
+#: a boxes layer holds several classes' boxes (one labels layer each)
+MULTI_KEY = "deepcens_multi_class"

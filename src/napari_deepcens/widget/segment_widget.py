@@ -41,7 +41,7 @@ from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
-from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
+from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, stack_axes
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
@@ -289,7 +289,6 @@ class SegmentWidget(Container):
         self._post_pending = False
         self._user_knobs = False  # until the user moves a knob, each model's tuned values apply
         self._started = 0.0
-        self._box_classes_multi = False
         self._writing_boxes = False
         self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
         self._plane_sizes: dict[int, dict] = {}  # image layer id -> plane -> diameter it ran at
@@ -719,7 +718,6 @@ class SegmentWidget(Container):
                   for j, r in enumerate(rows)]  # napari wants (…, row, col)
         features = {"label": rows[:, 0].astype(int), "class": classes, "score": rows[:, 1],
                     "width": rows[:, 4], "height": rows[:, 5], "angle": rows[:, 6]}
-        self._box_classes_multi = multi
         layer = self.boxes_layer(image_layer)
         if layer is not None:
             self._keep_edited_boxes(layer)
@@ -733,6 +731,8 @@ class SegmentWidget(Container):
             finally:
                 self._writing_boxes = False
             layer.metadata[EDITED_KEY] = False
+            layer.metadata[MULTI_KEY] = multi
+            self._link_labels_to_boxes(image_layer, boxes, multi)
             return
         layer = self._viewer.add_shapes(
             shapes or None, ndim=ndim, shape_type="rectangle", name=f"{image_layer.name} boxes",
@@ -740,10 +740,15 @@ class SegmentWidget(Container):
             edge_colormap="plasma", face_color="transparent", edge_width=1.5,
             scale=image_layer.scale[-ndim:], translate=image_layer.translate[-ndim:],
             axis_labels=tuple(image_layer.axis_labels)[-ndim:],
-            metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False},
+            metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, MULTI_KEY: multi},
         )
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
         layer.events.data.connect(lambda _e, layer=layer: self._boxes_changed(layer))
+        self._link_labels_to_boxes(image_layer, boxes, multi)
+
+    def _link_labels_to_boxes(self, image_layer, boxes: dict, multi: bool) -> None:
+        """Selecting a label selects its box, in every labels layer of the image, new ones
+        too (a labels layer deleted and made again by a run)."""
         for cls in (list(boxes) if multi else [None]):
             labels = self.labels_layer(image_layer, cls)
             if labels is not None and not labels.metadata.get("deepcens_linked"):
@@ -757,7 +762,7 @@ class SegmentWidget(Container):
         chosen = sorted(boxes.selected_data) if boxes is not None else []
         if len(chosen) != 1:
             return
-        cls = boxes.features["class"].iloc[chosen[0]] if self._box_classes_multi else None
+        cls = boxes.features["class"].iloc[chosen[0]] if boxes.metadata.get(MULTI_KEY) else None
         labels = self.labels_layer(image_layer, cls)
         if labels is not None:
             value = int(boxes.features["label"].iloc[chosen[0]])
