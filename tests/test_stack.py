@@ -224,14 +224,14 @@ def test_stack_boxes_start_over_with_a_new_labels_layer(make_napari_viewer, qtbo
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     boxes = viewer.layers["movie boxes"]
-    assert {int(round(b[0, 0])) for b in boxes.data} == {0, 2}     # frame 1 is dark
+    assert {round(float(b[0, 0])) for b in boxes.data} == {0, 2}     # frame 1 is dark
     assert tuple(boxes.axis_labels) == ("t", "y", "x")
     viewer.layers.remove("movie labels")
     viewer.dims.set_current_step(0, 2)
     widget.set_options(planes="current")
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    assert {int(round(b[0, 0])) for b in viewer.layers["movie boxes"].data} == {2}
+    assert {round(float(b[0, 0])) for b in viewer.layers["movie boxes"].data} == {2}
     assert not viewer.layers["movie labels"].data[0].any()
 
 
