@@ -19,6 +19,17 @@ def ap50(truth, pred) -> float:
     return summarize([match_image(truth, pred)])["AP@0.5"]
 
 
+def docked_movie(make_napari_viewer, stack):
+    """A viewer with ``stack`` as the time-lapse "movie" (axes t, y, x) and the plugin docked."""
+    from napari_deepcens.widget.dock import DeepCeNSDock
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
+    dock = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    return viewer, dock, layer
+
+
 @pytest.fixture(scope="module")
 def timelapse(fluorescence):
     """Three frames of the 256² fluorescence crop: as it is, a dark frame, then drifted by
@@ -138,13 +149,8 @@ def test_cli_stack_boxes_name_their_plane(tmp_path, timelapse):
 
 def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_viewer, qtbot,
                                                                    timelapse, monkeypatch, tmp_path):
-    from napari_deepcens.widget.dock import DeepCeNSDock
-
     stack, truth = timelapse
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
-    dock = DeepCeNSDock(viewer)
-    viewer.window.add_dock_widget(dock)
+    viewer, dock, layer = docked_movie(make_napari_viewer, stack)
     widget = dock.segment
     widget.set_options(image=layer, device="cpu")
     assert not widget._planes.native.isHidden()                  # shown for stacks only
@@ -212,13 +218,7 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
 def test_stack_boxes_start_over_with_a_new_labels_layer(make_napari_viewer, qtbot, timelapse):
     """Labels deleted, one plane run again: the other planes' old boxes go with them (they
     would share label numbers with the new plane's objects)."""
-    from napari_deepcens.widget.dock import DeepCeNSDock
-
-    stack, _ = timelapse
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(stack, name="movie", axis_labels=("t", "y", "x"))
-    dock = DeepCeNSDock(viewer)
-    viewer.window.add_dock_widget(dock)
+    viewer, dock, layer = docked_movie(make_napari_viewer, timelapse[0])
     widget = dock.segment
     widget.set_options(image=layer, device="cpu", model="centerunet", planes="all")
     widget.run()
