@@ -480,3 +480,84 @@ def test_two_stain_cells_run_chunked(tmp_path, client):
     cells = match_image(whole["cell"].labels, np.asarray(labels["cell"][0]))
     assert nuclei.ap(0.5) >= 0.9 and cells.ap(0.5) >= 0.5, (nuclei.ap(0.5), cells.ap(0.5))
     assert abs(result.counts["cell"] - int(whole["cell"].labels.max())) <= 4
+
+
+def test_outputs_beside_the_inputs_resume_and_never_replace_them(tmp_path, mosaic, capsys):
+    """Outputs inside the input folder (or in it) are not taken for images on a rerun, which
+    resumes; a Zarr store whose output would be itself is refused, even with --overwrite."""
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "big.tif", mosaic[:256], tile=(64, 64))
+    shutil.copy(next(DSB_VAL.glob("0bda*/image.png")), src / "small.png")
+    common = ["--device", "cpu", "--chunked-above", "0.05", "--chunk", "128"]
+    inside = ["segment", str(src), "-o", str(src / "seg"), *common]
+    assert main(inside) == 0, capsys.readouterr().err
+    assert (src / "seg" / "big.zarr").is_dir() and (src / "seg" / "small_labels.tif").is_file()
+    capsys.readouterr()
+    assert main(inside) == 0, capsys.readouterr().err                # resumes: all done
+    assert capsys.readouterr().out.count("skip") == 2
+    beside = ["segment", str(src / "*"), "-o", str(src), *common]    # a glob, -o the same folder
+    assert main(beside) == 0 and main(beside) == 0, capsys.readouterr().err
+    assert not list(src.glob("*_labels_labels.tif")) and not (src / "big_objects_labels.tif").exists()
+    store = tmp_path / "z" / "slide.zarr"
+    write_ome_zarr(store, mosaic[:256])
+    (store / "MY_NOTES.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["segment", str(store), "-o", str(store.parent), "--overwrite", *common]) == 1
+    assert "would replace the image itself" in capsys.readouterr().err
+    assert (store / "MY_NOTES.txt").read_text() == "mine"
+
+
+def test_chunked_runs_read_the_channel_asked_for_and_deep_unets(tmp_path, mosaic, capsys):
+    """--channel picks the nuclear stain on the chunked path too (it used to mix the colours);
+    a U-Net of depth 6 gets tiles of 64-px multiples there."""
+    from napari_deepcens.models.registry import build_model
+    from napari_deepcens.models.weights import WeightsInfo, save_weights
+
+    grey = mosaic[:256]
+    rgb = np.stack([grey, grey[::-1, ::-1], np.zeros_like(grey)], axis=-1)
+    tifffile.imwrite(tmp_path / "rg.tif", rgb, photometric="rgb")
+    for out, extra in (("one", []), ("chunked", ["--chunked-above", "0.01", "--chunk", "128"])):
+        assert main(["segment", str(tmp_path / "rg.tif"), "-o", str(tmp_path / out), "--channel",
+                     "0", "--device", "cpu", *extra]) == 0, capsys.readouterr().err
+    whole = tifffile.imread(tmp_path / "one" / "rg_labels.tif")
+    chunked = np.asarray(read_ome_labels(tmp_path / "chunked" / "rg.zarr")["nucleus"][0])
+    assert match_image(whole, chunked).ap(0.5) > 0.9
+    model = build_model("unet", {"base_channels": 4, "depth": 6})
+    weights = save_weights(tmp_path / "d6.safetensors", model,
+                           WeightsInfo("unet", model.config.to_dict(), median_diameter=20.0))
+    assert main(["segment", str(tmp_path / "rg.tif"), "-o", str(tmp_path / "d6"), "--channel", "0",
+                 "--weights", str(weights), "--device", "cpu", "--chunked-above", "0.01",
+                 "--chunk", "128"]) == 0, capsys.readouterr().err
+
+
+def test_widget_chunks_the_channel_layer_it_is_given(make_napari_viewer, qtbot, mosaic, tmp_path,
+                                                     monkeypatch):
+    """One channel of a multichannel TIFF (napari opened it as one layer per channel) is
+    segmented itself, not the whole file reopened and its colours mixed."""
+    from napari_deepcens.scale import chunked
+    from napari_deepcens.widget import segment_widget
+    from napari_deepcens.widget.segment_widget import SegmentWidget
+
+    monkeypatch.setattr(chunked, "ESTIMATE_CROP", 256)
+    grey = mosaic[:256]
+    path = tmp_path / "rg.tif"
+    tifffile.imwrite(path, np.stack([np.zeros_like(grey), grey[::-1, ::-1], grey], axis=-1),
+                     photometric="rgb")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), channel_axis=2, plugin="napari")
+    blue = layers[2]
+    assert blue.data.shape == grey.shape and blue.source.path == str(path)
+    widget = SegmentWidget(viewer)
+    widget.set_options(image=blue, device="cpu", auto_diameter=False)
+    monkeypatch.setattr(segment_widget, "CHUNKED_ABOVE", 10_000)
+    monkeypatch.setattr(segment_widget, "CHUNK", 128)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    layer = viewer.layers[f"{blue.name} labels"]
+    labels = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    assert "chunked" in widget.status, widget.status
+    from napari_deepcens import Predictor
+
+    alone = Predictor.from_name("unet", device="cpu").segment(grey, diameter=widget._diameter.value)
+    assert match_image(alone, labels).ap(0.5) > 0.8

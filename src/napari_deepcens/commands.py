@@ -46,7 +46,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     if getattr(args, "link_gap", None) is not None and not getattr(args, "link", False):
         raise DeepCeNSError("--link-gap sets the gap closing of --link: add --link")
-    images = expand_inputs(args.images)
+    images = expand_inputs(args.images, outputs=args.output)
     stems = [output_stem(p) for p in images]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
@@ -84,6 +84,12 @@ def run_segment(args: argparse.Namespace) -> int:
         chunked = needs_chunks(path, above)
         targets = _output_paths(args.output, stem, predictor.class_names, chunked,
                                 MODELS[predictor.model_name].boxes)
+        source = path.resolve()
+        if any(t.resolve() == source or source.is_relative_to(t.resolve())
+               or t.resolve().is_relative_to(source) for t in targets):
+            failures.append((path, f"its output {targets[-1].name} in {args.output} would replace "
+                                   "the image itself: choose another output folder (-o)"))
+            continue
         present = [t for t in targets if t.exists()]
         if present and not args.overwrite:
             if len(present) == len(targets):
@@ -215,7 +221,7 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
     from .scale.chunked import ModelSpec, segment_chunked_iter
     from .scale.cluster import dask_client
     from .scale.fanout import FileJob, run_files
-    from .scale.lazy import open_lazy
+    from .scale.lazy import open_lazy, select_channel
 
     spec = ModelSpec(args.model, str(args.weights) if args.weights else None, args.device,
                      tta=getattr(args, "tta", False), denoise=denoise_choice(args))
@@ -242,6 +248,8 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                                         "save the nuclear and cytoplasm stains as an RGB "
                                         "(red, green) image to segment a file this large")
                 image = open_lazy(path)
+                if getattr(args, "channel", None) is not None:  # the nuclear stain alone
+                    image = select_channel(image, args.channel)
                 if predictor.in_channels > 1 and not image.rgb:
                     raise DeepCeNSError(f"{path.name} is one stain: this model needs a nuclear "
                                         "and a cytoplasm stain (red and green of an RGB image)")

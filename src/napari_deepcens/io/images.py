@@ -61,6 +61,9 @@ def read_image(path: str | Path) -> np.ndarray:
     except Exception as exc:  # decoders raise many types; the user needs one message
         kind = path.suffix.lstrip(".").upper() or "image"
         log.debug("decoder error for %s: %s", path, exc)
+        if "imagecodecs" in str(exc):  # a compression this installation cannot decode
+            raise ImageError(f"cannot read {path.name}: its compression needs the imagecodecs "
+                             "package (pip install imagecodecs)") from exc
         raise ImageError(f"cannot read {path.name}: not a readable {kind} file (damaged, "
                          "empty, or another format under this name)") from exc
     data = np.asarray(data)
@@ -113,6 +116,10 @@ def read_stack(path: str | Path, channel: int | None = None,
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 data, axes = series.asarray(), series.axes.upper()
+                if len(tif.series) > 1:  # several positions of a multi-position acquisition
+                    log.warning("%s holds %d image series (positions); only the first is "
+                                "segmented: save each position as its own file", path.name,
+                                len(tif.series))
         except Exception:
             data = read_image(path)  # the same clear message for a damaged file
         if data.size == 0:

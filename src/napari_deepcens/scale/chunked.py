@@ -405,8 +405,12 @@ def segment_block(spec: ModelSpec, source: Source, plan: Plan, b: tuple[int, int
         plane = plan.denoiser.apply(plane)
     scale = predictor.scale_for(plan.diameter)
     side = max(plane.shape[-2:]) * scale
-    # whole tiles of what the network needs: 32 px for the dense models, 64 for DeepCeNS
-    multiple = max(32, int(getattr(getattr(predictor, "model", None), "SIZE_MULTIPLE", 32)))
+    # whole tiles of what the network needs: 2**depth px for the dense models (32 at the
+    # usual depth 4, 64 at depth 6), 64 for DeepCeNS
+    model = getattr(predictor, "model", None)
+    config = getattr(model, "config", None)
+    multiple = max(32, int(getattr(model, "SIZE_MULTIPLE", 32)),
+                   2 ** int(getattr(config, "depth", 0) or 0))
     tile = min(math.ceil(side / multiple) * multiple, MAX_TILE)
     raw = predictor.predict(plane, diameter=plan.diameter, estimate=False, normalised=True,
                             tile=max(tile, 64), overlap=64, tta=spec.tta, denoise=False)

@@ -58,7 +58,8 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
     cluster = None
     if address:
         try:
-            client = Client(address, timeout=CONNECT_TIMEOUT)
+            # not dask's default scheduler: napari's lazily read layers keep theirs
+            client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             raise DeepCeNSError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     else:
@@ -67,9 +68,10 @@ def dask_client(address: str | None = None, workers: int = 0, threads: int | Non
         else:
             cluster = LocalCluster(n_workers=1, threads_per_worker=threads or min(cores(), 4),
                                    processes=False, dashboard_address=":0")
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)  # (as above)
     try:
-        yield client
+        with client.as_current():  # the current client of this thread only (Dask's futures
+            yield client           # need one), not the default of napari's drawing thread
     finally:
         client.close()
         if cluster is not None:

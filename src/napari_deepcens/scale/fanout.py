@@ -30,10 +30,23 @@ def _is_input(path: Path) -> bool:
     return not (stem == "labels" or stem.startswith("labels_") or stem.endswith("_labels"))
 
 
-def expand_inputs(items: Iterable[Path]) -> list[Path]:
+def expand_inputs(items: Iterable[Path], outputs: Path | None = None) -> list[Path]:
     """Files, folders (searched recursively; ``.zarr`` stores count as one image) and glob
-    patterns → the images, sorted, each once. A pattern or folder matching nothing is an error."""
+    patterns → the images, sorted, each once. A pattern or folder matching nothing is an error.
+    Folders and patterns skip label images, our own outputs and anything inside ``outputs``
+    (the output folder, when it lies inside an input folder: a rerun resumes, it does not
+    segment its own results)."""
     from .lazy import is_zarr
+
+    skip = Path(outputs).resolve() if outputs is not None else None
+
+    def wanted(p: Path, base: Path) -> bool:
+        if not (((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(p)) and _is_input(p)):
+            return False
+        if p.name.endswith(".zarr") and p.with_name(p.name[: -len(".zarr")] + "_objects.csv").is_file():
+            return False  # <stem>.zarr beside <stem>_objects.csv: a chunked run's output
+        # an output folder inside the scanned one holds results, not images to segment
+        return not (skip is not None and skip != base.resolve() and p.resolve().is_relative_to(skip))
 
     found: list[Path] = []
     for item in items:
@@ -41,15 +54,13 @@ def expand_inputs(items: Iterable[Path]) -> list[Path]:
         if item.is_dir() and not is_zarr(item):
             hits = [p for p in sorted(item.rglob("*"))
                     if not any(part.endswith(".zarr") for part in p.relative_to(item).parts[:-1])
-                    and ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) or is_zarr(p))
-                    and _is_input(p)]
+                    and wanted(p, item)]
             if not hits:
                 raise DeepCeNSError(f"no images in folder {item}")
             found.extend(hits)
         elif not item.exists() and any(ch in str(item) for ch in "*?["):
-            hits = [Path(p) for p in sorted(glob.glob(str(item), recursive=True))]
-            hits = [p for p in hits if ((p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-                                        or is_zarr(p)) and not p.name.startswith(".")]
+            hits = [p for p in map(Path, sorted(glob.glob(str(item), recursive=True)))
+                    if wanted(p, p.parent)]
             if not hits:
                 raise DeepCeNSError(f"no images match {item}")
             found.extend(hits)

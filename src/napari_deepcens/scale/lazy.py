@@ -80,17 +80,20 @@ class Source:
     shape: tuple[int, ...] = ()
     axes: tuple[str, ...] | None = None
     array: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: one colour channel of an (h, w, c) source (``deepcens segment --channel``)
+    channel: int | None = None
 
     def region(self, ys: slice, xs: slice) -> np.ndarray:
         """Pixels of rows ``ys`` and columns ``xs`` as an (h, w[, c]) numpy array."""
         if self.array is not None:
             data = self.array[ys, xs]
             # a Dask-backed layer: computed here, not through the cluster running this task
-            return np.asarray(data.compute(scheduler="sync") if hasattr(data, "compute") else data)
-        arr = _open_array(self.path, self.level)
-        if self.axes is None:
-            return np.asarray(arr[ys, xs])
-        return np.asarray(_reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+            data = np.asarray(data.compute(scheduler="sync") if hasattr(data, "compute") else data)
+        else:
+            arr = _open_array(self.path, self.level)
+            data = np.asarray(arr[ys, xs] if self.axes is None
+                              else _reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+        return data if self.channel is None else np.ascontiguousarray(data[..., self.channel])
 
 
 def _reorder(arr, axes: tuple[str, ...], has_c: bool, ys: slice = slice(None), xs: slice = slice(None)):
@@ -241,6 +244,21 @@ def open_lazy(path: str | Path) -> LazyImage:
     from ..io.images import read_image
 
     return from_array(read_image(path), path.stem)
+
+
+def select_channel(image: LazyImage, channel: int) -> LazyImage:
+    """One colour channel of a colour ``image`` (the nuclear stain of an RGB or multichannel
+    file too large for memory), read lazily like the rest."""
+    from dataclasses import replace
+
+    if not image.rgb:
+        raise ImageError(f"{image.name} has one channel: leave --channel out")
+    if not 0 <= channel < image.shape[-1]:
+        raise ImageError(f"{image.name} has {image.shape[-1]} channels (0–{image.shape[-1] - 1}): "
+                         f"there is no channel {channel}")
+    return LazyImage([lvl[..., channel] for lvl in image.levels],
+                     [replace(src, channel=channel) for src in image.sources], image.name,
+                     image.path)
 
 
 def read_ome_labels(path: str | Path) -> dict[str, list]:

@@ -1058,10 +1058,18 @@ class SegmentWidget(Container):
                 "two stains as one RGB image (red nuclei, green cytoplasm) and open that"))
             return
         try:
+            image = None
             path = getattr(getattr(layer, "source", None), "path", None)
             if path and (is_zarr(Path(path)) or Path(path).suffix.lower() in (".tif", ".tiff")):
-                image = open_lazy(path)  # workers read the file themselves
-            else:
+                # workers read the file themselves, if the layer shows it whole: one channel
+                # of a multichannel file (napari split it into layers) is the layer's own data
+                try:
+                    whole = open_lazy(path)
+                    shown = (layer.data[0] if layer.multiscale else layer.data).shape
+                    image = whole if tuple(whole.shape) == tuple(shown) else None
+                except DeepCeNSError:
+                    image = None
+            if image is None:
                 image = from_array(list(layer.data) if layer.multiscale else layer.data, layer.name)
         except DeepCeNSError as exc:
             self._error(exc)
