@@ -640,7 +640,7 @@ def resolve_labels(plan: Plan, results: dict[tuple[int, int], BlockResult],
         # score of an object: that of its version with the largest part in its own core
         order = np.lexsort((-node_area[nodes], final_of_node[nodes]))
         ids = final_of_node[nodes][order]
-        firsts = np.r_[True, ids[1:] != ids[:-1]]
+        firsts = np.r_[True, ids[1:] != ids[:-1]] if ids.size else np.zeros(0, bool)  # none found
         per_label = np.full(uniq.size + 1, np.nan, np.float32)
         per_label[ids[firsts]] = node_score[nodes][order][firsts]
         n_objects = int(uniq.size)
