@@ -210,7 +210,8 @@ def test_partial_outputs_are_never_mixed_and_bad_options_are_one_line(one_image,
 
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x")
-    for bad in (["--tile", "80"], ["--diameter", "-5"], ["--diameter", "nan"], ["--min-size", "-1"]):
+    for bad in (["--tile", "80"], ["--diameter", "-5"], ["--diameter", "nan"],
+                ["--diameter", "0.5"], ["--min-size", "-1"]):
         with pytest.raises(SystemExit) as exit_:
             main(["segment", str(image), "-o", str(out), *bad])
         assert exit_.value.code == 2

@@ -37,7 +37,10 @@ def _number(kind, low: float | None = None, multiple: int | None = None, what: s
 
 _POSITIVE = _number(int, 1, what="a whole number ≥ 1")
 _COUNT = _number(int, 0, what="a whole number ≥ 0")
-_DIAMETER = _number(float, 1e-6, what="a diameter in pixels (a positive number)")
+#: Nuclei narrower than this are not segmentable: the image would be enlarged over 14× to
+#: the network's working size, for minutes, and come back as specks.
+_DIAMETER = _number(float, 1.5, what="a diameter in pixels, 1.5 or more: the width of one "
+                                     "nucleus (leave --diameter out to estimate it)")
 _TILE = _number(int, 128, 16, what="a tile size in pixels: a multiple of 16, at least 128")
 _CHUNK = _number(int, 64, 32, what="a chunk size in pixels: a multiple of 32, at least 64")
 _CROP = _number(int, 64, 32, what="a crop size in pixels: a multiple of 32, at least 64")
