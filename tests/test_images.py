@@ -199,3 +199,28 @@ def test_compressed_tiffs_as_microscope_software_writes_them_are_read(tmp_path):
         path = tmp_path / f"{compression}.tif"
         tifffile.imwrite(path, image, compression=compression)
         assert np.array_equal(read_image(path), image)
+
+
+def test_planar_16_bit_colour_tiffs_warn_that_they_may_be_planes(tmp_path):
+    """tifffile.imwrite((3, H, W) uint16) stores planar RGB: read as colour (as its tags
+    say), with a warning naming the fix; an 8-bit RGB TIFF reads silently."""
+    import logging
+
+    from napari_deepcens.io.images import read_stack
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    log = logging.getLogger("napari_deepcens.io.images")
+    log.addHandler(handler)
+    try:
+        planes = (np.random.default_rng(0).random((3, 40, 48)) * 4000).astype(np.uint16)
+        tifffile.imwrite(tmp_path / "p.tif", planes)
+        read_stack(tmp_path / "p.tif")
+        assert len(said) == 1 and "planes of a stack" in said[0] and "p.tif" in said[0]
+        tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((40, 48, 3), np.uint8) + 7,
+                         photometric="rgb")
+        read_stack(tmp_path / "rgb.tif")
+        assert len(said) == 1
+    finally:
+        log.removeHandler(handler)

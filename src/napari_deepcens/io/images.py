@@ -116,6 +116,12 @@ def read_stack(path: str | Path, channel: int | None = None,
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 data, axes = series.asarray(), series.axes.upper()
+                if axes.startswith("S") and data.dtype != np.uint8:
+                    # tifffile.imwrite((3, H, W) uint16) stores planar RGB: it may be 3 planes
+                    log.warning("%s is stored as a %d-channel colour image (%s, channels "
+                                "first) and is read as colour; if these are planes of a stack, "
+                                "save it with axes (e.g. imagej=True, axes 'ZYX')", path.name,
+                                data.shape[0], data.dtype)
                 if len(tif.series) > 1:  # several positions of a multi-position acquisition
                     log.warning("%s holds %d image series (positions); only the first is "
                                 "segmented: save each position as its own file", path.name,
