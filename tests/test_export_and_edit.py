@@ -176,3 +176,8 @@ def test_a_cell_mask_exported_alone_stays_a_cell_mask(tmp_path, fluorescence):
     two = export_sample(tmp_path / "two", image, {"cell": labels, "nucleus": labels}, "s2")
     with pytest.raises(DeepCeNSError, match="learns one"):
         next(train_iter(load_folder(two.parent), tmp_path / "u.safetensors", "unet", resume=False))
+    from napari_deepcens.cli import main  # the CLI says the same, and writes nothing
+
+    assert main(["train", str(two.parent), "-o", str(tmp_path / "u.safetensors"), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--device", "cpu"]) == 2
+    assert not (tmp_path / "u.safetensors").exists()

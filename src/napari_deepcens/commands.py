@@ -364,10 +364,6 @@ def run_train(args: argparse.Namespace) -> int:
     val_items = load_training_data(args.val, channels, init_classes)
     if not train_items:
         raise DeepCeNSError("no usable training images in " + ", ".join(map(str, args.data)))
-    classes = sorted({c for item in train_items for c in item.classes})
-    if args.model != "deepcens" and len(classes) > 1:
-        raise DeepCeNSError(f"this data has the classes {', '.join(classes)}; the {args.model} "
-                            "model learns one: use --model deepcens, or data with labels.* only")
     if args.output.exists() and args.init and args.output.resolve() == args.init.resolve():
         raise DeepCeNSError("--output must differ from --init: weights are never overwritten")
     if len({item.classes for item in train_items + val_items}) > 1:

@@ -101,7 +101,7 @@ def link_planes(labels: np.ndarray, axis: int = 0, min_iou: float = MIN_IOU,
     next_id = 1
     for rest in np.ndindex(*moved.shape[1:-2]):
         previous = None
-        gaps = _OpenTracks(moved.shape[-2:]) if max_gap else None
+        gaps = _OpenTracks() if max_gap else None
         for k in range(moved.shape[0]):
             ids, inverse = np.unique(moved[(k, *rest)], return_inverse=True)
             inverse = inverse.reshape(moved.shape[-2:])
@@ -140,8 +140,7 @@ class _OpenTracks:
     outlines of tracks that ended in different planes may overlap) and the plane it was seen
     in, for gap closing in :func:`link_planes`."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
+    def __init__(self) -> None:
         self.tracks: dict[int, tuple[int, np.ndarray]] = {}
 
     def expire(self, oldest: int) -> None:

@@ -13,9 +13,6 @@ import numpy as np
 
 from .link import planes_first
 
-#: Columns of :func:`track_table` for a (T, Y, X) stack; a (T, Z, Y, X) one has ``z`` too.
-COLUMNS = ("label", "t", "y", "x", "area")
-
 
 def track_table(labels: np.ndarray, axis: int = 0) -> np.ndarray:
     """Rows ``(label, index along axis, centroid over the other axes…, area in pixels)``,

@@ -186,8 +186,9 @@ def _one_class(model_name: str, items: list[AnnotatedImage] | None) -> list[Anno
     for item in items:
         if len(item.classes) > 1:
             raise DeepCeNSError(f"{item.id} has the classes {', '.join(item.classes)}; the "
-                                f"{model_name} model learns one: fine-tune the cells + nuclei "
-                                "model (DeepCeNS) on it, or use data with one class")
+                                f"{model_name} model learns one: train a DeepCeNS (--model "
+                                "deepcens, or cells to fine-tune the cells + nuclei model) on "
+                                "it, or use data with one class")
         if item.labels.ndim == 3:
             item = replace(item, labels=item.labels[0])
         out.append(item)

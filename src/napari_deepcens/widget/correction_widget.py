@@ -84,6 +84,12 @@ def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np
     return shapes, features
 
 
+def _stack_axis_names(layer) -> str:
+    """The first letters of the stack axes napari names for ``layer`` (``"TZ"``, or ``"00"``
+    for unnamed axes): linking, gap closing and size filtering read them."""
+    return "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
+
+
 class CorrectionWidget(Container):
     """Edit helpers and export to a training dataset."""
 
@@ -191,9 +197,7 @@ class CorrectionWidget(Container):
     def remove_small(self) -> None:
         """Objects under the size threshold go; in a stack, measured plane by plane (a
         time-lapse's frames), except in a z-stack, whose linked objects are 3-D."""
-        layer = self._labels_layer.value
-        names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
-        per_plane = "Z" not in names
+        per_plane = "Z" not in _stack_axis_names(self._labels_layer.value)
         self._apply(lambda lab: edit.remove_small(lab, int(self._min_size.value), per_plane),
                     "small objects removed")
 
@@ -233,7 +237,7 @@ class CorrectionWidget(Container):
                 self._report(f"{layer.name!r} is one plane: nothing to link")
                 return
             before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
-            names = "".join(str(a).upper()[:1] for a in getattr(layer, "axis_labels", ())[:-2])
+            names = _stack_axis_names(layer)
             axis = link_axis(names) if len(names) == data.ndim - 2 else 0
             along = names[axis] if axis < len(names) else ""
             gap = int(self._gap.value) if along != "Z" else 0  # z: two nuclei, not a miss
