@@ -181,17 +181,29 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
         assert 0 < (labels.data[plane] > 0).sum() < (before[plane] > 0).sum()
     monkeypatch.undo()
 
-    # a hand edit on frame 0, then frame 2 again on its own: frame 0 keeps the edit in place
-    edited = labels.data.copy()
-    edited[0, :12, :12] = 999
-    labels.data = edited
-    labels.events.paint(value=[])
+    # a hand edit on frame 0, then frame 2 again on its own: frame 0 keeps the edit in place,
+    # and Ctrl+Z still undoes it (only frame 2's history goes with frame 2)
+    corner = labels.data[0, :12, :12].copy()
+    square = np.indices((1, 12, 12)).reshape(3, -1)               # frame 0's top-left corner
+    labels.data_setitem(tuple(square), 999)                      # as napari's tools paint
+    square[0] = 2
+    labels.data_setitem(tuple(square), 777)                      # and frame 2's
     viewer.dims.set_current_step(0, 2)
     widget.set_options(planes="current")
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    assert (labels.data[0, :12, :12] == 999).all() and "movie labels (edited)" not in viewer.layers
+    assert (labels.data[0, :12, :12] == 999).all() and "movie labels (edited)" in viewer.layers
     assert labels.data[2][labels.data[2] > 0].min() > 999        # numbered after the others
+    assert not (labels.data[2] == 777).any()
+    new_frame = labels.data[2].copy()
+    labels.undo()                                  # the frame-2 edit is gone with frame 2…
+    assert np.array_equal(labels.data[0, :12, :12], corner)      # …the frame-0 one undoes
+    assert np.array_equal(labels.data[2], new_frame)             # and frame 2 stays new
+    labels.undo()                                  # nothing more: frame 2 is not painted back
+    assert np.array_equal(labels.data[2], new_frame)
+    labels.redo()
+    assert (labels.data[0, :12, :12] == 999).all()
+    viewer.layers.remove("movie labels (edited)")
     # an edit in the plane a run replaces: the layer as it was is kept first
     edited = labels.data.copy()
     edited[2, :12, :12] = 5000
@@ -213,6 +225,34 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     correct.update_boxes()
     boxes = viewer.layers["movie labels boxes"]
     assert boxes.ndim == 3 and len(boxes.data) == len(np.unique(labels.data)) - 1
+
+
+def test_replacing_a_plane_forgets_only_its_history():
+    """Brush strokes (masked atoms), fancy-index edits and a 3-D brush across planes: after
+    plane 2 is replaced, undo walks back every other plane's edits and never repaints 2."""
+    import napari
+
+    from napari_deepcens.widget.history import forget_planes
+
+    layer = napari.layers.Labels(np.zeros((3, 32, 32), np.int32))
+    layer.paint((0, 5, 5), 7)                                            # plane 0
+    layer.data_setitem((np.array([1, 2]), np.array([3, 3]), np.array([3, 3])), 9)  # 1 and 2
+    layer.paint((2, 20, 20), 4)                                          # plane 2 only
+    layer.n_edit_dimensions, layer.brush_size = 3, 3
+    layer.paint((1, 10, 10), 5)                                          # planes 0, 1 and 2
+    assert list((layer.data == 5).sum(axis=(1, 2))) == [5, 9, 5]
+    layer.data[2] = 0                                                    # a program's new plane
+    forget_planes(layer, [(2,)])
+    assert len(layer._undo_history) == 3                                 # plane 2's stroke gone
+    layer.undo()
+    assert not (layer.data == 5).any()
+    layer.undo()
+    assert layer.data[1, 3, 3] == 0 and layer.data[0, 5, 5] == 7
+    layer.undo()
+    assert not layer.data.any()
+    for _ in range(3):
+        layer.redo()
+    assert layer.data[0, 5, 5] == 7 and (layer.data[:2] == 5).sum() == 14 and not layer.data[2].any()
 
 
 def test_stack_boxes_start_over_with_a_new_labels_layer(make_napari_viewer, qtbot, timelapse):

@@ -41,6 +41,7 @@ from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
+from .history import forget_planes
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, stack_axes
 from .status import status_label
@@ -996,8 +997,9 @@ class SegmentWidget(Container):
                 offset += n
             if in_place:
                 existing.refresh()
-                if hasattr(existing, "_reset_history"):  # Ctrl+Z must not paint old pixels back
-                    existing._reset_history()
+                # Ctrl+Z must not paint old pixels into the new planes, but still undoes
+                # the corrections of every other plane
+                forget_planes(existing, planes)
                 layer = existing
             else:
                 self._show_labels(image_layer, labels, cls)
