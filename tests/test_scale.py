@@ -415,6 +415,38 @@ def test_chunked_two_classes_keep_their_own_labels_and_table_rows(tmp_path, clie
         assert np.array_equal(rows.sort_values("label")["area"].to_numpy(), np.bincount(labels.ravel())[1:])
 
 
+def test_every_object_has_its_table_row_whatever_its_shape(tmp_path, client):
+    """A long "/" object crossing chunks diagonally, far beyond the halo (its bounding box
+    starts in a core it has no pixel near), and round nuclei: one row each, measured whole."""
+    from skimage.draw import disk, line
+
+    cells = np.zeros((256, 256), np.uint8)
+    for d in range(-4, 5):                                     # a 9-px-thick diagonal band
+        rr, cc = line(230, 10 + max(d, 0), 10 - min(d, 0), 230)
+        cells[rr, cc] = 200
+    nuclei = np.zeros_like(cells)
+    for cy, cx in ((30, 30), (100, 120), (200, 200), (60, 250)):
+        nuclei[disk((cy, cx), 9, shape=nuclei.shape)] = 200
+    image = np.stack([cells, nuclei, np.zeros_like(cells)], axis=-1)
+    result = segment_chunked(client, from_array(image, "band"), tmp_path / "band.zarr",
+                             ModelSpec("mask-oracle-test"), predictor=MaskOracle(), chunk=64, halo=16,
+                             estimate=False, table=tmp_path / "band.csv")
+    out = read_ome_labels(result.output)
+    table = pd.read_csv(tmp_path / "band.csv").set_index(["class", "label"])
+    assert result.counts == {"cell": 1, "nucleus": 4} and len(table) == 5
+    for cls, n in result.counts.items():
+        labels = np.asarray(out[cls][0])
+        for label in range(1, n + 1):
+            ys, xs = np.nonzero(labels == label)
+            row = table.loc[(cls, label)]
+            assert row["area"] == ys.size
+            assert (row["bbox_min_y"], row["bbox_min_x"], row["bbox_max_y"], row["bbox_max_x"]) == (
+                ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+            assert abs(row["centroid_y"] - ys.mean()) < 0.01 and abs(row["centroid_x"] - xs.mean()) < 0.01
+    band = table.loc[("cell", 1)]
+    assert band["box_width"] > 280 and 40 < abs(band["box_angle_deg"]) < 50   # the long rotated box
+
+
 def test_the_object_table_has_one_row_per_object_claimed_first_by_its_top_left_block(tmp_path):
     """A detector's mask split in two by the seam merge looks, to the block right of the seam,
     as if it started there; the table keeps the claim of the block holding its top-left."""

@@ -18,8 +18,9 @@ address: SLURM/Kubernetes clusters made with dask-jobqueue/dask-kubernetes need 
    crossing a seam is the union of the parts of its versions in each core: each part was
    segmented with ≥ ``halo`` pixels of context on both sides of the seam.
 5. **measure**: the object table (centroid, area, bbox, rotated box, score, class) is computed
-   from the written labels; each object is measured by the block holding its top-left pixel,
-   reading the core plus a halo to the bottom and right.
+   from the written labels. Task 4 reports where each object has pixels in each core; joined,
+   they give its whole bounding box, and the block holding the box's top-left corner reads
+   that box and measures the object once, whatever its size or shape.
 
 Normalisation and object size are global decisions: percentiles are sampled once from a
 coarse pyramid level (or a strided sample of level 0), and the diameter estimated once on a
@@ -477,68 +478,77 @@ def match_block(plan: Plan, b: tuple[int, int]) -> dict[str, list[tuple]]:
     return out
 
 
-def relabel_block(source: Source, plan: Plan, b: tuple[int, int], lookups: dict[str, np.ndarray]) -> None:
+def relabel_block(source: Source, plan: Plan, b: tuple[int, int],
+                  lookups: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Task 3: this block's core, renumbered with the global labels, into the output (and the
-    image pixels, copied into the output's image pyramid)."""
+    image pixels, copied into the output's image pyramid). Returns per class the extent of
+    each object's pixels in this core, rows of (label, min y, min x, max y + 1, max x + 1)
+    in image coordinates: the driver joins them into each object's whole bounding box."""
+    from scipy import ndimage as ndi
+
     ys, xs = plan.core(b)
     eys, exs = plan.ext(b)
     core = (slice(ys.start - eys.start, ys.stop - eys.start),
             slice(xs.start - exs.start, xs.stop - exs.start))
+    extents: dict[str, np.ndarray] = {}
     for cls, lookup in lookups.items():
         local = plan.read_ext(cls, b)[core]
         open_array(plan.output, f"labels/{cls}/0")[ys, xs] = lookup[local]
+        rows = [(lookup[i + 1], sl[0].start + ys.start, sl[1].start + xs.start,
+                 sl[0].stop + ys.start, sl[1].stop + xs.start)
+                for i, sl in enumerate(ndi.find_objects(local)) if sl is not None and lookup[i + 1]]
+        extents[cls] = np.array(rows, np.int32).reshape(-1, 5)  # 20 bytes per object part
     if plan.copy_image:
         write_image_region(plan.output, source.region(ys, xs), ys, xs)
+    return extents
 
 
-def _owned_props(plan: Plan, cls: str, ys: slice, xs: slice) -> tuple | None:
-    """Region properties of the objects whose bounding box starts in the core ``ys, xs``
-    (``None`` when there are none),
-    read from the output; the region read grows to the bottom/right until no owned object
-    reaches its edge, so objects larger than the halo (cells) are measured whole."""
+def owners(plan: Plan, extents: list[dict[str, np.ndarray]],
+           counts: dict[str, int]) -> dict[tuple[int, int], dict[str, tuple[np.ndarray, tuple]]]:
+    """Which block measures which object: the block whose core holds the top-left corner of
+    the object's whole bounding box (joined from every core it has pixels in), so each
+    object is measured once, whatever its shape. Per block and class: the labels it owns and
+    the region holding all of them, (min y, min x, max y, max x)."""
+    out: dict[tuple[int, int], dict[str, tuple[np.ndarray, tuple]]] = {b: {} for b in plan.blocks}
+    for cls in plan.classes:
+        n = counts.get(cls, 0)
+        rows = [e[cls] for e in extents if cls in e and len(e[cls])]
+        if not n or not rows:
+            continue
+        rows_a = np.concatenate(rows)
+        label = rows_a[:, 0]
+        box = np.empty((n + 1, 4), np.int32)
+        box[:, :2] = np.iinfo(np.int32).max
+        box[:, 2:] = -1
+        for k, join in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
+            join.at(box[:, k], label, rows_a[:, k + 1])
+        found = np.flatnonzero(box[1:, 2] >= 0) + 1
+        by, bx = box[found, 0] // plan.chunk, box[found, 1] // plan.chunk
+        for key in np.unique(by * plan.grid[1] + bx):
+            mine = found[by * plan.grid[1] + bx == key]
+            region = (int(box[mine, 0].min()), int(box[mine, 1].min()),
+                      int(box[mine, 2].max()), int(box[mine, 3].max()))
+            out[(int(key) // plan.grid[1], int(key) % plan.grid[1])][cls] = (mine, region)
+    return out
+
+
+def measure_block(plan: Plan, owned: dict[str, tuple[np.ndarray, tuple]], part_path: str) -> int:
+    """Task 5: object table rows for the objects this block owns (:func:`owners`), each
+    measured whole from one read of the region holding them."""
     from skimage.measure import regionprops_table
     from skimage.segmentation import relabel_sequential
 
-    # one pixel above and left of the core, so objects starting there are seen as such
-    oy, ox = min(ys.start, 1), min(xs.start, 1)
-    stop_y, stop_x = ys.stop + plan.halo, xs.stop + plan.halo
-    while True:
-        region = (slice(ys.start - oy, min(stop_y, plan.shape[0])),
-                  slice(xs.start - ox, min(stop_x, plan.shape[1])))
-        labels = np.asarray(open_array(plan.output, f"labels/{cls}/0", mode="r")[region])
-        if not labels.any():
-            return None
-        seq, _fw, inverse = relabel_sequential(labels)
-        props = regionprops_table(seq, properties=("label", "area", "centroid", "bbox"))
-        owned = ((props["bbox-0"] >= oy) & (props["bbox-0"] < oy + ys.stop - ys.start)
-                 & (props["bbox-1"] >= ox) & (props["bbox-1"] < ox + xs.stop - xs.start))
-        if not owned.any():
-            return None
-        cut_y = region[0].stop < plan.shape[0] and bool((owned & (props["bbox-2"] == labels.shape[0])).any())
-        cut_x = region[1].stop < plan.shape[1] and bool((owned & (props["bbox-3"] == labels.shape[1])).any())
-        if not (cut_y or cut_x):
-            return region, seq, inverse, props, owned
-        stop_y += plan.chunk if cut_y else 0
-        stop_x += plan.chunk if cut_x else 0
-
-
-def measure_block(plan: Plan, b: tuple[int, int], part_path: str) -> int:
-    """Task 5: object table rows for the objects whose top-left pixel is in this core."""
     from ..postprocess.rotated_boxes import rotated_boxes
 
-    ys, xs = plan.core(b)
     rows: list[tuple] = []
-    for cls in plan.classes:
-        found = _owned_props(plan, cls, ys, xs)
-        if found is None:
-            continue
-        region, seq, inverse, props, owned = found
-        y0, x0 = region[0].start, region[1].start
-        keep = props["label"][owned]
-        boxes = {r[0]: r[1:] for r in rotated_boxes(np.where(np.isin(seq, keep), seq, 0))}
+    for cls, (mine, (y0, x0, y1, x1)) in owned.items():
+        labels = np.asarray(open_array(plan.output, f"labels/{cls}/0", mode="r")[y0:y1, x0:x1])
+        labels = np.where(np.isin(labels, mine), labels, 0)
+        seq, _fw, inverse = relabel_sequential(labels)
+        props = regionprops_table(seq, properties=("label", "area", "centroid", "bbox"))
+        boxes = {r[0]: r[1:] for r in rotated_boxes(seq)}
         scores = np.load(os.path.join(plan.scratch, f"scores_{cls}.npy"), mmap_mode="r")
-        for i in np.flatnonzero(owned):
-            s = int(props["label"][i])
+        for i, s in enumerate(props["label"]):
             g = int(inverse[s])
             cxb, cyb, bw, bh, angle = boxes[s]
             rows.append((g, cls, f"{float(scores[g]):.4f}", int(props["area"][i]),
@@ -785,12 +795,14 @@ def segment_chunked_iter(
         for cls, values in scores.items():
             np.save(os.path.join(plan.scratch, f"scores_{cls}.npy"), values)
         futures_lookups = [(b, lookups[b]) for b in blocks]
-        yield from _counted(_run_pairs(client, relabel_block, source, plan, futures_lookups, cancel),
-                            total, done)
+        extents = yield from _counted(_run_pairs(client, relabel_block, source, plan,
+                                                 futures_lookups, cancel), total, done)
         done += len(blocks)
+        owned = owners(plan, extents, counts)
         parts = [os.path.join(plan.scratch, f"part_{by}_{bx}.csv") for by, bx in blocks]
         yield from _counted(_run_pairs(client, measure_block, None, plan,
-                                       list(zip(blocks, parts, strict=True)), cancel), total, done)
+                                       [(owned[b], p) for b, p in zip(blocks, parts, strict=True)],
+                                       cancel), total, done)
         done += len(blocks)
         for tasks in levels:
             yield from _counted(_run(client, _downsample, tasks, str(tmp), chunk, cancel=cancel), total, done)
@@ -817,12 +829,12 @@ def _downsample(path: str, chunk: int, task: tuple) -> None:
 
 def _relabel_task(source, plan, item):
     b, lookups = item
-    relabel_block(source, plan, b, lookups)
+    return relabel_block(source, plan, b, lookups)
 
 
 def _measure_task(_source, plan, item):
-    b, part = item
-    return measure_block(plan, b, part)
+    owned, part = item
+    return measure_block(plan, owned, part)
 
 
 def _run_pairs(client, func, source, plan, items, cancel):

@@ -123,11 +123,10 @@ def write_table_part(path: Path, rows: list[tuple]) -> None:
 def assemble_table(parts: list[Path], target: Path, overwrite: bool = False) -> Path:
     """The parts under one header in ``target``, atomically; one row per (label, class).
 
-    A block claims the objects whose bounding box starts in its core, as far as its window
-    shows; an object in several pieces (a detector's mask split by the seam merge) can look
-    as if it started in another block too, measured from part of it. Of several claims the
-    one measuring the largest area (the most of the object) is kept. Two streaming passes:
-    the table is never held in memory, only one number per object.
+    Each object is measured by one block (``chunked.owners``); should two parts ever claim
+    the same (label, class), the one measuring the largest area (the most of the object) is
+    kept. Two streaming passes: the table is never held in memory, only one number per
+    object.
     """
 
     def rows():
