@@ -185,6 +185,47 @@ def test_tiled_detection_keeps_every_object_once_and_whole():
     np.testing.assert_allclose(got, objects[order], atol=1e-3)
 
 
+def test_a_network_that_learnt_its_targets_exactly_pastes_each_object_where_it_is():
+    """The mask targets of training (torchvision's, roi_align without alignment) sit half a
+    pixel down-right in their box: centred before pasting, a disk comes back in place, cut
+    by the image edge or not (boxes are not clipped: the mask describes the whole box)."""
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+
+    from napari_deepcens.models.deepcens import centred_masks
+
+    yy, xx = np.mgrid[:60, :60]
+    for cy, cx, r in ((29.5, 29.5, 8.5), (31.0, 27.0, 12.0), (55.0, 40.0, 9.0)):  # last: cut
+        whole = np.zeros((80, 80), bool)                         # the disk, edge or not
+        whole[(np.mgrid[:80, :80][0] - cy) ** 2 + (np.mgrid[:80, :80][1] - cx) ** 2 <= r * r] = True
+        disk = whole[:60, :60]
+        ys, xs = np.nonzero(whole)
+        box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+        target = project_masks_on_boxes(torch.from_numpy(whole[None].astype(np.float32)), box,
+                                        torch.tensor([0]), 28)                  # (1, 28, 28)
+        for masks, good in ((target, False), (centred_masks(target, box), True)):
+            labels, _ = paste_masks(box.numpy(), np.ones(1, np.float32), masks.numpy(), (60, 60), 0.5)
+            iou = ((labels > 0) & disk).sum() / ((labels > 0) | disk).sum()
+            py, px = np.nonzero(labels)
+            shift = max(abs(py.mean() - yy[disk].mean()), abs(px.mean() - xx[disk].mean()))
+            if good:
+                assert iou > 0.96 and shift < 0.1, (cy, cx, iou, shift)
+            else:                                                # as pasted before the fix
+                assert shift > 0.3 and iou < 0.95, (cy, cx, iou, shift)
+
+
+def test_tiled_detection_keeps_boxes_that_reach_into_the_padding():
+    """An image 100 px wide runs padded to 128: a nucleus cut by the right edge is seen
+    whole with its mirror; its box is kept as it is, since its mask spans the whole box."""
+    box = np.array([[70.0, 10.0, 110.0, 40.0]], np.float32)          # centre inside
+
+    def detect(tile):
+        return {"boxes": box.copy(), "scores": np.ones(1, np.float32), "classes": np.ones(1, np.int64),
+                "masks": np.ones((1, 28, 28), np.float16)}
+
+    *_, merged = detect_tiled(np.zeros((1, 64, 100), np.float32), detect, tile=128, multiple=64)
+    np.testing.assert_array_equal(merged["boxes"], box)
+
+
 def test_two_class_folders_and_coco_agree():
     (sample,) = list_samples(U2OS)
     assert list(sample.classes) == ["cell", "nucleus"]

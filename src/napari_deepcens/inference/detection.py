@@ -61,7 +61,8 @@ def detect_tiled(
     """Run ``detect_tile`` over overlapping tiles of ``plane`` (C, H, W) and merge.
 
     A generator: yields ``(done, total)`` after every tile, then the merged detections in
-    image coordinates (boxes clipped to the image), sorted by decreasing score.
+    image coordinates (boxes may reach past the image's bottom and right edges, where it
+    was padded), sorted by decreasing score.
     """
     if tile % multiple:
         raise ValueError(f"tile size {tile} must be a multiple of {multiple}")
@@ -83,8 +84,8 @@ def detect_tiled(
             parts.append({**{k: dets[k][keep] for k in KEYS}, "boxes": boxes[keep]})
             done += 1
             yield done, total
+    # boxes are not clipped to the image: each mask describes its whole box, and pasting
+    # keeps the part inside the image (a clipped box would squeeze the whole mask into it)
     merged = nms(concat(parts), nms_iou) if total > 1 else concat(parts)
-    merged["boxes"][:, 0::2] = merged["boxes"][:, 0::2].clip(0, w)
-    merged["boxes"][:, 1::2] = merged["boxes"][:, 1::2].clip(0, h)
     order = np.argsort(-merged["scores"], kind="stable")
     yield {k: v[order] for k, v in merged.items()}

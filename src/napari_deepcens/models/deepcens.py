@@ -43,6 +43,30 @@ PAPER_ANCHORS = ((2, 6), (8, 12), (17, 24), (31, 64), (127, 256))
 SMALL_ANCHORS = ((6, 12), (16, 24), (32, 48), (64, 96), (128, 192))
 
 
+def centred_masks(masks: Tensor, boxes: Tensor) -> Tensor:
+    """Masks resampled so that cell ``j`` of an ``M``-cell row covers ``x0 + (j + 0.5)·w/M``.
+
+    Why: the mask targets of training (torchvision's ``maskrcnn_loss``, ``roi_align`` with
+    ``aligned=False``) sample cell ``j`` at ``x0 + 0.5 + (j + 0.5)·w/M`` in pixel-edge
+    coordinates, half a pixel right of and below the box's own cells, so the network learns
+    masks that sit half a pixel down-right in their box. Pasting them as they are put every
+    object half a network pixel up-left (0.5 / zoom of the user's pixels), and a flipped
+    pass the other way. ``boxes`` (N, 4) xyxy in the pixels the network saw."""
+    n, m = masks.shape[0], masks.shape[-1]
+    if n == 0:
+        return masks
+    masks = masks.float()
+    cells = torch.arange(m, device=masks.device, dtype=torch.float32) + 0.5
+    w = (boxes[:, 2] - boxes[:, 0]).float().clamp(min=1e-3)
+    h = (boxes[:, 3] - boxes[:, 1]).float().clamp(min=1e-3)
+    # new cell j reads the learnt mask half a pixel (0.5·M/w cells) before its own centre
+    gx = 2 * (cells[None] - 0.5 * m / w[:, None]) / m - 1
+    gy = 2 * (cells[None] - 0.5 * m / h[:, None]) / m - 1
+    grid = torch.stack([gx[:, None, :].expand(n, m, m), gy[:, :, None].expand(n, m, m)], dim=-1)
+    return F.grid_sample(masks[:, None], grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)[:, 0]
+
+
 @dataclass
 class DeepCeNSConfig:
     """Architecture of a DeepCeNS network (stored in the weights file)."""
@@ -378,7 +402,8 @@ class DeepCeNS(nn.Module):
             for r in results:
                 n = len(r["boxes"])
                 part = logits[start : start + n]
-                r["masks"] = torch.sigmoid(part[torch.arange(n, device=part.device), r["classes"]])
+                r["masks"] = centred_masks(
+                    torch.sigmoid(part[torch.arange(n, device=part.device), r["classes"]]), r["boxes"])
                 start += n
         else:
             m = self.mask_predictor.mask_fcn_logits.weight.new_zeros
