@@ -213,6 +213,17 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
     assert (viewer.layers["movie labels (edited)"].data[2, :12, :12] == 5000).all()
     assert not (labels.data[2] == 5000).any() and (labels.data[0, :12, :12] == 999).all()
+    # the stack's top label deleted on frame 2, frame 0 re-run, the delete undone: the new
+    # frame-0 objects were numbered past it, so no label names a nucleus in two frames
+    top = int(labels.data.max())
+    labels.data_setitem(np.nonzero(labels.data == top), 0)
+    viewer.dims.set_current_step(0, 0)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    labels.undo()
+    assert (labels.data[2] == top).any()
+    assert not set(np.unique(labels.data[0])[1:]) & set(np.unique(labels.data[2])[1:])
+    viewer.dims.set_current_step(0, 2)
 
     # export from a stack: the plane on screen, named after it
     correct = dock.correct

@@ -95,3 +95,23 @@ def forget_planes(layer, planes: Iterable[tuple[int, ...]]) -> None:
         return
     for name, new in histories.items():
         setattr(layer, name, new)
+
+
+def history_max(layer) -> int:
+    """The largest label that an undo or a redo of ``layer`` could write back: new objects
+    numbered after it never share a label with an object Ctrl+Z restores."""
+    top = 0
+    for name in ("_undo_history", "_redo_history"):
+        for item in getattr(layer, name, ()):
+            for atom in item:
+                if hasattr(atom, "old_values"):
+                    values = (atom.old_values, atom.new_value)
+                elif isinstance(atom, tuple) and len(atom) == 3:
+                    values = atom[1:]
+                else:
+                    continue
+                for v in values:
+                    v = np.asarray(v)
+                    if v.size:
+                        top = max(top, int(v.max()))
+    return top

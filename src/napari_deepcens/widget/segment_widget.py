@@ -41,7 +41,7 @@ from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
 from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
-from .history import forget_planes
+from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, stack_axes
 from .status import status_label
@@ -976,13 +976,17 @@ class SegmentWidget(Container):
                         and existing.data.shape == full and existing.data.dtype == np.int32)
             if in_place:
                 self._keep_edited_planes(existing, planes)
+                # Ctrl+Z must not paint old pixels into the new planes, but still undoes
+                # the corrections of every other plane
+                forget_planes(existing, planes)
                 labels = existing.data
             else:
                 labels = np.zeros(full, np.int32)
                 boxes.pop(name, None)  # the other planes start empty: so do their boxes
             for index in planes:
                 labels[index] = 0
-            offset = int(labels.max(initial=0))
+            # new objects are numbered after every label an undo or a redo could bring back
+            offset = max(int(labels.max(initial=0)), history_max(existing) if in_place else 0)
             per_class = boxes.setdefault(name, {})
             for index, seg in planes.items():
                 part = None if seg is None else seg.by_class().get(name)
@@ -997,9 +1001,6 @@ class SegmentWidget(Container):
                 offset += n
             if in_place:
                 existing.refresh()
-                # Ctrl+Z must not paint old pixels into the new planes, but still undoes
-                # the corrections of every other plane
-                forget_planes(existing, planes)
                 layer = existing
             else:
                 self._show_labels(image_layer, labels, cls)
