@@ -266,6 +266,38 @@ def test_replacing_a_plane_forgets_only_its_history():
     assert layer.data[0, 5, 5] == 7 and (layer.data[:2] == 5).sum() == 14 and not layer.data[2].any()
 
 
+def test_boxes_follow_labels_renamed_in_the_correct_tab(make_napari_viewer, qtbot, timelapse):
+    """Relabel 1..N after a delete, then Link planes: a box still selects its own object,
+    also after one frame is run again (the other frames' boxes come from the widget's cache)."""
+    viewer, dock, layer = docked_movie(make_napari_viewer, timelapse[0])
+    widget, correct = dock.segment, dock.correct
+    widget.set_options(image=layer, device="cpu", model="centerunet", planes="all")
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    labels, boxes = viewer.layers["movie labels"], viewer.layers["movie boxes"]
+    correct._labels_layer.value = labels
+
+    def check_every_box() -> None:
+        for i in range(len(boxes.data)):
+            plane, (cy, cx) = int(round(boxes.data[i][0, 0])), boxes.data[i][:, 1:].mean(0)
+            boxes.selected_data = {i}
+            assert labels.selected_label == labels.data[plane, int(cy), int(cx)] != 0, i
+
+    labels.selected_label = 3
+    correct.delete_selected()
+    correct._relabel.changed.emit()                  # Relabel 1..N: every label above 3 moves
+    assert labels.data.max() == len(np.unique(labels.data)) - 1
+    check_every_box()
+    correct.link_planes()                            # frame 2's objects take frame 0's labels
+    check_every_box()
+    viewer.dims.set_current_step(0, 0)
+    widget.set_options(planes="current")
+    widget.run()                                     # frame 0 again: frame 2's boxes from cache
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    boxes = viewer.layers["movie boxes"]
+    check_every_box()
+
+
 def test_stack_boxes_start_over_with_a_new_labels_layer(make_napari_viewer, qtbot, timelapse):
     """Labels deleted, one plane run again: the other planes' old boxes go with them (they
     would share label numbers with the new plane's objects)."""

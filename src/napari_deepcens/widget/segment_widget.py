@@ -43,7 +43,7 @@ from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import displayed_plane, stack_axes
+from .layers import displayed_plane, rename_box_labels, renamed, stack_axes
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
 
@@ -157,7 +157,8 @@ def _postprocess_worker(predictor, raw, params):
 
 
 def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Box table rows (label numbers offset per plane), each row's plane index, its class."""
+    """Box table rows (label numbers offset per plane, or given box by box), each row's
+    plane index, its class."""
     from ..postprocess.centers import Detections
 
     rows, prefix, classes = [], [], []
@@ -166,13 +167,13 @@ def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if found is None:
             continue
         items = [((), found, 0)] if isinstance(found, Detections) else found
-        for index, dets, offset in items:
+        for index, dets, labels in items:  # labels: an offset, or each box's label
             width = len(index)
             table = dets.table()
             if not len(table):
                 continue
             table = table.copy()
-            table[:, 0] += offset
+            table[:, 0] = labels if isinstance(labels, np.ndarray) else table[:, 0] + labels
             rows.append(table)
             prefix.append(np.tile(np.asarray(index, np.float64), (len(table), 1)).reshape(len(table), -1))
             classes.append(np.full(len(table), name, dtype=object))
@@ -757,6 +758,29 @@ class SegmentWidget(Container):
                     lambda _e, img=image_layer, cls=cls: self._label_selected(img, cls))
                 labels.metadata["deepcens_linked"] = True
 
+    def renumber_boxes(self, labels_layer, names: dict[int, int]) -> None:
+        """Objects of ``labels_layer`` renamed in the Correct tab (renumbered, linked,
+        merged): their boxes, and those kept for a stack's next run, follow them, so that
+        selecting a box still selects its own object."""
+        source = labels_layer.metadata.get(SOURCE_KEY)
+        if source is None or labels_layer.__class__.__name__ != "Labels":
+            return
+        cls = labels_layer.metadata.get(CLASS_KEY)
+        for name, planes in self._stack_boxes.get(source, {}).items():
+            if cls is None or name == cls:
+                for index, (dets, labels) in planes.items():
+                    labels = renamed(labels, names)
+                    planes[index] = (dets.take(labels > 0), labels[labels > 0])  # deleted: gone
+        for layer in self._viewer.layers:
+            if layer.metadata.get(SOURCE_KEY) == source and layer.__class__.__name__ == "Shapes":
+                rows = (layer.features["class"].to_numpy() == cls
+                        if cls is not None and layer.metadata.get(MULTI_KEY) else None)
+                self._writing_boxes = True  # the program's change, not the user's box edit
+                try:
+                    rename_box_labels(layer, names, rows)
+                finally:
+                    self._writing_boxes = False
+
     def _box_selected(self, image_layer) -> None:
         """Selecting one box selects its object in its class's Labels layer."""
         boxes = self.boxes_layer(image_layer)
@@ -997,7 +1021,7 @@ class SegmentWidget(Container):
                 if n:
                     labels[index] = np.where(part.labels > 0, part.labels + offset, 0)
                 if part.boxes is not None:
-                    per_class[index] = (part.boxes, offset)
+                    per_class[index] = (part.boxes, np.arange(1, len(part.boxes) + 1) + offset)
                 offset += n
             if in_place:
                 existing.refresh()
@@ -1010,7 +1034,7 @@ class SegmentWidget(Container):
             for index in planes:
                 written[index] = _digest(layer.data[index])
         if any(boxes.values()):
-            self._show_boxes(image_layer, {name: [(i, d, o) for i, (d, o) in sorted(b.items())]
+            self._show_boxes(image_layer, {name: [(i, d, lab) for i, (d, lab) in sorted(b.items())]
                                            for name, b in boxes.items()}, multi)
         else:
             self._drop_boxes(image_layer)
