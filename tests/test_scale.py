@@ -514,6 +514,27 @@ def test_two_stain_cells_run_chunked(tmp_path, client):
     assert abs(result.counts["cell"] - int(whole["cell"].labels.max())) <= 4
 
 
+def test_folders_give_their_images_whatever_the_names_and_links(tmp_path):
+    """Dots inside a name do not hide its ``_labels`` output from the skip; linked sample
+    folders are searched (as ``evaluate`` and ``train`` read them), a link loop ends, and
+    hidden folders are left alone."""
+    import os
+
+    from napari_deepcens.scale.fanout import expand_inputs
+
+    tile = np.zeros((8, 8), np.uint8)
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere" / "s1"
+    for path in (data / "2021.05.03_well1.tif", data / "2021.05.03_well1_labels.tif",
+                 data / "x.ome.tif", data / "x.ome_labels.tif", data / ".cache" / "thumb.tif",
+                 elsewhere / "image.tif"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, tile)
+    os.symlink(elsewhere, data / "s1")                    # a sample folder linked in
+    os.symlink(data, data / "loop")                       # and a loop
+    found = [p.relative_to(data).as_posix() for p in expand_inputs([data])]
+    assert found == ["2021.05.03_well1.tif", "s1/image.tif", "x.ome.tif"]
+
+
 def test_outputs_beside_the_inputs_resume_and_never_replace_them(tmp_path, mosaic, capsys):
     """Outputs inside the input folder (or in it) are not taken for images on a rerun, which
     resumes; a Zarr store whose output would be itself is refused, even with --overwrite."""

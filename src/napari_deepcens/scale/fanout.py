@@ -10,6 +10,7 @@ is reported and the run goes on.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,43 @@ from ..io.images import IMAGE_SUFFIXES
 CHUNKED_ABOVE = 64_000_000
 
 
+def _stem(path: Path) -> str:
+    """The name without its image suffix (``.ome.tif`` and ``.ome.zarr`` as one): dots
+    inside a name (``2021.05.03_well1.tif``) belong to it."""
+    name = path.name.lower()
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name[: -len(path.suffix)] if path.suffix else name
+
+
 def _is_input(path: Path) -> bool:
     """An image to segment: not a label image, one of our own outputs, nor a hidden file
     (macOS's ``._name.png`` companions, editors' backups)."""
     if path.name.startswith("."):
         return False
-    stem = path.name.split(".")[0].lower()
+    stem = _stem(path)
     return not (stem == "labels" or stem.startswith("labels_") or stem.endswith("_labels"))
+
+
+def _tree(root: Path) -> list[Path]:
+    """Every file and folder below ``root``, sorted, following linked folders (each real
+    folder once: a link loop ends), not entering hidden folders or Zarr stores."""
+    from .lazy import is_zarr
+
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        base = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [base / d for d in dirnames] + [base / f for f in filenames]
+        dirnames[:] = sorted(d for d in dirnames if not (d.endswith(".zarr") or is_zarr(base / d)))
+    return sorted(found)
 
 
 def expand_inputs(items: Iterable[Path], outputs: Path | None = None) -> list[Path]:
@@ -52,9 +83,7 @@ def expand_inputs(items: Iterable[Path], outputs: Path | None = None) -> list[Pa
     for item in items:
         item = Path(item)
         if item.is_dir() and not is_zarr(item):
-            hits = [p for p in sorted(item.rglob("*"))
-                    if not any(part.endswith(".zarr") for part in p.relative_to(item).parts[:-1])
-                    and wanted(p, item)]
+            hits = [p for p in _tree(item) if wanted(p, item)]
             if not hits:
                 raise DeepCeNSError(f"no images in folder {item}")
             found.extend(hits)
