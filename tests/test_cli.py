@@ -144,6 +144,18 @@ def test_centerunet_writes_boxes_csv_and_evaluate_reports_box_ap(tmp_path, capsy
     header, overall = table.splitlines()[0].split(), table.splitlines()[1].split()
     assert "box_AP@0.5" in header
     assert float(overall[header.index("box_AP@0.5")]) > 0.5
+    # another model over the same folder (--overwrite): the CenterUNet boxes go with its labels
+    kept = tmp_path / "kept.csv"
+    kept.write_bytes(box_files[0].read_bytes())
+    assert main(["segment", *map(str, images), "-o", str(out), "--overwrite", "--device", "cpu"]) == 0
+    assert not list(out.glob("*_boxes.csv"))
+    # a table that does not describe its labels is left out of the scores, with a warning
+    (out / box_files[0].name).write_bytes(kept.read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", str(DSB_VAL), str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "box_AP@0.5" not in captured.out.splitlines()[0]
+    assert "its boxes and scores are left out" in captured.err
 
 
 def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):

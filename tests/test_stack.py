@@ -279,7 +279,7 @@ def test_boxes_follow_labels_renamed_in_the_correct_tab(make_napari_viewer, qtbo
 
     def check_every_box() -> None:
         for i in range(len(boxes.data)):
-            plane, (cy, cx) = int(round(boxes.data[i][0, 0])), boxes.data[i][:, 1:].mean(0)
+            plane, (cy, cx) = round(float(boxes.data[i][0, 0])), boxes.data[i][:, 1:].mean(0)
             boxes.selected_data = {i}
             assert labels.selected_label == labels.data[plane, int(cy), int(cx)] != 0, i
 

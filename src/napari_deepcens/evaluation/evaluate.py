@@ -59,14 +59,13 @@ def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path,
             match = match_image(gt, pred)
             keys = [sample.modality] + ([cls] if multi else [])
             box_file = pred_path.with_name(pred_path.name.replace("_labels", "_boxes")).with_suffix(".csv")
-            scores = None
-            if box_file.is_file():
-                table = read_boxes_csv(box_file)
+            scores, table = None, _boxes_of(box_file, pred) if box_file.is_file() else None
+            if table is not None:
                 scores = table[:, 5]
                 gt_boxes = np.asarray([r[1:] for r in rotated_boxes(gt)]).reshape(-1, 5)
             for key in keys:
                 groups[key].append(match)
-                if box_file.is_file():
+                if table is not None:
                     boxes_gt[key].append(gt_boxes)
                     boxes_pred[key].append(table)
                 if coco:
@@ -93,6 +92,24 @@ def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path,
         for key, items in coco_images.items():
             results[key].update(coco_map(*map(list, zip(*items, strict=True))))
     return results
+
+
+def _boxes_of(box_file: Path, pred: np.ndarray) -> np.ndarray | None:
+    """The boxes of ``box_file`` if they are those of ``pred`` (box ``i`` ↔ label ``i + 1``,
+    one per label); ``None``, with a warning, for a table left by another run (e.g. another
+    model's boxes beside labels re-made with ``--overwrite``): its scores would be paired
+    with the wrong objects."""
+    with box_file.open(newline="") as fh:
+        labels = [int(float(r["label"])) for r in csv.DictReader(fh) if r.get("label") not in (None, "")]
+    present = np.unique(pred)
+    present = present[present > 0]
+    expected = np.arange(1, len(labels) + 1)
+    if labels != expected.tolist() or not np.array_equal(present, expected):
+        log.warning("%s does not describe the labels of %s (%d boxes, %d labels): its boxes and "
+                    "scores are left out", box_file.name, box_file.name.replace("_boxes.csv", "_labels.tif"),
+                    len(labels), present.size)
+        return None
+    return read_boxes_csv(box_file)
 
 
 def read_boxes_csv(path: Path) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DeepCeNSError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: Path, write, overwrite: bool = False) -> Path:
@@ -74,6 +77,17 @@ def write_boxes_csv(path: str | Path, boxes, overwrite: bool = False, cls: str |
     return atomic_write(Path(path), write, overwrite)
 
 
+def remove_stale(folder: Path, prefix: str, written: list[Path]) -> None:
+    """Remove the box and track tables of ``prefix`` that this run did not rewrite: left by
+    an earlier run (another model, a run with ``--link``), they describe labels that are no
+    longer there. Called for ``--overwrite`` runs only."""
+    for suffix in ("_boxes.csv", "_tracks.csv"):
+        path = folder / f"{prefix}{suffix}"
+        if path not in written and path.is_file():
+            path.unlink()
+            log.info("removed %s: it described the labels this run replaced", path.name)
+
+
 def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = False) -> list[Path]:
     """Write a :class:`~napari_deepcens.inference.predictor.Segmentation` as ``deepcens
     segment`` does: ``<stem>_labels.tif`` (+ ``<stem>_boxes.csv`` for detection models); for
@@ -87,6 +101,8 @@ def write_segmentation(folder: str | Path, stem: str, seg, overwrite: bool = Fal
             written.append(write_boxes_csv(folder / f"{prefix}_boxes.csv", part.boxes, overwrite,
                                            cls=name if len(parts) > 1 else None))
         written.append(write_labels(folder / f"{prefix}_labels.tif", part.labels, overwrite))
+        if overwrite:
+            remove_stale(folder, prefix, written)
     return written
 
 
@@ -139,6 +155,8 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
         if link and along == "t":  # tracks: each nucleus's centroid and area, frame by frame
             written.append(write_tracks(folder / f"{prefix}_tracks.csv", labels, axis,
                                         names, overwrite))
+        if overwrite:
+            remove_stale(folder, prefix, written)
         if objects is not None:
             objects[name] = int(np.count_nonzero(np.bincount(labels.ravel())[1:]))
     return written
