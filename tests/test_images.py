@@ -224,3 +224,21 @@ def test_planar_16_bit_colour_tiffs_warn_that_they_may_be_planes(tmp_path):
         assert len(said) == 1
     finally:
         log.removeHandler(handler)
+
+
+def test_two_unnamed_planes_are_the_channels_asked_for_and_large_pngs_are_read(tmp_path):
+    """tifffile's plain (2, H, W) has no axis names: --channel takes them as the channels
+    (as --cyto-channel does); a valid PNG over Pillow's 179-MP bomb limit is not 'damaged'."""
+    from PIL import Image
+
+    from napari_deepcens.io.images import read_stack
+
+    planes = (np.random.default_rng(0).random((2, 40, 48)) * 4000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "two.tif", planes)
+    stack = read_stack(tmp_path / "two.tif", channel=1)
+    assert stack.axes == "YX" and np.array_equal(stack.data, planes[1])
+    tifffile.imwrite(tmp_path / "tz.tif", np.zeros((2, 5, 40, 48), np.uint16))   # QQYX
+    with pytest.raises(ImageError, match="do not say which axis holds the channels"):
+        read_stack(tmp_path / "tz.tif", channel=1)
+    Image.new("L", (14000, 13000), 9).save(tmp_path / "huge.png")      # 182 MP, 180 kB
+    assert read_image(tmp_path / "huge.png").shape == (13000, 14000)

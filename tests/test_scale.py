@@ -589,6 +589,33 @@ def test_chunked_runs_read_the_channel_asked_for_and_deep_unets(tmp_path, mosaic
     assert not np.asarray(read_ome_labels(tmp_path / "d6" / "rg.zarr")["nucleus"][0]).any()
 
 
+def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosaic, capsys):
+    """Two stains channels first, as microscopes write them (a CYX TIFF, a (c, y, x)
+    OME-Zarr, tifffile's plain (2, H, W)): chunked on --channel as the one-piece run of that
+    stain; without --channel one clear line says how many there are."""
+    grey = mosaic[:256]
+    stains = np.stack([np.zeros_like(grey), grey])                 # the nuclei in channel 1
+    tifffile.imwrite(tmp_path / "cyx.tif", stains, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", stains)
+    root = zarr.open_group(str(tmp_path / "cyx.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", shape=stains.shape, dtype=stains.dtype, chunks=(1, 64, 64))[:] = stains
+    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}],
+                                  "axes": [{"name": a} for a in "cyx"]}]
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    assert main(["segment", str(tmp_path / "grey.tif"), "-o", str(tmp_path / "one"),
+                 "--device", "cpu"]) == 0
+    whole = tifffile.imread(tmp_path / "one" / "grey_labels.tif")
+    chunked = ["--chunked-above", "0.01", "--chunk", "128", "--device", "cpu"]
+    for name in ("cyx.tif", "plain.tif", "cyx.zarr"):
+        out = tmp_path / name.replace(".", "_")
+        capsys.readouterr()
+        assert main(["segment", str(tmp_path / name), "-o", str(out), *chunked]) == 1
+        assert "has 2 channels: choose the nuclear stain with --channel (0 to 1)" in capsys.readouterr().err
+        assert main(["segment", str(tmp_path / name), "-o", str(out), "--channel", "1", *chunked]) == 0
+        labels = np.asarray(read_ome_labels(out / f"{name.split('.')[0]}.zarr")["nucleus"][0])
+        assert match_image(whole, labels).ap(0.5) > 0.9, name
+
+
 def test_widget_chunks_the_channel_layer_it_is_given(make_napari_viewer, qtbot, mosaic, tmp_path,
                                                      monkeypatch):
     """One channel of a multichannel TIFF (napari opened it as one layer per channel) is

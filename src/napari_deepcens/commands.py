@@ -498,7 +498,7 @@ def run_napari(args: argparse.Namespace) -> int:
 
     from .io.images import read_stack, validate_image
     from .scale.fanout import needs_chunks
-    from .scale.lazy import open_lazy
+    from .scale.lazy import check_colour, open_lazy, select_channel
     from .widget.dock import DeepCeNSDock
 
     if args.image is not None and not args.image.exists():  # say so before napari starts
@@ -536,6 +536,9 @@ def run_napari(args: argparse.Namespace) -> int:
             kwargs["axis_labels"] = tuple(a.lower() for a in pair.axes.replace("S", ""))
     elif needs_chunks(args.image):  # OME-Zarr, large TIFF: lazily, every pyramid level
         lazy = open_lazy(args.image)
+        if getattr(args, "channel", None) is not None and lazy.rgb:
+            lazy = select_channel(lazy, args.channel)
+        check_colour(lazy)  # separate stains: one must be chosen
         data = lazy.levels if lazy.multiscale else lazy.levels[0]
         kwargs = {"name": args.image.stem, "rgb": lazy.rgb, "multiscale": lazy.multiscale}
     else:  # a time-lapse or z-stack opens as one layer whose axes napari names (t, z, …)

@@ -41,6 +41,11 @@ SATURATED_FRACTION = 1.0 - PERCENTILES[1] / 100.0
 SATURATED_DIMMING = 0.75
 
 
+#: Pillow's decompression-bomb limit is raised to this (it refuses twice it): the in-memory
+#: segmentation limit, 256 MP.
+READ_PIXELS = 256_000_000
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read a 2-D image file (TIFF through tifffile, the rest through imageio).
 
@@ -56,9 +61,18 @@ def read_image(path: str | Path) -> np.ndarray:
             data = tifffile.imread(path)
         else:
             import imageio.v3 as iio
+            from PIL import Image
 
+            # Pillow refuses images over ~179 MP as "decompression bombs"; we segment up to
+            # 256 MP in one piece (inference.predictor.MAX_PIXELS), larger ones are refused there
+            if Image.MAX_IMAGE_PIXELS is not None:
+                Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, READ_PIXELS)
             data = iio.imread(path)
     except Exception as exc:  # decoders raise many types; the user needs one message
+        if type(exc).__name__ == "DecompressionBombError":
+            raise ImageError(f"cannot read {path.name}: over {2 * READ_PIXELS / 1e6:.0f} MP, too "
+                             "large to read whole; save it as a (tiled) TIFF or OME-Zarr, which "
+                             "are segmented chunk by chunk") from exc
         kind = path.suffix.lstrip(".").upper() or "image"
         log.debug("decoder error for %s: %s", path, exc)
         if "imagecodecs" in str(exc):  # a compression this installation cannot decode
@@ -154,7 +168,13 @@ def read_stack(path: str | Path, channel: int | None = None,
     if cyto_channel is not None:
         return two_stains(data, axes, 0 if channel is None else channel, cyto_channel, path.name)
     if channel is not None:
-        where = axes.index("C") if "C" in axes else (data.ndim - 1 if axes.endswith("S") else None)
+        unnamed = [i for i, a in enumerate(axes) if a in "QI"]  # tifffile's (2, H, W): channels
+        where = (axes.index("C") if "C" in axes else data.ndim - 1 if axes.endswith("S")
+                 else unnamed[0] if len(unnamed) == 1 else None)
+        if where is None and unnamed:
+            raise ImageError(f"{path.name}: axes {axes} with shape {data.shape} do not say which "
+                             "axis holds the channels: save it with named axes (an ImageJ "
+                             "hyperstack, e.g. TCYX)")
         if where is None:
             raise ImageError(f"{path.name} has one channel (axes {axes}): leave --channel out")
         if not 0 <= channel < data.shape[where]:

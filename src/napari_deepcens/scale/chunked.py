@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DeepCeNSError, ImageError
-from .lazy import LazyImage, Source
+from .lazy import LazyImage, Source, check_colour
 from .zarr_out import (
     TABLE_COLUMNS,
     assemble_table,
@@ -731,6 +731,7 @@ def segment_chunked_iter(
     the per-object CSV table. Both appear atomically at the end (written under a temporary
     name and renamed), so an interrupted run leaves no half output.
     """
+    check_colour(image)  # separate stains, none chosen: said before any work
     started = time.perf_counter()
     output = Path(output)
     if output.exists() and not overwrite:

@@ -132,11 +132,13 @@ class LazyImage:
         return len(self.levels) > 1
 
 
-def _check(shape: tuple[int, ...], dtype, name: str) -> None:
+def _check(shape: tuple[int, ...], dtype, name: str, channels: bool = False) -> None:
+    """Pixels a segmentation can read: (H, W), or (H, W, 3|4) colour; with ``channels`` a
+    file's (H, W, C) of any C, of which ``select_channel`` picks one (:func:`check_colour`)."""
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
             or np.issubdtype(dtype, np.bool_)):
         raise ImageError(f"{name}: unsupported pixel type {dtype}: expected integer or float pixels")
-    if not (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))):
+    if not (len(shape) == 2 or (len(shape) == 3 and (channels or shape[-1] in (3, 4)))):
         raise ImageError(f"{name}: image has shape {shape}: expected (height, width) or "
                          "(height, width, 3); pick one plane or channel of a stack first")
     if shape[0] < 8 or shape[1] < 8:
@@ -186,7 +188,7 @@ def open_zarr(path: Path) -> LazyImage:
         axes = _axes_order(ms, arr.ndim)
         view, has_c = _yx_view(tuple(arr.shape), axes, name)
         plain = axes in (["y", "x"], ["y", "x", "c"])
-        _check(view, arr.dtype, name)
+        _check(view, arr.dtype, name, channels=True)
         sources.append(Source(str(path), ds["path"], view, None if plain else tuple(axes)))
         levels.append(_dask_view(arr, None if plain else tuple(axes), has_c))
     return LazyImage(levels, sources, path.stem, path)
@@ -204,17 +206,32 @@ def open_tiff(path: Path) -> LazyImage:
         raise ImageError(f"cannot read {name}: not a readable TIFF ({exc})") from exc
     keys = [d["path"] for d in _zarr_attrs(node)["multiscales"][0]["datasets"]] if (
         isinstance(node, zarr.Group)) else [""]
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            stored = tif.series[0].axes.upper()
+    except Exception:  # pragma: no cover - the zarr view opened, so the header reads
+        stored = ""
     levels, sources = [], []
     for key in keys:
         arr = node[key] if key else node
         shape = tuple(arr.shape)
-        if len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4):
-            raise ImageError(f"{name}: image has shape {shape}: channels first is not supported, "
-                             "expected (height, width) or (height, width, 3)")
-        _check(shape, arr.dtype, name)
-        sources.append(Source(str(path), key, shape))
-        levels.append(_dask_view(arr, None, False))
+        # channels first (a multichannel CYX file, planar RGB, tifffile's plain (C, H, W)):
+        # viewed channels-last, as OME-Zarr (c, y, x)
+        first = len(shape) == 3 and len(stored) == 3 and stored[0] in "CSQI" and stored[1:] == "YX"
+        axes = ("c", "y", "x") if first else None
+        view = (shape[1], shape[2], shape[0]) if first else shape
+        _check(view, arr.dtype, name, channels=True)
+        sources.append(Source(str(path), key, view, axes))
+        levels.append(_dask_view(arr, axes, first))
     return LazyImage(levels, sources, path.stem, path)
+
+
+def check_colour(image: LazyImage) -> None:
+    """A lazily read image is grey or colour (3 or 4 samples); other channel counts hold
+    separate stains, of which one must be chosen (``--channel``, :func:`select_channel`)."""
+    if image.rgb and image.shape[-1] not in (3, 4):
+        raise ImageError(f"{image.name} has {image.shape[-1]} channels: choose the nuclear stain "
+                         f"with --channel (0 to {image.shape[-1] - 1})")
 
 
 def from_array(image, name: str = "image") -> LazyImage:
