@@ -449,3 +449,29 @@ def test_blurred_nuclei_kept_by_the_lower_score_threshold_when_enlarged(dsb_samp
     ap_tuned = match_image(truth, predictor.postprocess(
         raw, replace(lowered, score_threshold=tuned))).ap(0.5)
     assert ap_lowered >= 0.70 and ap_lowered >= ap_tuned + 0.02, (ap_lowered, ap_tuned)
+
+
+def test_detections_map_back_by_the_zoom_each_axis_got(monkeypatch):
+    """702 px shrunk ×0.25 run as 176 px, a zoom of 0.2507: boxes mapped back by it land on
+    their object at the far edge too (by the nominal 0.25 they were 2 px off)."""
+    from napari_deepcens.inference.predictor import Predictor
+
+    predictor = Predictor.from_name("deepcens", device="cpu")
+    image = np.zeros((64, 702), np.float32)
+    image[20:44, 670:694] = 1.0                              # a square, centre x = 682.0
+
+    def first_run(profile):                                  # not its mirrors in the padding
+        on = np.flatnonzero(profile > 0.25)
+        return on[0], on[np.r_[np.flatnonzero(np.diff(on) > 1), on.size - 1][0]] + 1
+
+    def detect(tile):                                        # the square's box, as seen
+        (c0, c1), (r0, r1) = first_run(tile[0].max(0)), first_run(tile[0].max(1))
+        box = np.array([[c0, r0, c1, r1]], np.float32)
+        return {"boxes": box, "scores": np.ones(1, np.float32), "classes": np.ones(1, np.int64),
+                "masks": np.ones((1, 28, 28), np.float16)}
+
+    monkeypatch.setattr(predictor, "_detect_tile", detect)
+    raw = predictor.predict(image, normalised=True, diameter=4 * predictor.info.zoom_diameter)
+    assert raw.scale == 0.25
+    x0, y0, x1, y1 = raw.maps["boxes"][0]
+    assert abs((x0 + x1) / 2 - 682.0) < 0.6 and abs((y0 + y1) / 2 - 32.0) < 0.6

@@ -440,8 +440,9 @@ class Predictor:
                     dets = item
                 else:
                     yield item
-            if scale != 1.0:
-                dets["boxes"] = dets["boxes"] / np.float32(scale)
+            if scale != 1.0:  # each axis by the zoom it got (sizes are rounded to pixels)
+                zoom_y, zoom_x = work.shape[-2] / shape[0], work.shape[-1] / shape[1]
+                dets["boxes"] = dets["boxes"] / np.array([zoom_x, zoom_y] * 2, np.float32)
             channels = plane if plane.ndim == 3 else plane[None]
             stains = {name: smooth_stain(channels[k], self.info.zoom_diameter / scale).astype(np.float16)
                       for name, k in self.info.stain_outlines.items()}
@@ -473,6 +474,7 @@ class Predictor:
             estimated=estimated,
             size_unrecognised=unrecognised,
             meta={"model": self.model_name, "tta": tta, "sharpened": sharpened,
+                  "zoom": (work.shape[-2] / shape[0], work.shape[-1] / shape[1]),
                   "denoised": denoised},
         )
 
@@ -532,7 +534,9 @@ class Predictor:
             m = raw.maps
             found = decode_centers(m["heatmap"], m["size"], m["offset"], m["angle2"],
                                    params.score_threshold, stride=raw.strides["heatmap"])
-            labels, kept = seeded_instances(m["segmentation"], found.scaled(1.0 / raw.scale), params)
+            zoom = raw.meta.get("zoom") or (raw.scale, raw.scale)  # each axis's, as it ran
+            labels, kept = seeded_instances(m["segmentation"], found.scaled_xy(1 / zoom[1], 1 / zoom[0]),
+                                            params)
             return Segmentation(labels, kept)
         fg, dist = raw.maps["foreground"], raw.maps["distance"]
         labels = instances_from_maps(fg, dist, params, object_scale=1.0 / raw.scale)
