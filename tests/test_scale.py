@@ -599,8 +599,10 @@ def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosai
     tifffile.imwrite(tmp_path / "plain.tif", stains)
     root = zarr.open_group(str(tmp_path / "cyx.zarr"), mode="w", zarr_format=2)
     root.create_array("0", shape=stains.shape, dtype=stains.dtype, chunks=(1, 64, 64))[:] = stains
-    root.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}],
-                                  "axes": [{"name": a} for a in "cyx"]}]
+    space = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
+    scale = [{"type": "scale", "scale": [1.0, 0.325, 0.325]}]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"}, *space],
+                                  "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
     tifffile.imwrite(tmp_path / "grey.tif", grey)
     assert main(["segment", str(tmp_path / "grey.tif"), "-o", str(tmp_path / "one"),
                  "--device", "cpu"]) == 0
@@ -614,6 +616,13 @@ def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosai
         assert main(["segment", str(tmp_path / name), "-o", str(out), "--channel", "1", *chunked]) == 0
         labels = np.asarray(read_ome_labels(out / f"{name.split('.')[0]}.zarr")["nucleus"][0])
         assert match_image(whole, labels).ap(0.5) > 0.9, name
+    # the store's pixel size (0.325 µm) is the output's, so its labels overlay the input
+    image_layer, labels_layer = read_for_napari(tmp_path / "cyx_zarr" / "cyx.zarr")
+    assert image_layer[1]["scale"] == labels_layer[1]["scale"] == (0.325, 0.325)
+    store = zarr.open_group(str(tmp_path / "cyx_zarr" / "cyx.zarr"), mode="r")
+    ms = store["labels/nucleus"].attrs["multiscales"][0]
+    assert ms["axes"][0]["unit"] == "micrometer"
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [0.65, 0.65]
 
 
 def test_widget_chunks_the_channel_layer_it_is_given(make_napari_viewer, qtbot, mosaic, tmp_path,

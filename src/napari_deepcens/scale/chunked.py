@@ -772,7 +772,8 @@ def segment_chunked_iter(
     total = 4 * len(blocks) + sum(len(lvl) for lvl in levels)
     done = 0
     try:
-        create_store(tmp, image.shape, image.levels[0].dtype, classes, chunk, image.name)
+        create_store(tmp, image.shape, image.levels[0].dtype, classes, chunk, image.name,
+                     image.pixel_size, image.unit)
         import zarr
 
         ny, nx = plan.grid

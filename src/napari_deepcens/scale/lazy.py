@@ -114,6 +114,10 @@ class LazyImage:
     sources: list[Source]
     name: str = "image"
     path: Path | None = None
+    #: (y, x) size of a level-0 pixel and its unit, from the file's metadata (OME-Zarr): the
+    #: output store repeats them, so its labels overlay the input in napari
+    pixel_size: tuple[float, float] = (1.0, 1.0)
+    unit: str | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -182,6 +186,7 @@ def open_zarr(path: Path) -> LazyImage:
     if not multiscales:
         raise ImageError(f"cannot read {name}: a Zarr group without OME-Zarr 'multiscales' metadata")
     ms = multiscales[0]
+    pixel_size, unit = _pixel_size(ms)
     levels, sources = [], []
     for ds in ms["datasets"]:
         arr = node[ds["path"]]
@@ -191,7 +196,24 @@ def open_zarr(path: Path) -> LazyImage:
         _check(view, arr.dtype, name, channels=True)
         sources.append(Source(str(path), ds["path"], view, None if plain else tuple(axes)))
         levels.append(_dask_view(arr, None if plain else tuple(axes), has_c))
-    return LazyImage(levels, sources, path.stem, path)
+    return LazyImage(levels, sources, path.stem, path, pixel_size, unit)
+
+
+def _pixel_size(ms: dict) -> tuple[tuple[float, float], str | None]:
+    """The (y, x) pixel size of level 0 and the space unit of an OME-Zarr multiscale (its
+    first dataset's scale, times the multiscale's own scale if it has one)."""
+    axes = _axes_order(ms, len(ms.get("axes") or []) or 2)
+    size = np.ones(len(axes))
+    for transforms in (ms["datasets"][0].get("coordinateTransformations", []),
+                       ms.get("coordinateTransformations", [])):
+        for t in transforms:
+            if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
+                size = size * np.asarray(t["scale"], float)
+    units = {a["name"]: a.get("unit") for a in ms.get("axes") or [] if isinstance(a, dict)}
+    y, x = axes.index("y"), axes.index("x")
+    if not (size[y] > 0 and size[x] > 0):
+        return (1.0, 1.0), None
+    return (float(size[y]), float(size[x])), units.get("y") or units.get("x")
 
 
 def open_tiff(path: Path) -> LazyImage:
@@ -275,7 +297,7 @@ def select_channel(image: LazyImage, channel: int) -> LazyImage:
                          f"there is no channel {channel}")
     return LazyImage([lvl[..., channel] for lvl in image.levels],
                      [replace(src, channel=channel) for src in image.sources], image.name,
-                     image.path)
+                     image.path, image.pixel_size, image.unit)
 
 
 def read_ome_labels(path: str | Path) -> dict[str, list]:
@@ -307,12 +329,14 @@ def read_for_napari(path) -> list[tuple]:
     """Layer data for napari: the image (multiscale when the store has levels) and any labels."""
     path = Path(path)
     image = open_zarr(path)
+    scale = {"scale": image.pixel_size} if image.pixel_size != (1.0, 1.0) else {}
     layers: list[tuple] = [(image.levels if image.multiscale else image.levels[0],
-                            {"name": image.name, "multiscale": image.multiscale, "rgb": image.rgb},
-                            "image")]
+                            {"name": image.name, "multiscale": image.multiscale, "rgb": image.rgb,
+                             **scale}, "image")]
     for name, levels in read_ome_labels(path).items():
         layers.append((levels if len(levels) > 1 else levels[0],
-                       {"name": f"{image.name} {name}", "multiscale": len(levels) > 1}, "labels"))
+                       {"name": f"{image.name} {name}", "multiscale": len(levels) > 1, **scale},
+                       "labels"))
     return layers
 
 

@@ -33,12 +33,13 @@ def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def _multiscales(name: str, axes: list[dict], n_levels: int) -> list[dict]:
+def _multiscales(name: str, axes: list[dict], n_levels: int,
+                 pixel_size: tuple[float, float] = (1.0, 1.0)) -> list[dict]:
     ndim = len(axes)
     datasets = []
     for level in range(n_levels):
-        scale = [1.0] * (ndim - 2) + [float(2**level)] * 2
-        translate = [0.0] * (ndim - 2) + [(2**level - 1) / 2.0] * 2
+        scale = [1.0] * (ndim - 2) + [float(2**level) * p for p in pixel_size]
+        translate = [0.0] * (ndim - 2) + [(2**level - 1) / 2.0 * p for p in pixel_size]
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": scale}, {"type": "translation", "translation": translate}]})
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets,
@@ -46,21 +47,24 @@ def _multiscales(name: str, axes: list[dict], n_levels: int) -> list[dict]:
 
 
 def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[str], chunk: int,
-                 name: str = "image") -> None:
-    """Create the empty OME-Zarr image (image pyramid + one label pyramid per class)."""
+                 name: str = "image", pixel_size: tuple[float, float] = (1.0, 1.0),
+                 unit: str | None = None) -> None:
+    """Create the empty OME-Zarr image (image pyramid + one label pyramid per class), with
+    the input's pixel size and unit (so the labels overlay it)."""
     import zarr
 
     path = Path(path)
     rgb = len(shape) == 3
     levels = pyramid_shapes(shape[:2], chunk)
-    space = [{"name": "y", "type": "space", "unit": "pixel"}, {"name": "x", "type": "space", "unit": "pixel"}]
+    unit = unit or "pixel"
+    space = [{"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}]
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     for i, (h, w) in enumerate(levels):
         full = (shape[2], h, w) if rgb else (h, w)
         chunks = (shape[2], chunk, chunk) if rgb else (chunk, chunk)
         root.create_array(str(i), shape=full, chunks=chunks, dtype=dtype, fill_value=0)
     axes = ([{"name": "c", "type": "channel"}] if rgb else []) + space
-    multiscales = _multiscales(name, axes, len(levels))
+    multiscales = _multiscales(name, axes, len(levels), pixel_size)
     multiscales[0].pop("type")
     root.attrs["multiscales"] = multiscales
     labels = root.create_group("labels")
@@ -71,7 +75,7 @@ def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[st
         for i, (h, w) in enumerate(levels):
             group.create_array(str(i), shape=(h, w), chunks=(chunk, chunk), dtype=np.int32,
                                fill_value=0)
-        group.attrs["multiscales"] = _multiscales(cls, space, len(levels))
+        group.attrs["multiscales"] = _multiscales(cls, space, len(levels), pixel_size)
         group.attrs["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
 
 
