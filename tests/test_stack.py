@@ -266,35 +266,58 @@ def test_replacing_a_plane_forgets_only_its_history():
     assert layer.data[0, 5, 5] == 7 and (layer.data[:2] == 5).sum() == 14 and not layer.data[2].any()
 
 
-def test_boxes_follow_labels_renamed_in_the_correct_tab(make_napari_viewer, qtbot, timelapse):
-    """Relabel 1..N after a delete, then Link planes: a box still selects its own object,
-    also after one frame is run again (the other frames' boxes come from the widget's cache)."""
+def test_boxes_select_their_objects_after_correct_tab_edits_and_undo(make_napari_viewer, qtbot,
+                                                                     timelapse):
+    """Delete, Relabel 1..N, Link planes, their undo, and one frame run again (the other
+    frames' boxes come from the widget's cache): a box still selects the object it holds,
+    and selecting an object selects its box."""
     viewer, dock, layer = docked_movie(make_napari_viewer, timelapse[0])
     widget, correct = dock.segment, dock.correct
     widget.set_options(image=layer, device="cpu", model="centerunet", planes="all")
     widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    labels, boxes = viewer.layers["movie labels"], viewer.layers["movie boxes"]
+    labels = viewer.layers["movie labels"]
     correct._labels_layer.value = labels
 
     def check_every_box() -> None:
+        boxes = viewer.layers["movie boxes"]
+        checked = 0
         for i in range(len(boxes.data)):
             plane, (cy, cx) = round(float(boxes.data[i][0, 0])), boxes.data[i][:, 1:].mean(0)
+            under = int(labels.data[plane, int(cy), int(cx)])
+            if not under:                                 # a deleted object's box
+                continue
+            labels.selected_label = 1 if under != 1 else 2
             boxes.selected_data = {i}
-            assert labels.selected_label == labels.data[plane, int(cy), int(cx)] != 0, i
+            assert labels.selected_label == under, i      # box → its object
+            boxes.selected_data = set()
+            viewer.dims.set_current_step(0, plane)
+            labels.selected_label = 1 if under != 1 else 2
+            labels.selected_label = under
+            assert i in boxes.selected_data or len(boxes.selected_data) == 1, i   # object → a box
+            checked += 1
+        assert checked > 20
 
     labels.selected_label = 3
     correct.delete_selected()
-    correct._relabel.changed.emit()                  # Relabel 1..N: every label above 3 moves
-    assert labels.data.max() == len(np.unique(labels.data)) - 1
     check_every_box()
-    correct.link_planes()                            # frame 2's objects take frame 0's labels
+    labels.undo()                                        # object 3 back: its box selects it
+    assert (labels.data == 3).any()
+    check_every_box()
+    correct._relabel.changed.emit()                      # Relabel 1..N after a delete
+    labels.selected_label = 5
+    correct.delete_selected()
+    correct._relabel.changed.emit()
+    check_every_box()
+    labels.undo()
+    labels.undo()
+    check_every_box()
+    correct.link_planes()                                # frame 2's objects take frame 0's labels
     check_every_box()
     viewer.dims.set_current_step(0, 0)
     widget.set_options(planes="current")
-    widget.run()                                     # frame 0 again: frame 2's boxes from cache
+    widget.run()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
-    boxes = viewer.layers["movie boxes"]
     check_every_box()
 
 

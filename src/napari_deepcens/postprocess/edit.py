@@ -75,24 +75,3 @@ def changed_pixels(before: np.ndarray, after: np.ndarray) -> tuple[tuple[np.ndar
     """(indices, new values) where ``after`` differs from ``before``."""
     where = np.nonzero(before != after)
     return where, after[where]
-
-
-def renaming(before: np.ndarray, after: np.ndarray) -> dict[int, int]:
-    """The labels an edit renamed whole: old label → its new label, for every object all of
-    whose pixels now carry one other label (a renumbering, a link across planes, a merge),
-    0 for an object deleted whole. What derived data keyed by label (box tables) must
-    follow."""
-    where = np.nonzero((before != after) & (before > 0))
-    if not where[0].size:
-        return {}
-    old, new = before[where].astype(np.int64), after[where].astype(np.int64)
-    pairs, moved = np.unique(np.stack([old, new]), axis=1, return_counts=True)
-    labels, first = np.unique(pairs[0], return_index=True)
-    single = np.bincount(np.searchsorted(labels, pairs[0])) == 1  # one new label each
-    if labels[-1] < 1 << 26:  # a count per label value: fast, and small enough
-        sizes = np.bincount(before.ravel(), minlength=int(labels[-1]) + 1)[labels]
-    else:
-        values, counts = np.unique(before[before > 0], return_counts=True)
-        sizes = counts[np.searchsorted(values, labels)]
-    whole = single & (moved[first] == sizes)
-    return dict(zip(labels[whole].tolist(), pairs[1][first][whole].tolist(), strict=True))

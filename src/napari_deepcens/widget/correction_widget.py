@@ -28,7 +28,6 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.utils.notifications import show_error, show_info
-from psygnal import Signal
 
 from ..errors import DeepCeNSError
 from ..io.autosave import AutosaveEntry
@@ -38,7 +37,7 @@ from ..postprocess.link import LINK_GAP
 from ..postprocess.rotated_boxes import box_corners, rotated_boxes
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import displayed_plane, rename_box_labels, stack_axes
+from .layers import displayed_plane, stack_axes
 from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,9 +92,6 @@ def _stack_axis_names(layer) -> str:
 
 class CorrectionWidget(Container):
     """Edit helpers and export to a training dataset."""
-
-    #: (labels layer, {old label: new label}) after an edit renamed objects whole
-    renumbered = Signal(object, object)
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -178,15 +174,10 @@ class CorrectionWidget(Container):
 
     def _edit(self, operation, done: str, layer=None) -> bool:
         """Apply ``operation`` (labels -> new labels) to the chosen layer as one undoable step;
-        whatever goes wrong becomes a message, and the layer is left as it was (False).
-        Objects renamed whole (renumbered, linked, merged) are announced by ``renumbered``,
-        so that boxes keyed by label keep pointing at their objects."""
+        whatever goes wrong becomes a message, and the layer is left as it was (False)."""
         try:
             layer = self._layer(layer)
-            before = np.asarray(layer.data)
-            after = operation(before)
-            names = edit.renaming(before, after)
-            n = apply_edit(layer, after)
+            n = apply_edit(layer, operation(np.asarray(layer.data)))
         except DeepCeNSError as exc:
             self._fail(exc)
             return False
@@ -195,11 +186,6 @@ class CorrectionWidget(Container):
             self._fail(DeepCeNSError(f"{done.split(':')[0]} failed ({type(exc).__name__}): {exc}"))
             return False
         self._report(done.format(n=n))
-        if names:
-            boxes = f"{layer.name} boxes"  # this tab's own boxes (update_boxes)
-            if boxes in self._viewer.layers:
-                rename_box_labels(self._viewer.layers[boxes], names)
-            self.renumbered.emit(layer, names)
         return True
 
     def _report(self, message: str) -> None:

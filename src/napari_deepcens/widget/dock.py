@@ -22,7 +22,6 @@ class DeepCeNSDock(QTabWidget):
         self.segment = SegmentWidget(viewer)
         self.correct = CorrectionWidget(viewer)
         self.finetune = FineTuneWidget(viewer, segment=self.segment)
-        self.correct.renumbered.connect(self.segment.renumber_boxes)  # boxes follow relabels
         self.addTab(self.segment.native, "Segment")
         self.addTab(self.correct.native, "Correct && export")
         self.addTab(self.finetune.native, "Fine-tune")

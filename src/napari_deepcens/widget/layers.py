@@ -1,5 +1,5 @@
-"""What the widgets read from napari layers (stack axes, the plane on screen) and the label
-numbers their box layers carry."""
+"""What the widgets read from napari layers: stack axes, the plane on screen, and which
+object a box of rotated boxes holds."""
 
 from __future__ import annotations
 
@@ -20,33 +20,46 @@ def displayed_plane(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(data, leading, strict=False))
 
 
-def renamed(values: np.ndarray, names: dict[int, int]) -> np.ndarray:
-    """``values`` with each label in ``names`` replaced by its new label (others kept)."""
-    values = np.asarray(values, np.int64)
-    if not names or not values.size:
-        return values
-    old = np.fromiter(names, np.int64, len(names))
-    new = np.fromiter(names.values(), np.int64, len(names))
-    order = np.argsort(old)
-    old, new = old[order], new[order]
-    pos = np.minimum(np.searchsorted(old, values), old.size - 1)
-    return np.where(old[pos] == values, new[pos], values)
+def object_in_box(labels, corners: np.ndarray) -> int:
+    """The label filling most of a rotated box (its four corners, data coordinates: the
+    plane index first for a stack), 0 when it holds no object. Read from the labels as they
+    are now, since the box's own label number may name another object after an edit."""
+    from skimage.draw import polygon
+
+    plane = tuple(round(float(v)) for v in corners[0, :-2])
+    rows, cols = corners[:, -2], corners[:, -1]
+    h, w = labels.shape[-2:]
+    r0, c0 = max(int(np.floor(rows.min())), 0), max(int(np.floor(cols.min())), 0)
+    r1, c1 = min(int(np.ceil(rows.max())) + 1, h), min(int(np.ceil(cols.max())) + 1, w)
+    if r1 <= r0 or c1 <= c0 or any(not 0 <= i < n for i, n in zip(plane, labels.shape, strict=False)):
+        return 0
+    window = np.asarray(labels[(*plane, slice(r0, r1), slice(c0, c1))])
+    rr, cc = polygon(rows - r0, cols - c0, shape=window.shape)
+    inside = window[rr, cc]
+    inside = inside[inside > 0]
+    if not inside.size:
+        return 0
+    values, counts = np.unique(inside, return_counts=True)
+    return int(values[np.argmax(counts)])
 
 
-def rename_box_labels(shapes, names: dict[int, int], rows: np.ndarray | None = None) -> None:
-    """Make a box layer's ``label`` feature follow labels renamed in its Labels layer (only
-    the ``rows`` given: the boxes of that layer's class); boxes of deleted objects go."""
-    if "label" not in shapes.features or not len(shapes.features):
-        return
-    features = shapes.features.copy()
-    labels = features["label"].to_numpy()
-    new = renamed(labels, names)
-    if rows is not None:
-        new = np.where(rows, new, labels)
-    features["label"] = new
-    keep = new != 0
-    if not keep.all():
-        shapes.selected_data = set()
-        shapes.data = [d for d, k in zip(shapes.data, keep, strict=True) if k]
-        features = features[keep].reset_index(drop=True)
-    shapes.features = features
+def box_of_label(labels, viewer, boxes, candidates: np.ndarray, value: int) -> list[int]:
+    """Boxes (indices among ``candidates``) on the plane on screen that overlap object
+    ``value`` and are filled by it."""
+    if not isinstance(labels.data, np.ndarray):  # lazy labels of a slide: not searched whole
+        return []
+    plane = displayed_plane(labels, viewer) if labels.ndim > 2 else ()
+    ys, xs = np.nonzero(labels.data[plane] == value)
+    if not ys.size:
+        return []
+    found = []
+    for i in np.flatnonzero(candidates):
+        corners = np.asarray(boxes.data[i])
+        if tuple(round(float(v)) for v in corners[0, :-2]) != tuple(plane):
+            continue
+        (r0, c0), (r1, c1) = corners[:, -2:].min(0), corners[:, -2:].max(0)
+        if r1 < ys.min() or r0 > ys.max() + 1 or c1 < xs.min() or c0 > xs.max() + 1:
+            continue
+        if object_in_box(labels.data, corners) == value:
+            found.append(int(i))
+    return found

@@ -43,7 +43,7 @@ from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import displayed_plane, rename_box_labels, renamed, stack_axes
+from .layers import box_of_label, displayed_plane, object_in_box, stack_axes
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
 
@@ -157,8 +157,7 @@ def _postprocess_worker(predictor, raw, params):
 
 
 def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Box table rows (label numbers offset per plane, or given box by box), each row's
-    plane index, its class."""
+    """Box table rows (label numbers offset per plane), each row's plane index, its class."""
     from ..postprocess.centers import Detections
 
     rows, prefix, classes = [], [], []
@@ -167,13 +166,13 @@ def _box_rows(boxes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if found is None:
             continue
         items = [((), found, 0)] if isinstance(found, Detections) else found
-        for index, dets, labels in items:  # labels: an offset, or each box's label
+        for index, dets, offset in items:
             width = len(index)
             table = dets.table()
             if not len(table):
                 continue
             table = table.copy()
-            table[:, 0] = labels if isinstance(labels, np.ndarray) else table[:, 0] + labels
+            table[:, 0] += offset
             rows.append(table)
             prefix.append(np.tile(np.asarray(index, np.float64), (len(table), 1)).reshape(len(table), -1))
             classes.append(np.full(len(table), name, dtype=object))
@@ -758,31 +757,10 @@ class SegmentWidget(Container):
                     lambda _e, img=image_layer, cls=cls: self._label_selected(img, cls))
                 labels.metadata["deepcens_linked"] = True
 
-    def renumber_boxes(self, labels_layer, names: dict[int, int]) -> None:
-        """Objects of ``labels_layer`` renamed in the Correct tab (renumbered, linked,
-        merged): their boxes, and those kept for a stack's next run, follow them, so that
-        selecting a box still selects its own object."""
-        source = labels_layer.metadata.get(SOURCE_KEY)
-        if source is None or labels_layer.__class__.__name__ != "Labels":
-            return
-        cls = labels_layer.metadata.get(CLASS_KEY)
-        for name, planes in self._stack_boxes.get(source, {}).items():
-            if cls is None or name == cls:
-                for index, (dets, labels) in planes.items():
-                    labels = renamed(labels, names)
-                    planes[index] = (dets.take(labels > 0), labels[labels > 0])  # deleted: gone
-        for layer in self._viewer.layers:
-            if layer.metadata.get(SOURCE_KEY) == source and layer.__class__.__name__ == "Shapes":
-                rows = (layer.features["class"].to_numpy() == cls
-                        if cls is not None and layer.metadata.get(MULTI_KEY) else None)
-                self._writing_boxes = True  # the program's change, not the user's box edit
-                try:
-                    rename_box_labels(layer, names, rows)
-                finally:
-                    self._writing_boxes = False
-
     def _box_selected(self, image_layer) -> None:
-        """Selecting one box selects its object in its class's Labels layer."""
+        """Selecting one box selects its object in its class's Labels layer: the object that
+        fills the box now, whatever the labels went through since the box was drawn
+        (renumbered, merged, linked across planes, undone); a box left empty selects nothing."""
         boxes = self.boxes_layer(image_layer)
         chosen = sorted(boxes.selected_data) if boxes is not None else []
         if len(chosen) != 1:
@@ -790,20 +768,25 @@ class SegmentWidget(Container):
         cls = boxes.features["class"].iloc[chosen[0]] if boxes.metadata.get(MULTI_KEY) else None
         labels = self.labels_layer(image_layer, cls)
         if labels is not None:
-            value = int(boxes.features["label"].iloc[chosen[0]])
-            if labels.selected_label != value:
+            value = object_in_box(labels.data, np.asarray(boxes.data[chosen[0]]))
+            if value and labels.selected_label != value:
                 labels.selected_label = value
 
     def _label_selected(self, image_layer, cls: str | None = None) -> None:
-        """Selecting a label selects its box."""
+        """Selecting a label selects its box: the one its label names if that box holds it,
+        else a box (on the plane on screen) around one of its pixels that it fills."""
         boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer, cls)
-        if boxes is None or labels is None:
+        if boxes is None or labels is None or not len(boxes.data):
             return
-        same = boxes.features["label"].to_numpy() == labels.selected_label
-        if cls is not None:
-            same &= boxes.features["class"].to_numpy() == cls
-        index = np.flatnonzero(same)
-        wanted = {int(index[0])} if index.size else set()
+        value = int(labels.selected_label)
+        mine = np.ones(len(boxes.data), bool)
+        if cls is not None and boxes.metadata.get(MULTI_KEY):
+            mine = boxes.features["class"].to_numpy() == cls
+        named = np.flatnonzero(mine & (boxes.features["label"].to_numpy() == value))
+        found = [int(i) for i in named if object_in_box(labels.data, np.asarray(boxes.data[i])) == value]
+        if not found and value:
+            found = box_of_label(labels, self._viewer, boxes, mine, value)
+        wanted = {found[0]} if found else set()
         if set(boxes.selected_data) != wanted:
             boxes.selected_data = wanted
 
@@ -1021,7 +1004,7 @@ class SegmentWidget(Container):
                 if n:
                     labels[index] = np.where(part.labels > 0, part.labels + offset, 0)
                 if part.boxes is not None:
-                    per_class[index] = (part.boxes, np.arange(1, len(part.boxes) + 1) + offset)
+                    per_class[index] = (part.boxes, offset)
                 offset += n
             if in_place:
                 existing.refresh()
@@ -1034,7 +1017,7 @@ class SegmentWidget(Container):
             for index in planes:
                 written[index] = _digest(layer.data[index])
         if any(boxes.values()):
-            self._show_boxes(image_layer, {name: [(i, d, lab) for i, (d, lab) in sorted(b.items())]
+            self._show_boxes(image_layer, {name: [(i, d, o) for i, (d, o) in sorted(b.items())]
                                            for name, b in boxes.items()}, multi)
         else:
             self._drop_boxes(image_layer)
