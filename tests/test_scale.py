@@ -15,6 +15,7 @@ import zarr
 from scipy import ndimage as ndi
 
 from napari_deepcens.cli import main
+from napari_deepcens.errors import ImageError
 from napari_deepcens.evaluation.metrics import match_image
 from napari_deepcens.io.images import read_image
 from napari_deepcens.scale.chunked import ModelSpec, segment_chunked
@@ -616,6 +617,13 @@ def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosai
         assert main(["segment", str(tmp_path / name), "-o", str(out), "--channel", "1", *chunked]) == 0
         labels = np.asarray(read_ome_labels(out / f"{name.split('.')[0]}.zarr")["nucleus"][0])
         assert match_image(whole, labels).ap(0.5) > 0.9, name
+    # a time-lapse TIFF is a stack, never a colour image, on the chunked path too
+    tifffile.imwrite(tmp_path / "tyx.tif", np.stack([grey] * 3), imagej=True, metadata={"axes": "TYX"})
+    with pytest.raises(ImageError, match="pick one plane"):
+        open_lazy(tmp_path / "tyx.tif")
+    # napari opens a two-stain store as a layer per stain
+    (stain_layers,) = read_for_napari(tmp_path / "cyx.zarr")
+    assert stain_layers[1]["channel_axis"] == -1 and "rgb" not in stain_layers[1]
     # the store's pixel size (0.325 µm) is the output's, so its labels overlay the input
     image_layer, labels_layer = read_for_napari(tmp_path / "cyx_zarr" / "cyx.zarr")
     assert image_layer[1]["scale"] == labels_layer[1]["scale"] == (0.325, 0.325)

@@ -523,11 +523,14 @@ def owners(plan: Plan, extents: list[dict[str, np.ndarray]],
         for k, join in enumerate((np.minimum, np.minimum, np.maximum, np.maximum)):
             join.at(box[:, k], label, rows_a[:, k + 1])
         found = np.flatnonzero(box[1:, 2] >= 0) + 1
-        by, bx = box[found, 0] // plan.chunk, box[found, 1] // plan.chunk
-        for key in np.unique(by * plan.grid[1] + bx):
-            mine = found[by * plan.grid[1] + bx == key]
-            region = (int(box[mine, 0].min()), int(box[mine, 1].min()),
-                      int(box[mine, 2].max()), int(box[mine, 3].max()))
+        block = (box[found, 0] // plan.chunk).astype(np.int64) * plan.grid[1] + box[found, 1] // plan.chunk
+        order = np.argsort(block, kind="stable")  # objects grouped by owner, one sort
+        found, block = found[order], block[order]
+        keys, starts = np.unique(block, return_index=True)
+        lows = [np.minimum.reduceat(box[found, k], starts) for k in (0, 1)]
+        highs = [np.maximum.reduceat(box[found, k], starts) for k in (2, 3)]
+        for j, (key, mine) in enumerate(zip(keys, np.split(found, starts[1:]), strict=True)):
+            region = (int(lows[0][j]), int(lows[1][j]), int(highs[0][j]), int(highs[1][j]))
             out[(int(key) // plan.grid[1], int(key) % plan.grid[1])][cls] = (mine, region)
     return out
 

@@ -210,6 +210,8 @@ def _pixel_size(ms: dict) -> tuple[tuple[float, float], str | None]:
             if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
                 size = size * np.asarray(t["scale"], float)
     units = {a["name"]: a.get("unit") for a in ms.get("axes") or [] if isinstance(a, dict)}
+    if "y" not in axes or "x" not in axes:  # refused with its reason by _yx_view
+        return (1.0, 1.0), None
     y, x = axes.index("y"), axes.index("x")
     if not (size[y] > 0 and size[x] > 0):
         return (1.0, 1.0), None
@@ -242,7 +244,7 @@ def open_tiff(path: Path) -> LazyImage:
         first = len(shape) == 3 and len(stored) == 3 and stored[0] in "CSQI" and stored[1:] == "YX"
         axes = ("c", "y", "x") if first else None
         view = (shape[1], shape[2], shape[0]) if first else shape
-        _check(view, arr.dtype, name, channels=True)
+        _check(view, arr.dtype, name, channels=first)  # a (T|Z, Y, X) stack is not colour
         sources.append(Source(str(path), key, view, axes))
         levels.append(_dask_view(arr, axes, first))
     return LazyImage(levels, sources, path.stem, path)
@@ -330,8 +332,10 @@ def read_for_napari(path) -> list[tuple]:
     path = Path(path)
     image = open_zarr(path)
     scale = {"scale": image.pixel_size} if image.pixel_size != (1.0, 1.0) else {}
+    colour = image.rgb and image.shape[-1] in (3, 4)
+    stains = {"channel_axis": -1} if image.rgb and not colour else {"rgb": colour}  # a layer each
     layers: list[tuple] = [(image.levels if image.multiscale else image.levels[0],
-                            {"name": image.name, "multiscale": image.multiscale, "rgb": image.rgb,
+                            {"name": image.name, "multiscale": image.multiscale, **stains,
                              **scale}, "image")]
     for name, levels in read_ome_labels(path).items():
         layers.append((levels if len(levels) > 1 else levels[0],
