@@ -20,10 +20,11 @@ def displayed_plane(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(data, leading, strict=False))
 
 
-def object_in_box(labels, corners: np.ndarray) -> int:
-    """The label filling most of a rotated box (its four corners, data coordinates: the
-    plane index first for a stack), 0 when it holds no object. Read from the labels as they
-    are now, since the box's own label number may name another object after an edit."""
+def object_in_box(labels, corners: np.ndarray, named: int = 0) -> int:
+    """The object a rotated box (its four corners, data coordinates: the plane index first
+    for a stack) holds, read from the labels as they are now: ``named``, the label the box
+    was drawn for, if most of that object lies in the box, else the label filling most of
+    it (after an edit the number may name another object); 0 when it holds none."""
     from skimage.draw import polygon
 
     plane = tuple(round(float(v)) for v in corners[0, :-2])
@@ -39,6 +40,12 @@ def object_in_box(labels, corners: np.ndarray) -> int:
     inside = inside[inside > 0]
     if not inside.size:
         return 0
+    if named:
+        here = int(np.count_nonzero(inside == named))
+        whole = (np.count_nonzero(labels[plane] == named) if isinstance(labels, np.ndarray)
+                 else np.count_nonzero(window == named))
+        if here and 2 * here >= whole:
+            return int(named)
     values, counts = np.unique(inside, return_counts=True)
     return int(values[np.argmax(counts)])
 
@@ -60,6 +67,6 @@ def box_of_label(labels, viewer, boxes, candidates: np.ndarray, value: int) -> l
         (r0, c0), (r1, c1) = corners[:, -2:].min(0), corners[:, -2:].max(0)
         if r1 < ys.min() or r0 > ys.max() + 1 or c1 < xs.min() or c0 > xs.max() + 1:
             continue
-        if object_in_box(labels.data, corners) == value:
+        if object_in_box(labels.data, corners, value) == value:
             found.append(int(i))
     return found

@@ -768,7 +768,8 @@ class SegmentWidget(Container):
         cls = boxes.features["class"].iloc[chosen[0]] if boxes.metadata.get(MULTI_KEY) else None
         labels = self.labels_layer(image_layer, cls)
         if labels is not None:
-            value = object_in_box(labels.data, np.asarray(boxes.data[chosen[0]]))
+            value = object_in_box(labels.data, np.asarray(boxes.data[chosen[0]]),
+                                  int(boxes.features["label"].iloc[chosen[0]]))
             if value and labels.selected_label != value:
                 labels.selected_label = value
 
@@ -783,7 +784,8 @@ class SegmentWidget(Container):
         if cls is not None and boxes.metadata.get(MULTI_KEY):
             mine = boxes.features["class"].to_numpy() == cls
         named = np.flatnonzero(mine & (boxes.features["label"].to_numpy() == value))
-        found = [int(i) for i in named if object_in_box(labels.data, np.asarray(boxes.data[i])) == value]
+        found = [int(i) for i in named
+                 if object_in_box(labels.data, np.asarray(boxes.data[i]), value) == value]
         if not found and value:
             found = box_of_label(labels, self._viewer, boxes, mine, value)
         wanted = {found[0]} if found else set()
