@@ -96,8 +96,10 @@ def test_cells_keep_their_masks_where_the_stain_shows_nothing():
 
 def test_bundled_cells_follow_the_stain_on_a_real_field():
     """The U2OS val crop (17 cells): outlines on the stain (the tuned threshold) against the
-    network's own (0). Measured: cell pixels IoU 0.640 → 0.773, mean best IoU of the true
-    cells 0.507 → 0.541, DSB 0.350 → 0.374, AP@0.5 0.647 both; the floors leave margins."""
+    network's own (0). Measured (session 20, masks centred): cell pixels IoU 0.641 → 0.763,
+    mean best IoU of the true cells 0.546 → 0.547, AP@0.5 0.647 both. (With the masks half a
+    network pixel off, before session 20, the step also lifted the best IoU 0.507 → 0.541 and
+    DSB 0.350 → 0.374: it was partly making up for the shift.)"""
     from napari_deepcens import Predictor
     from napari_deepcens.evaluation.metrics import match_image, summarize
     from napari_deepcens.io.images import read_labels
@@ -119,8 +121,7 @@ def test_bundled_cells_follow_the_stain_on_a_real_field():
         assert len(seg["cell"].boxes) == seg["cell"].labels.max()
     plain, followed = found[0.0], found[tuned.outline_threshold]
     assert followed.pixel_iou >= plain.pixel_iou + 0.08, (plain.pixel_iou, followed.pixel_iou)
-    assert followed.best_gt.mean() >= plain.best_gt.mean() + 0.02
-    assert summarize([followed])["DSB"] >= summarize([plain])["DSB"] + 0.015
+    assert followed.best_gt.mean() >= plain.best_gt.mean() - 0.01
     assert summarize([followed])["AP@0.5"] >= summarize([plain])["AP@0.5"] - 0.01
 
 
