@@ -775,7 +775,7 @@ class SegmentWidget(Container):
 
     def _label_selected(self, image_layer, cls: str | None = None) -> None:
         """Selecting a label selects its box: the one its label names if that box holds it,
-        else a box (on the plane on screen) around one of its pixels that it fills."""
+        else a box on the plane on screen that overlaps the object and holds it."""
         boxes, labels = self.boxes_layer(image_layer), self.labels_layer(image_layer, cls)
         if boxes is None or labels is None or not len(boxes.data):
             return
