@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # widgets autosave edited labels; tests must not write into the user's data folder
 os.environ["NAPARI_DEEPCENS_AUTOSAVE_DIR"] = tempfile.mkdtemp(prefix="deepcens-autosave-")
 os.environ["NAPARI_DEEPCENS_RESULTS_DIR"] = tempfile.mkdtemp(prefix="deepcens-results-")
+
+
+@contextmanager
+def logged(name: str) -> Iterator[list[str]]:
+    """The messages logger ``name`` emits inside the block. Read from the logger itself:
+    pytest's logging plugin (on in CI) keeps records off stderr, and caplog is not used."""
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    log = logging.getLogger(name)
+    log.addHandler(handler)
+    try:
+        yield said
+    finally:
+        log.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from napari_deepcens.cli import main
 from napari_deepcens.models.registry import bundled_weights
 from napari_deepcens.models.weights import load_weights, save_weights
 
-from .conftest import DATA, DSB_VAL
+from .conftest import DATA, DSB_VAL, logged
 
 DSB_TINY, DSB_SPARSE = DATA / "dsb_tiny", DATA / "dsb_sparse"
 
@@ -150,19 +150,10 @@ def test_centerunet_writes_boxes_csv_and_evaluate_reports_box_ap(tmp_path, capsy
     assert main(["segment", *map(str, images), "-o", str(out), "--overwrite", "--device", "cpu"]) == 0
     assert not list(out.glob("*_boxes.csv"))
     # a table that does not describe its labels is left out of the scores, with a warning
-    import logging
-
     (out / box_files[0].name).write_bytes(kept.read_bytes())
-    said = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    log = logging.getLogger("napari_deepcens.evaluation.evaluate")
-    log.addHandler(handler)
-    try:
-        capsys.readouterr()
+    capsys.readouterr()
+    with logged("napari_deepcens.evaluation.evaluate") as said:
         assert main(["evaluate", str(DSB_VAL), str(out)]) == 0
-    finally:
-        log.removeHandler(handler)
     assert "box_AP@0.5" not in capsys.readouterr().out.splitlines()[0]
     assert len(said) == 1 and "its boxes and scores are left out" in said[0]
 

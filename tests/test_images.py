@@ -5,6 +5,8 @@ import tifffile
 from napari_deepcens.errors import ImageError
 from napari_deepcens.io.images import read_image, to_plane
 
+from .conftest import logged
+
 
 def spots(dtype=np.uint8, scale=200):
     img = np.zeros((64, 64), np.float64)
@@ -204,16 +206,9 @@ def test_compressed_tiffs_as_microscope_software_writes_them_are_read(tmp_path):
 def test_planar_16_bit_colour_tiffs_warn_that_they_may_be_planes(tmp_path):
     """tifffile.imwrite((3, H, W) uint16) stores planar RGB: read as colour (as its tags
     say), with a warning naming the fix; an 8-bit RGB TIFF reads silently."""
-    import logging
-
     from napari_deepcens.io.images import read_stack
 
-    said = []
-    handler = logging.Handler()
-    handler.emit = lambda record: said.append(record.getMessage())
-    log = logging.getLogger("napari_deepcens.io.images")
-    log.addHandler(handler)
-    try:
+    with logged("napari_deepcens.io.images") as said:
         planes = (np.random.default_rng(0).random((3, 40, 48)) * 4000).astype(np.uint16)
         tifffile.imwrite(tmp_path / "p.tif", planes)
         read_stack(tmp_path / "p.tif")
@@ -222,8 +217,6 @@ def test_planar_16_bit_colour_tiffs_warn_that_they_may_be_planes(tmp_path):
                          photometric="rgb")
         read_stack(tmp_path / "rgb.tif")
         assert len(said) == 1
-    finally:
-        log.removeHandler(handler)
 
 
 def test_two_unnamed_planes_are_the_channels_asked_for_and_large_pngs_are_read(tmp_path):
