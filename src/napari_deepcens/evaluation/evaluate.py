@@ -99,8 +99,8 @@ def _boxes_of(box_file: Path, pred: np.ndarray) -> np.ndarray | None:
     one per label); ``None``, with a warning, for a table left by another run (e.g. another
     model's boxes beside labels re-made with ``--overwrite``): its scores would be paired
     with the wrong objects."""
-    with box_file.open(newline="") as fh:
-        labels = [int(float(r["label"])) for r in csv.DictReader(fh) if r.get("label") not in (None, "")]
+    rows = _rows(box_file)
+    labels = [int(float(r["label"])) for r in rows if r.get("label") not in (None, "")]
     present = np.unique(pred)
     present = present[present > 0]
     expected = np.arange(1, len(labels) + 1)
@@ -109,15 +109,22 @@ def _boxes_of(box_file: Path, pred: np.ndarray) -> np.ndarray | None:
                     "scores are left out", box_file.name, box_file.name.replace("_boxes.csv", "_labels.tif"),
                     len(labels), present.size)
         return None
-    return read_boxes_csv(box_file)
+    return _table(rows)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _table(rows: list[dict[str, str]]) -> np.ndarray:
+    cols = ("cx", "cy", "width", "height", "angle_deg", "score")
+    return np.asarray([[float(r[c]) for c in cols] for r in rows]).reshape(-1, 6)
 
 
 def read_boxes_csv(path: Path) -> np.ndarray:
     """(N, 6) cx, cy, width, height, angle_deg, score from a ``<stem>_boxes.csv``."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    cols = ("cx", "cy", "width", "height", "angle_deg", "score")
-    return np.asarray([[float(r[c]) for c in cols] for r in rows]).reshape(-1, 6)
+    return _table(_rows(path))
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

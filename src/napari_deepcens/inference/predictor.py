@@ -429,6 +429,7 @@ class Predictor:
             self._check_size(shape, diameter)  # an estimated diameter may enlarge the image
             size = (max(round(shape[0] * scale), 16), max(round(shape[1] * scale), 16))
             work = resize(sharpening.unsharp(plane) if sharpened else plane, size)
+        zoom = (work.shape[-2] / shape[0], work.shape[-1] / shape[1])  # each axis's, as it ran
         if self.kind == "detection":
             dets: dict[str, np.ndarray] = {}
             work = work if work.ndim == 3 else work[None]
@@ -441,8 +442,7 @@ class Predictor:
                 else:
                     yield item
             if scale != 1.0:  # each axis by the zoom it got (sizes are rounded to pixels)
-                zoom_y, zoom_x = work.shape[-2] / shape[0], work.shape[-1] / shape[1]
-                dets["boxes"] = dets["boxes"] / np.array([zoom_x, zoom_y] * 2, np.float32)
+                dets["boxes"] = dets["boxes"] / np.array([zoom[1], zoom[0]] * 2, np.float32)
             channels = plane if plane.ndim == 3 else plane[None]
             stains = {name: smooth_stain(channels[k], self.info.zoom_diameter / scale).astype(np.float16)
                       for name, k in self.info.stain_outlines.items()}
@@ -474,7 +474,7 @@ class Predictor:
             estimated=estimated,
             size_unrecognised=unrecognised,
             meta={"model": self.model_name, "tta": tta, "sharpened": sharpened,
-                  "zoom": (work.shape[-2] / shape[0], work.shape[-1] / shape[1]),
+                  "zoom": zoom,
                   "denoised": denoised},
         )
 

@@ -37,11 +37,6 @@ class Detections:
     def take(self, index: np.ndarray) -> Detections:
         return Detections(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
 
-    def scaled(self, factor: float) -> Detections:
-        """The same boxes on a grid ``factor`` times larger."""
-        return Detections(self.cx * factor, self.cy * factor, self.width * factor,
-                          self.height * factor, self.angle_deg, self.score)
-
     def scaled_xy(self, fx: float, fy: float) -> Detections:
         """The same boxes on a grid ``fx`` times wider and ``fy`` times taller (a zoom
         rounded to whole pixels differs a little between the axes); sizes by the mean."""
