@@ -25,8 +25,27 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+#: id(atom) → (atom, the planes it changes): every slider move on a stack checks every atom,
+#: and a Link planes edit of a long movie holds tens of millions of pixels; only atoms still
+#: in a history are kept here (:func:`forget_planes` prunes)
+_TOUCHED: dict[int, tuple[tuple, np.ndarray]] = {}
+
+
+def _touched(atom: tuple, lead: int, leading: tuple[int, ...]) -> np.ndarray:
+    """The flat indices of the planes an indexed atom changes (computed once per atom)."""
+    hit = _TOUCHED.get(id(atom))
+    if hit is not None and hit[0] is atom and hit[1].size and hit[1].max() < np.prod(leading):
+        return hit[1]
+    plane = np.ravel_multi_index(tuple(np.asarray(i) for i in atom[0][:lead]), leading)
+    touched = np.flatnonzero(np.bincount(plane, minlength=int(np.prod(leading))))
+    _TOUCHED[id(atom)] = (atom, touched)
+    return touched
+
+
 def _cut_indexed(atom: tuple, lead: int, leading: tuple[int, ...], gone: np.ndarray):
     """A ``(indices, before, after)`` atom without its pixels in the replaced planes."""
+    if not np.isin(_touched(atom, lead, leading), gone).any():
+        return atom
     indices, before, after = atom
     indices = tuple(np.asarray(i) for i in indices)
     plane = np.ravel_multi_index(indices[:lead], leading)
@@ -95,6 +114,9 @@ def forget_planes(layer, planes: Iterable[tuple[int, ...]]) -> None:
         return
     for name, new in histories.items():
         setattr(layer, name, new)
+    live = {id(atom) for new in histories.values() for item in new for atom in item}
+    for key in [k for k in _TOUCHED if k not in live]:  # no dropped edit kept alive here
+        del _TOUCHED[key]
 
 
 def history_max(layer) -> int:
