@@ -143,6 +143,7 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     assert widget._outline.native.isHidden()
     widget.set_options(model="cells")
     assert not widget._cyto.native.isHidden() and widget._fg.label == "mask"
+    assert widget._cyto.value is cyto  # the one other layer of that size: paired already
     widget._cyto.value = None
     widget.run()
     assert widget._worker is None and "needs two stains" in widget.status
@@ -334,3 +335,26 @@ def test_new_multi_class_models_read_colour_only_from_colour_data():
     assert _colour_data([CELLS]) and _colour_data([Path(__file__).parent / "data" / "u2os_crop"
                                                   / "annotations.json"])
     assert not _colour_data([Path(__file__).parent / "data" / "dsb_tiny"])
+
+
+def test_the_cytoplasm_layer_is_chosen_only_where_the_layers_say_which_it_is(make_napari_viewer, crop):
+    """Two-channel files open as two layers: the cells model pairs them without a second
+    drop-down, but among several candidates it only takes one whose name says cytoplasm."""
+    from napari_deepcens.widget.segment_widget import SegmentWidget
+
+    _sample, image = crop
+    viewer = make_napari_viewer()
+    nuclear = viewer.add_image(image[..., 0], name="channel 1")
+    viewer.add_image(image[..., 1], name="channel 2")
+    viewer.add_image(image[..., 1], name="channel 3")
+    viewer.add_image(image[:32, :32, 1], name="small")  # another size: never a candidate
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.set_options(image=nuclear, model="cells")
+    assert widget._cyto.value is None  # two could be it: the user chooses
+    tubulin = viewer.add_image(image[..., 1], name="Tubulin 488")  # opened after: its name decides
+    assert widget._cyto.value is tubulin
+    other = viewer.layers["channel 2"]
+    widget.set_options(cyto=other)  # the user's choice is kept
+    widget._update_stains()
+    assert widget._cyto.value is other

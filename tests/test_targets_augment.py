@@ -139,3 +139,21 @@ def test_coco_outlines_that_are_empty_or_degenerate_are_skipped(tmp_path, monkey
     (item,) = load_coco(tmp_path / "coco.json", channels=1)
     assert int(item.labels.max()) == 1 and (item.labels > 0).sum() >= 400
     assert any("3 empty or unreadable outlines skipped" in m for m in said)
+
+
+def test_an_empty_channel_stays_empty_under_intensity_augmentation():
+    """The two-stain models read RGB with blue unused, normalised by a spread clamped to
+    1e-3: brightness or noise added there would reach the network ~1000× amplified during
+    training, while at inference the channel is exactly 0."""
+    from napari_deepcens.training.augment import intensity
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 48, 48), np.float32)
+    image[:2] = rng.random((2, 48, 48))
+    cfg = AugmentConfig()
+    for _ in range(10):
+        out = intensity(image, cfg, rng)
+        assert np.array_equal(out[2], image[2])
+        assert not np.allclose(out[:2], image[:2])  # the stains are still augmented
+    grey = rng.random((48, 48)).astype(np.float32)
+    assert not np.allclose(intensity(grey, cfg, rng), grey)

@@ -128,6 +128,14 @@ def test_centerunet_boxes_follow_the_score_slider_and_select_labels(docked, qtbo
     widget.set_options(score=0.9)
     qtbot.waitUntil(lambda: len(viewer.layers["nuclei boxes"].data) < n, timeout=20_000)
     assert int(viewer.layers["nuclei labels"].data.max()) == len(viewer.layers["nuclei boxes"].data)
+    # no box at all, then boxes again: they come back as rectangles, not polygons
+    widget.set_options(score=0.99)
+    qtbot.waitUntil(lambda: widget._post_worker is None and not len(viewer.layers["nuclei boxes"].data),
+                    timeout=20_000)
+    widget.set_options(score=0.5)
+    qtbot.waitUntil(lambda: widget._post_worker is None and len(viewer.layers["nuclei boxes"].data) > 0,
+                    timeout=20_000)
+    assert set(viewer.layers["nuclei boxes"].shape_type) == {"rectangle"}
 
 
 def test_removing_the_image_frees_its_cached_maps(docked, qtbot):
@@ -415,3 +423,24 @@ def test_chunked_results_of_the_same_second_get_their_own_folder(tmp_path):
     assert second.name == "slide-20261127-122531-2.zarr"
     (tmp_path / ".slide-20261127-122531-2.zarr.tmp-host-1-2").mkdir()    # a run still writing
     assert _fresh_output(tmp_path, "slide-20261127-122531").name == "slide-20261127-122531-3.zarr"
+
+
+def test_boxes_lie_on_their_objects_as_napari_draws_them():
+    """napari draws pixel (r, c) centred on (r, c); boxes count it from c to c + 1. Drawn
+    unshifted, every box sat half a pixel below and right of its object, and a click on a
+    thin object's box picked the neighbour below it."""
+    from napari_deepcens.postprocess.rotated_boxes import rotated_boxes
+    from napari_deepcens.widget.correction_widget import boxes_layer_data
+    from napari_deepcens.widget.layers import napari_corners, object_in_box
+
+    labels = np.zeros((20, 24), np.int32)
+    labels[5:8, 10:14] = 1        # rows 5-7, columns 10-13: drawn over 4.5-7.5 and 9.5-13.5
+    shapes, _features = boxes_layer_data(labels)
+    assert np.allclose(shapes[0].min(0), (4.5, 9.5)) and np.allclose(shapes[0].max(0), (7.5, 13.5))
+    thin = np.zeros((20, 20), np.int32)
+    thin[5, 10:13] = 7            # one pixel tall, with a neighbour just below
+    thin[6:9, 10:13] = 3
+    row = next(r for r in rotated_boxes(thin) if r[0] == 7)
+    corners = napari_corners(*row[1:])
+    assert object_in_box(thin, corners, 7) == 7
+    assert object_in_box(thin, corners, 0) == 7   # read from the pixels alone, too

@@ -397,7 +397,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from .inference.device import resolve_device
     from .models.weights import load_weights, read_info, save_weights
     from .training.dataset import load_folder
-    from .training.loop import validate
+    from .training.loop import as_nuclei, validate
 
     check_new_file(args.output)
     if args.scorer_zooms and not args.fit_scorer:
@@ -417,6 +417,8 @@ def run_tune(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     channels = int(info.config.get("in_channels", 1))  # two-stain models read colour
     items = [item for folder in args.val for item in load_folder(folder, channels=channels)]
+    if info.model != "deepcens":  # one class, nuclei: cell outlines are refused, not scored
+        items = as_nuclei(info.model, items)
     if args.fit_scorer:
         info.object_scorer = _fit_scorer(model, info, args.fit_scorer, device, zooms).to_dict()
     metrics, params = validate(model, info, items, device, estimate=True, confirm=args.confirm)
@@ -469,11 +471,12 @@ def _fit_scorer(model, info, folders: list[Path], device, zooms: tuple[float, ..
     score filter, against their annotations)."""
     from .inference.predictor import Predictor
     from .training.dataset import load_folder
+    from .training.loop import as_nuclei
     from .training.object_scorer import ZOOMS, fit_for
 
     if info.model != "unet":
         raise DeepCeNSError(f"--fit-scorer is for U-Net weights; these are {info.model!r}")
-    items = [item for folder in folders for item in load_folder(folder)]
+    items = as_nuclei(info.model, [item for folder in folders for item in load_folder(folder)])
     predictor = Predictor(model, info, device=device)
     zooms = zooms or ZOOMS
     with tqdm(total=len(items) * len(zooms), desc="fitting the object scorer", unit="image") as bar:

@@ -73,8 +73,16 @@ def coco_map(gts: list[np.ndarray], preds: list[np.ndarray],
             ev.params.maxDets = [1, 100, MAX_DETS]
             ev.evaluate()
             ev.accumulate()
-            ev.summarize()
-            results.update({f"{name}_mAP": max(float(ev.stats[0]), 0.0),
-                            f"{name}_mAP@0.5": max(float(ev.stats[1]), 0.0),
-                            f"{name}_mAP@0.75": max(float(ev.stats[2]), 0.0)})
+            # read at MAX_DETS: summarize() reports its headline .5:.95 mAP at 100
+            # detections per image whatever maxDets says, and fields hold hundreds of nuclei
+            precision = ev.eval["precision"][:, :, 0, 0, -1]  # IoU × recall, area "all"
+            results.update({f"{name}_mAP": _mean_defined(precision),
+                            f"{name}_mAP@0.5": _mean_defined(precision[0]),
+                            f"{name}_mAP@0.75": _mean_defined(precision[5])})
     return results
+
+
+def _mean_defined(precision: np.ndarray) -> float:
+    """Mean of pycocotools' precision table over its defined entries (-1: undefined)."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if defined.size else 0.0

@@ -105,7 +105,14 @@ def low_resolution(image: np.ndarray, factor: float, point: bool = False,
 
 
 def intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Gamma, contrast, brightness, blur and noise on a normalised plane."""
+    """Gamma, contrast, brightness, blur and noise on a normalised plane, (H, W) or (C, H, W).
+
+    A channel that is constant in the crop stays as it is: the two-stain models read an
+    empty third channel (RGB with blue unused) whose spread is clamped to 1e-3 in the
+    network's normalisation, so noise there would reach it a thousand times amplified,
+    while at inference the channel is exactly 0."""
+    flat = image.reshape(image.shape[0], -1) if image.ndim == 3 else None
+    constant = (flat.max(axis=1) == flat.min(axis=1)) if flat is not None else None
     out = np.clip(image, 0.0, None) ** rng.uniform(*cfg.gamma)
     out = out * rng.uniform(*cfg.contrast) + rng.uniform(-cfg.brightness, cfg.brightness)
     if rng.random() < cfg.blur_probability:
@@ -113,6 +120,8 @@ def intensity(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -
         out = ndi.gaussian_filter(out, (0,) * (out.ndim - 2) + (sigma, sigma))
     if cfg.noise_max > 0:
         out = out + rng.normal(0.0, rng.uniform(0, cfg.noise_max), out.shape)
+    if constant is not None and constant.any():
+        out[constant] = image[constant]
     return out.astype(np.float32)
 
 

@@ -104,6 +104,11 @@ def load_coco(annotations: str | Path, channels: int = 3,
     for ann in anns:
         by_image.setdefault(ann["image_id"], []).append(ann)
     items = []
+    unannotated = [info["file_name"] for info in images if info["id"] not in by_image]
+    if unannotated:  # an unfinished annotation would teach its nuclei as background
+        log.warning("%s: %d image(s) with no annotations left out (%s%s)", annotations.name,
+                    len(unannotated), ", ".join(unannotated[:3]), ", …" if len(unannotated) > 3 else "")
+    images = [info for info in images if info["id"] in by_image]
     for info in images:
         path = annotations.parent / info["file_name"]
         plane = network_input(read_image(path), channels, info["file_name"])
@@ -129,6 +134,9 @@ def load_coco(annotations: str | Path, channels: int = 3,
                 else:
                     raise ValueError(f"segmentation of type {type(seg).__name__}")
                 mask = mask_utils.decode(rle).astype(bool)
+                if mask.shape != (h, w):  # drawn on another size of this image
+                    raise ValueError(f"a mask of {mask.shape[1]}×{mask.shape[0]} px on an image "
+                                     f"of {w}×{h}")
             except Exception as exc:  # one bad outline must not stop a dataset
                 log.debug("%s: annotation %s of %s skipped (%s)", annotations.name,
                             ann.get("id"), info["file_name"], exc)
@@ -140,13 +148,15 @@ def load_coco(annotations: str | Path, channels: int = 3,
             k = names.index(name)
             counts[k] += 1
             labels[k][mask] = counts[k]
-        sample_id = Path(info["file_name"]).parent.name or Path(info["file_name"]).stem
+        # this package's own layout is <id>/image.tif; other tools name the file itself
+        file = Path(info["file_name"])
+        sample_id = file.parent.name if file.stem == "image" and file.parent.name else file.stem
         if skipped:
             log.warning("%s: %d empty or unreadable outlines skipped in %s", annotations.name,
                         skipped, info["file_name"])
         items.append(AnnotatedImage(sample_id, plane, labels, "fluorescence", names))
     if not items:
-        raise DeepCeNSError(f"{annotations}: no images")
+        raise DeepCeNSError(f"{annotations}: no annotated images")
     return items
 
 

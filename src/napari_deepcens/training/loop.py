@@ -114,6 +114,11 @@ def _score(predictor: Predictor, items: list[AnnotatedImage], raws: list,
     matches = [m for item, raw in zip(items, raws, strict=True)
                for m in _matches(item, predictor.instances(raw, params_at_scale(
                    params, raw.scale, detection=predictor.kind == "detection")))]
+    if not matches:  # nothing to compare: say so instead of scoring nothing
+        names = sorted({name for item in items for name in item.classes})
+        raise DeepCeNSError(f"the validation images hold {', '.join(names)}, which the "
+                            f"{predictor.model_name} model does not find "
+                            f"({', '.join(predictor.class_names)})")
     return summarize(matches)
 
 
@@ -177,9 +182,16 @@ def _check_classes(model: torch.nn.Module, items: list[AnnotatedImage]) -> None:
                                 f"model's {', '.join(names)}")
 
 
-def _one_class(model_name: str, items: list[AnnotatedImage] | None) -> list[AnnotatedImage] | None:
-    """Data for a network that learns one class: a one-category COCO file's (1, H, W) labels
-    become (H, W); data with several classes (cells + nuclei) is refused with what to do."""
+#: Class names of whole-cell outlines (what the export names a cell layer exported alone):
+#: the dense networks learn nuclei, and are never trained on these as if they were nuclei.
+CELL_CLASSES = frozenset({"cell", "cells", "cytoplasm", "whole cell"})
+
+
+def as_nuclei(model_name: str, items: list[AnnotatedImage] | None) -> list[AnnotatedImage] | None:
+    """Data for a network that learns one class, nuclei: a one-category COCO file's
+    (1, H, W) labels become (H, W), and its category (``nuclei``, ``DAPI``, …) is read as
+    the nuclei the model outputs, so validation compares like with like. Data with several
+    classes (cells + nuclei), or with cell outlines only, is refused with what to do."""
     if items is None:
         return None
     out = []
@@ -189,9 +201,13 @@ def _one_class(model_name: str, items: list[AnnotatedImage] | None) -> list[Anno
                                 f"{model_name} model learns one: train a DeepCeNS (--model "
                                 "deepcens, or cells to fine-tune the cells + nuclei model) on "
                                 "it, or use data with one class")
+        if item.classes[0].strip().lower() in CELL_CLASSES:
+            raise DeepCeNSError(f"{item.id} holds {item.classes[0]} outlines; the {model_name} "
+                                "model learns nuclei: train a DeepCeNS on cells (--model "
+                                "deepcens, or cells with their nuclei), or export nuclei")
         if item.labels.ndim == 3:
             item = replace(item, labels=item.labels[0])
-        out.append(item)
+        out.append(replace(item, classes=("nucleus",)))
     return out
 
 
@@ -298,7 +314,7 @@ def train_iter(
     block_triton_in_gui_process()
     config = config or TrainConfig()
     if model_name != "deepcens":  # the dense networks learn one class
-        train_items, val_items = _one_class(model_name, train_items), _one_class(model_name, val_items)
+        train_items, val_items = as_nuclei(model_name, train_items), as_nuclei(model_name, val_items)
     output = Path(output)
     ckpt_path = output.with_name(output.name + ".ckpt")
     dev = resolve_device(device)
@@ -412,7 +428,7 @@ def train_iter(
             val, params = validate(model, info, val_items, dev)
             score = val["DSB"]
         else:
-            params, score = PostprocessParams(**info.thresholds), float(epoch)
+            params, score = PostprocessParams.from_dict(info.thresholds), float(epoch)
         if score > best_score:
             best_score = score
             info.thresholds = params.to_dict()

@@ -34,10 +34,10 @@ from ..io.autosave import AutosaveEntry
 from ..io.images import pair_stains
 from ..postprocess import edit
 from ..postprocess.link import LINK_GAP
-from ..postprocess.rotated_boxes import box_corners, rotated_boxes
+from ..postprocess.rotated_boxes import rotated_boxes
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import displayed_plane, stack_axes
+from .layers import displayed_plane, napari_corners, stack_axes
 from .status import status_label
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +74,7 @@ def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np
         found = rotated_boxes(labels[index])
         rows += found
         shapes += [np.column_stack([np.tile(np.asarray(index, float), (4, 1)).reshape(4, -1),
-                                    box_corners(*row[1:])[:, ::-1]]) for row in found]
+                                    napari_corners(*row[1:])]) for row in found]
     features = {
         "label": np.array([r[0] for r in rows], int),
         "width": np.array([r[3] for r in rows]),

@@ -1,9 +1,20 @@
 """What the widgets read from napari layers: stack axes, the plane on screen, and which
-object a box of rotated boxes holds."""
+object a box of rotated boxes holds; and where napari draws a box."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..postprocess.rotated_boxes import box_corners
+
+
+def napari_corners(cx: float, cy: float, width: float, height: float, angle_deg: float) -> np.ndarray:
+    """A rotated box's 4 corners as napari places them: (row, col), data coordinates.
+
+    Boxes (and their CSV tables) count pixel ``(r, c)`` as the square from ``c`` to ``c + 1``;
+    napari draws it centred on ``(r, c)``, from ``c − ½`` to ``c + ½``. Without the half-pixel
+    shift every box sat half a pixel below and right of its labels."""
+    return box_corners(cx, cy, width, height, angle_deg)[:, ::-1] - 0.5
 
 
 def stack_axes(layer) -> tuple[int, ...]:

@@ -39,11 +39,10 @@ from ..inference.denoise import CHOICES
 from ..io.images import nuclei_in_blue, pair_stains
 from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
-from ..postprocess.rotated_boxes import box_corners
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import box_of_label, displayed_plane, object_in_box, stack_axes
+from .layers import box_of_label, displayed_plane, napari_corners, object_in_box, stack_axes
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
 
@@ -86,6 +85,9 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
     except DeepCeNSError as exc:
         return _Failed(exc)
 
+
+#: Layer names that say "cytoplasm stain", to pair a nuclear layer when several could be it.
+CYTO_NAMES = ("cyto", "cell", "actin", "tubulin", "phalloidin", "membrane", "wga")
 
 #: Quiet time after a run before the predictors' runtime memory is given back.
 RELEASE_AFTER_MS = 60_000
@@ -301,11 +303,13 @@ class SegmentWidget(Container):
         for knob in (self._fg, self._seed, self._score, self._outline, self._min_size):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
+        self._image.changed.connect(self._update_stains)
         self._weights.changed.connect(self._update_score_knob)
         self._weights.changed.connect(self._update_stains)
         self._update_score_knob()
         self._update_stains()
         viewer.layers.events.removed.connect(self._forget_layer)
+        viewer.layers.events.inserted.connect(self._update_stains)  # a second channel opened
         # hand edits of the labels this tab writes are autosaved (one saver per viewer)
         self._autosaver = autosaver_for(viewer)
         self._auto_diameter.changed.connect(lambda auto: setattr(self._diameter, "enabled", not auto))
@@ -491,8 +495,38 @@ class SegmentWidget(Container):
             return 1  # a bad file: Run says what is wrong with it
 
     def _update_stains(self, *_args) -> None:
-        """The cytoplasm picker matters for two-stain models only: show it for those."""
-        self._cyto.visible = self._stain_count() > 1
+        """The cytoplasm picker matters for two-stain models only: show it for those, with
+        the cytoplasm layer already chosen where the open layers say which it is."""
+        two = self._stain_count() > 1
+        self._cyto.visible = two
+        if two:
+            self._pick_cytoplasm()
+
+    def _pick_cytoplasm(self) -> None:
+        """Choose the cytoplasm layer when none fits the image yet: the one other grey layer
+        of the image's size or, among several, the one whose name says cytoplasm. Why: a
+        two-channel file opens as two layers, and a user who picks the cells model should
+        not have to find a second drop-down before Run; an ambiguous choice is left to them."""
+        layer, current = self._image.value, self._cyto.value
+        if layer is None or getattr(layer, "rgb", False):
+            return
+
+        def side(lay) -> tuple:
+            return tuple((lay.data[0] if lay.multiscale else lay.data).shape)
+
+        if current is not None and current is not layer and not current.rgb \
+                and side(current) == side(layer):
+            return  # the user's choice, or an earlier one, still fits
+        import napari
+
+        fits = [lay for lay in self._viewer.layers
+                if isinstance(lay, napari.layers.Image) and lay is not layer and not lay.rgb
+                and side(lay) == side(layer)]
+        named = [lay for lay in fits if any(word in lay.name.lower() for word in CYTO_NAMES)]
+        chosen = fits[0] if len(fits) == 1 else named[0] if len(named) == 1 else None
+        if chosen is not None:
+            self._cyto.reset_choices()
+            self._cyto.value = chosen
 
     def _ran_with(self, layer, cyto: str | None) -> None:
         """Remember the cytoplasm layer a result was segmented with (provenance; export)."""
@@ -715,7 +749,7 @@ class SegmentWidget(Container):
         offset); the ``label`` feature is the object's label in its class's Labels layer."""
         rows, prefix, classes = _box_rows(boxes)
         ndim = 2 + prefix.shape[1]
-        shapes = [np.column_stack([np.tile(prefix[j], (4, 1)), box_corners(*r[2:7])[:, ::-1]])
+        shapes = [np.column_stack([np.tile(prefix[j], (4, 1)), napari_corners(*r[2:7])])
                   for j, r in enumerate(rows)]  # napari wants (…, row, col)
         features = {"label": rows[:, 0].astype(int), "class": classes, "score": rows[:, 1],
                     "width": rows[:, 4], "height": rows[:, 5], "angle": rows[:, 6]}
@@ -725,7 +759,13 @@ class SegmentWidget(Container):
             self._writing_boxes = True
             try:
                 layer.selected_data = set()
-                layer.data = shapes
+                if shapes and set(layer.shape_type) != {"rectangle"}:
+                    # napari gives shapes added to an empty (or mixed) layer the polygon
+                    # type: rebuilt as rectangles, they still edit as boxes
+                    layer.data = []
+                    layer.add(shapes, shape_type="rectangle")
+                else:
+                    layer.data = shapes
                 layer.features = features
                 if shapes:
                     layer.edge_color = "score"
