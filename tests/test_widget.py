@@ -444,3 +444,29 @@ def test_boxes_lie_on_their_objects_as_napari_draws_them():
     corners = napari_corners(*row[1:])
     assert object_in_box(thin, corners, 7) == 7
     assert object_in_box(thin, corners, 0) == 7   # read from the pixels alone, too
+
+
+@pytest.mark.parametrize("original", ["deleted", "kept above the copy"])
+def test_a_duplicated_labels_layer_is_the_users_and_never_written_over(docked, qtbot, original):
+    """napari's Duplicate Layer copies the metadata that names the Segment tab's layers;
+    biologists duplicate before correcting. A slider move wrote the new labels into the copy,
+    wiping the corrections with no undo and no autosave."""
+    from napari.layers._layer_actions import _duplicate_layer
+
+    viewer, widget, _layer = docked
+    run_and_wait(qtbot, widget)
+    ours = viewer.layers["nuclei labels"]
+    viewer.layers.selection = {ours}
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers["nuclei labels copy"]
+    if original == "deleted":
+        viewer.layers.remove(ours)
+    else:
+        viewer.layers.move(viewer.layers.index(copy), viewer.layers.index(ours))
+    copy.paint((5, 5), 999, refresh=True)            # the user's correction, in the copy
+    corrected = copy.data.copy()
+    widget.set_options(fg=0.8)
+    qtbot.waitUntil(lambda: widget._post_worker is None, timeout=20_000)
+    assert np.array_equal(copy.data, corrected)
+    fresh = widget.labels_layer(_layer)
+    assert fresh is not None and fresh is not copy and not (fresh.data == 999).any()

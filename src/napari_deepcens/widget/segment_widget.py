@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,6 +297,9 @@ class SegmentWidget(Container):
         self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
         self._plane_sizes: dict[int, dict] = {}  # image layer id -> plane -> diameter it ran at
         self._written: dict[int, dict] = {}  # labels layer id -> plane -> digest of what we wrote
+        # the layers this widget made: napari's Duplicate Layer copies their metadata, and a
+        # copy (the user's, often made to correct on) must never be written over
+        self._own: weakref.WeakSet = weakref.WeakSet()
         self._cyto_of: dict[int, str] = {}  # image layer id -> cytoplasm layer it ran with
 
         self._run.changed.connect(self.run)
@@ -711,7 +715,7 @@ class SegmentWidget(Container):
         multi-class model), if it is still there."""
         for layer in self._viewer.layers:
             if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels"
-                    and layer.metadata.get(CLASS_KEY) == cls):
+                    and layer.metadata.get(CLASS_KEY) == cls and layer in self._own):
                 return layer
         return None
 
@@ -726,6 +730,7 @@ class SegmentWidget(Container):
                 axis_labels=tuple(image_layer.axis_labels)[-labels.ndim:],
                 metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, CLASS_KEY: cls},
             )
+            self._own.add(layer)
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
             return
         if layer.metadata.get(EDITED_KEY):
@@ -738,7 +743,8 @@ class SegmentWidget(Container):
     def boxes_layer(self, image_layer) -> napari.layers.Shapes | None:
         """The Shapes layer of rotated boxes this widget wrote for ``image_layer``."""
         for layer in self._viewer.layers:
-            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Shapes":
+            if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Shapes"
+                    and layer in self._own):
                 return layer
         return None
 
@@ -783,6 +789,7 @@ class SegmentWidget(Container):
             axis_labels=tuple(image_layer.axis_labels)[-ndim:],
             metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, MULTI_KEY: multi},
         )
+        self._own.add(layer)
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
         layer.events.data.connect(lambda _e, layer=layer: self._boxes_changed(layer))
         self._link_labels_to_boxes(image_layer, boxes, multi)
@@ -839,7 +846,8 @@ class SegmentWidget(Container):
         predictor, raw = self._raw[id(image_layer)]
         source = getattr(getattr(image_layer, "source", None), "path", None)
         for layer in self._viewer.layers:
-            if layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels":
+            if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels"
+                    and layer in self._own):
                 layer.metadata[PROVENANCE_KEY] = self._provenance(predictor, raw, source, image_layer,
                                                                   layer.metadata.get(CLASS_KEY))
 
@@ -1164,12 +1172,12 @@ class SegmentWidget(Container):
         pyramids = read_ome_labels(result.output)
         for cls, levels in pyramids.items():
             name = f"{layer.name} {cls} labels" if len(pyramids) > 1 else f"{layer.name} labels"
-            self._viewer.add_labels(
+            self._own.add(self._viewer.add_labels(
                 levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=name,
                 scale=layer.scale[-2:], translate=layer.translate[-2:],
                 metadata={SOURCE_KEY: id(layer), EDITED_KEY: False,
                           CLASS_KEY: cls if len(pyramids) > 1 else None,
-                          "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)})
+                          "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)}))
         seconds = time.perf_counter() - self._started
         counts = (f"{sum(result.counts.values())} objects" if len(result.counts) == 1 else
                   ", ".join(f"{n} {c}" for c, n in result.counts.items()))
