@@ -191,3 +191,32 @@ def test_a_failed_write_is_said_once_and_retried(correcting, monkeypatch, qtbot)
     qtbot.waitUntil(lambda: bool(said), timeout=5000)    # ...the user is told...
     (entry,) = saver.flush()                             # ...and the edits are saved after all
     assert 93 in saver.store.load(entry) and "No space left" in said[0] and len(said) == 1
+
+
+def test_segmented_labels_export_with_their_own_image(make_napari_viewer, tmp_path):
+    """Two fields of one size open: choosing field B's labels chooses field B, and an export
+    of them with field A (the picker's first image) is refused: it would have paired B's
+    nuclei with A's pixels in the training data."""
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+    from napari_deepcens.widget.keys import SOURCE_KEY
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    field_a = viewer.add_image(rng.random((64, 64)), name="field A")
+    field_b = viewer.add_image(rng.random((64, 64)), name="field B")
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:20, 10:20] = 1
+    labels = viewer.add_labels(lab, name="field B labels", metadata={SOURCE_KEY: id(field_b)})
+    hand = viewer.add_labels(lab, name="drawn by hand")
+    widget = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._dataset.value = tmp_path / "ds"
+    widget._labels_layer.value = labels
+    assert widget._image.value is field_b
+    widget._image.value = field_a
+    assert widget.export() is None and "segmented from 'field B'" in widget._status.value
+    widget._image.value = field_b
+    assert widget.export() is not None
+    widget._labels_layer.value = hand  # labels with no source: the user's pairing stands
+    widget._image.value = field_a
+    assert widget.export() is not None

@@ -181,3 +181,27 @@ def test_a_cell_mask_exported_alone_stays_a_cell_mask(tmp_path, fluorescence):
     assert main(["train", str(two.parent), "-o", str(tmp_path / "u.safetensors"), "--epochs", "1",
                  "--steps-per-epoch", "1", "--device", "cpu"]) == 2
     assert not (tmp_path / "u.safetensors").exists()
+
+
+def test_object_masks_are_encoded_from_their_boxes_exactly_as_pycocotools_does():
+    """Each object's RLE is built from its bounding box (a whole-frame mask per object took
+    ~50 s for a 2080×2784 field of 3168 nuclei, on the GUI thread); it must be the very RLE
+    pycocotools encodes, objects in pieces, touching the frame's edges and huge ids included."""
+    from pycocotools import mask as mask_utils
+
+    from napari_deepcens.io.dataset_export import sample_annotations
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        labels = rng.integers(0, 5, (h, w)).astype(np.int64)  # scattered, many pieces
+        if trial % 3 == 0:
+            labels[labels == 3] = 5_000_000
+        values = [v for v in np.unique(labels) if v]
+        annotations = sample_annotations({"nucleus": labels})
+        assert len(annotations) == len(values)
+        for ann, value in zip(annotations, values, strict=True):
+            ref = mask_utils.encode(np.asfortranarray((labels == value).astype(np.uint8)))
+            assert ann["segmentation"]["counts"] == ref["counts"].decode()
+            assert ann["area"] == (labels == value).sum()
+            assert ann["bbox"] == [float(v) for v in mask_utils.toBbox(ref)]

@@ -20,19 +20,17 @@ MAX_DETS = 1000
 
 def _instances(labels: np.ndarray):
     """(RLE, bbox xywh, area) of every object of a label image."""
-    from pycocotools import mask as mask_utils
+    from ..io.dataset_export import object_rle
 
     out = []
     for index, slices in enumerate(ndi.find_objects(labels), start=1):
         if slices is None:
             continue
-        mask = np.zeros(labels.shape, np.uint8, order="F")
-        mask[slices] = labels[slices] == index
-        rle = mask_utils.encode(mask)
+        rle, area = object_rle(labels, index, slices)
         rows, cols = slices
         bbox = [float(cols.start), float(rows.start), float(cols.stop - cols.start),
                 float(rows.stop - rows.start)]
-        out.append((index, rle, bbox, float(mask_utils.area(rle))))
+        out.append((index, rle, bbox, float(area)))
     return out
 
 

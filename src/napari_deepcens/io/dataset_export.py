@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..errors import DeepCeNSError
 from ..postprocess.rotated_boxes import rotated_boxes
@@ -161,23 +162,54 @@ def _class_of(path: Path) -> str:
     return path.stem[len("labels_"):] if path.stem.startswith("labels_") else "nucleus"
 
 
-def sample_annotations(labels_by_class: dict[str, np.ndarray]) -> list[dict]:
-    """COCO annotations (no ids yet) of one sample: RLE mask, bbox, area, rotated box, class."""
+def object_rle(labels: np.ndarray, value: int, box: tuple[slice, slice]) -> tuple[dict, int]:
+    """COCO RLE (compressed, as pycocotools encodes it) of ``labels == value`` in the whole
+    frame, and its area, from the object's bounding ``box`` alone.
+
+    Why: encoding a whole-frame mask per object costs the frame's size each time; a
+    2048² field of 2000 nuclei took ~40 s to export that way, on the GUI thread."""
     from pycocotools import mask as mask_utils
 
+    height, width = labels.shape
+    rows, cols = box
+    # the object's pixels in column-major order, as whole-frame indices (COCO's order)
+    cc, rr = np.nonzero((labels[rows, cols] == value).T)
+    index = (cc + cols.start) * height + rr + rows.start
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    starts = index[np.r_[0, breaks]]
+    ends = index[np.r_[breaks - 1, index.size - 1]] + 1
+    counts = np.empty(2 * starts.size + 1, np.int64)
+    counts[0::2][:-1] = starts - np.r_[0, ends[:-1]]  # background before each run
+    counts[1::2] = ends - starts
+    counts[-1] = height * width - ends[-1]
+    counts = counts[:-1] if counts[-1] == 0 else counts  # an object ending the frame
+    rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [height, width]},
+                                 height, width)
+    return rle, int(index.size)
+
+
+def sample_annotations(labels_by_class: dict[str, np.ndarray]) -> list[dict]:
+    """COCO annotations (no ids yet) of one sample: RLE mask, bbox, area, rotated box, class."""
     out = []
     for cls, labels in labels_by_class.items():
+        labels = np.asarray(labels)
         boxes = {row[0]: row[1:] for row in rotated_boxes(labels)}
-        for value in np.unique(labels):
-            if value == 0:
+        dense, values = labels, None
+        if labels.max(initial=0) > 1_000_000:  # find_objects lists every number up to the max
+            values, inverse = np.unique(labels, return_inverse=True)
+            dense = inverse.reshape(labels.shape) + int(values[0] != 0)
+            values = np.r_[0, values] if values[0] != 0 else values
+        for index, box in enumerate(ndi.find_objects(dense), start=1):
+            if box is None:
                 continue
-            mask = np.asfortranarray((labels == value).astype(np.uint8))
-            rle = mask_utils.encode(mask)
-            x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+            rle, area = object_rle(dense, index, box)
+            value = int(values[index]) if values is not None else index
+            rows, cols = box
             rle["counts"] = rle["counts"].decode("ascii")
-            out.append({"category": cls, "segmentation": rle, "area": float(mask.sum()),
-                        "bbox": [x, y, w, h], "iscrowd": 0,
-                        "rotated_box": list(boxes[int(value)])})
+            out.append({"category": cls, "segmentation": rle, "area": float(area),
+                        "bbox": [float(cols.start), float(rows.start), float(cols.stop - cols.start),
+                                 float(rows.stop - rows.start)], "iscrowd": 0,
+                        "rotated_box": list(boxes[value])})
     return out
 
 

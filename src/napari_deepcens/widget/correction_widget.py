@@ -148,6 +148,8 @@ class CorrectionWidget(Container):
         self._export.changed.connect(self.export)
         self._labels_layer.changed.connect(self._bind_keys)
         self._bind_keys(self._labels_layer.value)
+        self._labels_layer.changed.connect(self._follow_source)
+        self._follow_source(self._labels_layer.value)
         self._image.changed.connect(self._guess_modality)
         self._guess_modality(self._image.value)
         self._autosave.changed.connect(self._set_autosave)
@@ -160,6 +162,23 @@ class CorrectionWidget(Container):
             versions = "version" if len(earlier) == 1 else "versions"
             self._report(f"{len(earlier)} autosaved {versions} from earlier sessions: "
                          "pick one under 'autosaved' to restore it")
+
+    def _source_image(self, labels):
+        """The open image layer ``labels`` were segmented from (``None``: made by hand, or
+        their image is closed)."""
+        source = labels.metadata.get(SOURCE_KEY) if labels is not None else None
+        if source is None:
+            return None
+        return next((ly for ly in self._viewer.layers if id(ly) == source
+                     and ly.__class__.__name__ == "Image"), None)
+
+    def _follow_source(self, labels) -> None:
+        """Choosing segmented labels chooses the image they came from, so an export pairs
+        them with their own image, not whichever image the picker showed first."""
+        image = self._source_image(labels)
+        if image is not None and self._image.value is not image:
+            self._image.reset_choices()
+            self._image.value = image
 
     # ------------------------------------------------------------------ editing
     def _layer(self, layer=None):
@@ -320,6 +339,11 @@ class CorrectionWidget(Container):
             image_layer = self._image.value
             if image_layer is None:
                 raise DeepCeNSError("no image layer to export with the labels")
+            source = self._source_image(layer)
+            if source is not None and source is not image_layer:
+                raise DeepCeNSError(f"{layer.name!r} were segmented from {source.name!r}, not "
+                                    f"{image_layer.name!r}: choose {source.name!r} as the image "
+                                    "(a sample pairs labels with their own image)")
             dataset = self._dataset.value
             if dataset is None or str(dataset) in ("", "."):
                 raise DeepCeNSError("choose a dataset folder to export into")
