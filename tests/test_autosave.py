@@ -220,3 +220,80 @@ def test_segmented_labels_export_with_their_own_image(make_napari_viewer, tmp_pa
     widget._labels_layer.value = hand  # labels with no source: the user's pairing stands
     widget._image.value = field_a
     assert widget.export() is not None
+
+
+def test_a_restored_z_stack_is_still_a_z_stack(correcting):
+    """Autosave keeps the axis names: restored without them, a z-stack read as a time-lapse,
+    and Remove small objects measured its 3-D nuclei plane by plane (a 48-px nucleus of
+    16 px per plane was deleted at a 20-px threshold)."""
+    viewer, widget, _layer, _labels = correcting
+    stack = np.zeros((3, 40, 40), np.int32)
+    stack[:, 10:14, 10:14] = 1                           # 16 px per plane, 48 px in 3-D
+    zlayer = viewer.add_labels(stack, name="z labels", axis_labels=("z", "y", "x"))
+    zlayer.paint((1, 30, 30), 2)                          # an edit, so it is autosaved
+    assert len(widget._autosaver.flush()) == 1
+    widget.reset_choices()
+    widget._versions.value = next(c for c in widget._versions.choices if c.layer == "z labels")
+    restored = widget.restore()
+    assert tuple(restored.axis_labels) == ("z", "y", "x")
+    widget._labels_layer.value = restored
+    widget._min_size.value = 20
+    widget.remove_small()
+    assert (restored.data == 1).sum() == 48                # a 3-D nucleus, measured whole
+
+
+def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(make_napari_viewer):
+    """Recompute replaced the boxes layer by name: a box the user drew was gone with no copy,
+    and a user layer of that name would have gone too. A stack with no object left raised a
+    traceback after the old layer was already removed."""
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    viewer = make_napari_viewer()
+    lab = np.zeros((60, 60), np.int32)
+    lab[5:15, 5:15] = 1
+    lab[30:45, 30:40] = 2
+    layer = viewer.add_labels(lab, name="cells")
+    widget = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._labels_layer.value = layer
+    widget.update_boxes()
+    widget.update_boxes()  # unedited: replaced, not multiplied
+    assert [ly.name for ly in viewer.layers] == ["cells", "cells boxes"]
+    boxes = viewer.layers["cells boxes"]
+    boxes.add_rectangles(np.array([[50, 50], [58, 58]]))  # the user draws a missed box
+    widget.update_boxes()
+    assert len(viewer.layers["cells boxes (edited)"].data) == 3
+    assert len(viewer.layers["cells boxes"].data) == 2
+
+    movie = np.zeros((3, 40, 40), np.int32)
+    movie[1, 10:20, 10:20] = 4
+    stack = viewer.add_labels(movie, name="movie labels")
+    widget._labels_layer.value = stack
+    widget.update_boxes()
+    stack.selected_label = 4
+    widget.delete_selected()                               # the only object was wrong
+    widget.update_boxes()
+    assert len(viewer.layers["movie labels boxes"].data) == 0
+    assert "0 rotated boxes" in widget._status.value
+
+
+def test_shift_d_reaches_the_correct_tab_open_now(make_napari_viewer, qtbot):
+    """Keys bound to the first Correct tab outlived it: after its dock was closed and a new
+    one opened, Shift+D ran the closed tab and napari showed a 'deleted QLabel' error."""
+    from napari_deepcens.widget.dock import DeepCeNSDock
+
+    viewer = make_napari_viewer()
+    lab = np.zeros((40, 40), np.int32)
+    lab[10:20, 10:20] = 3
+    layer = viewer.add_labels(lab, name="labels")
+    dock = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(dock, name="deepcens")
+    dock.deleteLater()                                    # the dock closed
+    qtbot.wait(100)
+    again = DeepCeNSDock(viewer)
+    viewer.window.add_dock_widget(again, name="deepcens again")
+    shift_d = next(v for k, v in layer.keymap.items() if "Shift" in str(k) and "D" in str(k))
+    viewer.cursor.position = (15, 15)
+    shift_d(layer)
+    assert not (layer.data == 3).any()
+    assert "deleted label 3" in again.correct._status.value

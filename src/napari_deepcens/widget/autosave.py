@@ -154,6 +154,8 @@ class LabelsAutosaver:
         copy = np.array(data, copy=True)     # the only work on the GUI thread: a memory copy
         meta = {"scale": [float(s) for s in layer.scale],
                 "translate": [float(t) for t in layer.translate],
+                # a z-stack and a time-lapse differ only by name, and the tools read it
+                "axis_labels": [str(a) for a in layer.axis_labels],
                 "provenance": layer.metadata.get(PROVENANCE_KEY, {})}
         future = self._executor.submit(self._write, state, layer.name, copy, meta)
         state.writing = future

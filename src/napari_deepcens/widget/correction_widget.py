@@ -13,6 +13,7 @@ restored as new layers. With the mouse over the labels:
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,37 @@ from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, napari_corners, stack_axes
 from .status import status_label
+
+#: Shapes layers of rotated boxes made by Recompute: the id of the labels layer they show.
+BOXES_OF_KEY = "deepcens_boxes_of"
+
+#: Correct tabs made so far, oldest first (weak: a closed tab goes when Qt deletes it).
+_OPEN: list[weakref.ref] = []
+
+
+def _open_tab_for(layer) -> CorrectionWidget | None:
+    """The newest Correct tab still on screen whose viewer holds ``layer``."""
+    for ref in reversed(_OPEN):
+        widget = ref()
+        if widget is None:
+            continue
+        try:
+            widget.native.objectName()  # a closed dock's Qt widgets are deleted: this raises
+        except RuntimeError:
+            continue
+        if layer in widget._viewer.layers:
+            return widget
+    return None
+
+
+def _key_action(method: str):
+    """A key binding that runs ``method`` of the Correct tab open when the key is pressed."""
+    def run(layer) -> None:
+        widget = _open_tab_for(layer)
+        if widget is not None:
+            getattr(widget, method)(layer)
+    run.__name__ = method  # napari lists bindings by name
+    return run
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -98,6 +130,8 @@ class CorrectionWidget(Container):
         import napari
 
         self._viewer = viewer
+        self._own_boxes: weakref.WeakSet = weakref.WeakSet()  # box layers this tab made
+        _OPEN.append(weakref.ref(self))
         self._labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self._image = create_widget(annotation=napari.layers.Image, label="image")
         self._delete = PushButton(text="Delete selected label")
@@ -238,10 +272,13 @@ class CorrectionWidget(Container):
                        f"merged label {other} into {keep}", layer)
 
     def _bind_keys(self, layer) -> None:
+        """Shift+D deletes, Shift+M merges the object under the cursor. The keys reach
+        whichever Correct tab is open when pressed: bound to this one, they outlived it
+        when its dock was closed and opened again (an error instead of the edit)."""
         if layer is None or getattr(layer, "_deepcens_keys", False):
             return
-        layer.bind_key("Shift-D", self.delete_under_cursor, overwrite=True)
-        layer.bind_key("Shift-M", self.merge_under_cursor, overwrite=True)
+        layer.bind_key("Shift-D", _key_action("delete_under_cursor"), overwrite=True)
+        layer.bind_key("Shift-M", _key_action("merge_under_cursor"), overwrite=True)
         layer._deepcens_keys = True
 
     def link_planes(self) -> None:
@@ -298,19 +335,39 @@ class CorrectionWidget(Container):
         self._report(f"{self._status.value}; {count_tracks(moving)} tracks over 2+ planes")
 
     def update_boxes(self) -> None:
-        """Create or refresh the Shapes layer of rotated boxes from the current labels."""
+        """Create or refresh the Shapes layer of rotated boxes from the current labels.
+
+        Only a layer this tab made for these labels is replaced; one whose boxes the user
+        moved, drew or deleted is kept beside the new one as "(edited)". The new layer is
+        made before the old one goes, so a failure leaves the boxes there were."""
         try:
             layer = self._layer()
+            shapes, features = boxes_layer_data(np.asarray(layer.data))
+            name = f"{layer.name} boxes"
+            old = next((ly for ly in self._viewer.layers if ly in self._own_boxes
+                        and ly.metadata.get(BOXES_OF_KEY) == id(layer)), None)
+            new = self._viewer.add_shapes(
+                shapes or None, ndim=layer.ndim, shape_type="rectangle", name=name,
+                features=features, edge_color="yellow", face_color="transparent", edge_width=1,
+                scale=layer.scale, translate=layer.translate,
+                metadata={BOXES_OF_KEY: id(layer), EDITED_KEY: False})
         except DeepCeNSError as exc:
             self._fail(exc)
             return
-        shapes, features = boxes_layer_data(np.asarray(layer.data))
-        name = f"{layer.name} boxes"
-        if name in self._viewer.layers:  # boxes are derived data: replace them whole
-            self._viewer.layers.remove(name)
-        self._viewer.add_shapes(shapes, shape_type="rectangle", name=name, features=features,
-                                edge_color="yellow", face_color="transparent", edge_width=1,
-                                scale=layer.scale, translate=layer.translate)
+        except Exception as exc:
+            log.exception("rotated boxes failed")
+            self._fail(DeepCeNSError(f"rotated boxes failed ({type(exc).__name__}): {exc}"))
+            return
+        self._own_boxes.add(new)
+        new.events.data.connect(lambda _e, ly=new: ly.metadata.__setitem__(EDITED_KEY, True))
+        if old is not None:
+            self._own_boxes.discard(old)
+            if old.metadata.get(EDITED_KEY):
+                old.name = f"{name} (edited)"
+                show_info(f"your box edits were kept in the layer {old.name!r}")
+            else:
+                self._viewer.layers.remove(old)
+            new.name = name  # napari numbered it while the old layer held the name
         self._report(f"{len(shapes)} rotated boxes")
 
     # ------------------------------------------------------------------ export
@@ -445,9 +502,12 @@ class CorrectionWidget(Container):
             self._fail(DeepCeNSError(f"could not read the autosaved file {entry.path}: {exc}"))
             return None
         meta = entry.meta
+        axes = meta.get("axis_labels")
+        axes = tuple(axes) if isinstance(axes, list) and len(axes) == data.ndim else None
         layer = self._viewer.add_labels(
             data, name=f"{entry.layer} (autosaved {entry.when})",
             scale=meta.get("scale") or None, translate=meta.get("translate") or None,
+            **({"axis_labels": axes} if axes else {}),
             metadata={EDITED_KEY: False, PROVENANCE_KEY: dict(meta.get("provenance") or {}),
                       CLASS_KEY: (meta.get("provenance") or {}).get("class")})
         self._report(f"restored {layer.name!r} ({entry.n_objects} objects)")
