@@ -158,7 +158,7 @@ def test_widget_pairs_a_nuclear_layer_with_its_cytoplasm_layer(make_napari_viewe
     parts = cells_predictor.instances(raw).by_class()
     assert np.array_equal(cells.data, parts["cell"].labels), widget.status
     assert np.array_equal(nuclei.data, parts["nucleus"].labels)
-    assert "cell" in widget.status and "nucleus" in widget.status
+    assert " cells" in widget.status and " nuclei" in widget.status  # plurals, not "28 cell"
     # the sliders re-threshold the cached detections, without the network
     monkeypatch.setattr(widget._raw[id(nuclear)][0], "predict_iter",
                         lambda *a, **k: pytest.fail("a slider re-ran the network"))

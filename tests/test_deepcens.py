@@ -293,7 +293,7 @@ def test_widget_puts_each_class_in_its_own_labels_layer(make_napari_viewer, qtbo
     assert set(boxes.features["class"]) == {"cell", "nucleus"}
     n_cells = int((boxes.features["class"] == "cell").sum())
     assert n_cells == cells.data.max()
-    assert "cell" in widget.status and "nucleus" in widget.status
+    assert " cells" in widget.status and " nuclei" in widget.status  # plurals, not "28 cell"
     # selecting a nucleus box selects its label in the nucleus layer
     index = int(np.flatnonzero(boxes.features["class"] == "nucleus")[0])
     boxes.selected_data = {index}

@@ -69,3 +69,11 @@ def test_coco_map_counts_every_nucleus_of_a_crowded_field():
     missing = gt.copy()
     missing[missing > 120] = 0  # 30 of 150 nuclei missed: recall 0.8 at every IoU
     assert coco_map([gt], [missing])["mask_mAP"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_counts_are_said_in_english():
+    from napari_deepcens.wording import count_of, counts_of
+
+    assert counts_of({"nucleus": 28, "cell": 28}) == "28 nuclei, 28 cells"
+    assert count_of(1, "nucleus") == "1 nucleus" and count_of(0, "cell") == "0 cells"
+    assert count_of(3, "Nucleus") == "3 Nuclei" and count_of(2, "mitosis") == "2 mitoses"

@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import DeepCeNSError
+from .wording import count_of, counts_of
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _segment_here(args, predictor, overrides: dict, jobs: list, failures: list) 
             params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **overrides})
             seg = predictor.instances(raw, params)
             written = write_segmentation(args.output, stem, seg, overwrite=args.overwrite)
-            counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
+            counts = counts_of({n: int(p.labels.max()) for n, p in seg.by_class().items()})
             size = (f"diameter {raw.diameter:.1f} px{' estimated' if raw.estimated else ''}"
                     if raw.diameter else "object size not recognised: image as it is"
                     if raw.size_unrecognised else "image as it is")
@@ -196,9 +197,9 @@ def _segment_stack_here(args, predictor, overrides: dict, path: Path, stem: str,
     written = write_stack_segmentation(args.output, stem, result, stack.axes,
                                        overwrite=args.overwrite, link=link, objects=objects,
                                        link_gap=getattr(args, "link_gap", None))
-    counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+    counts = counts_of(result.counts())
     if link:  # the pieces of all planes, and the objects they form
-        counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
+        counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {count_of(n, 'object')}"
                            for c, n in objects.items())
     size = (f"diameter {result.diameter:.1f} px{' estimated' if result.estimated else ''}"
             if result.diameter else "object size not recognised: planes as they are"
@@ -260,7 +261,7 @@ def _segment_on_dask(args, predictor, overrides: dict, small: list, large: list,
                     params=overrides,
                     table=args.output / f"{stem}_objects.csv", overwrite=args.overwrite)
                 result = with_progress_bar(gen, path.name, "task")
-                counts = ", ".join(f"{n} {c}" for c, n in result.counts.items())
+                counts = counts_of(result.counts)
                 tqdm.write(f"{path.name}: {counts} in {result.seconds:.0f} s ({image.shape[0]}×"
                            f"{image.shape[1]}, chunks of {result.chunk} + {result.halo} px halo"
                            f"{', denoised' if result.denoised else ''}) -> {result.output}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import DeepCeNSError
 from ..io.images import IMAGE_SUFFIXES
+from ..wording import counts_of
 
 #: Images with more pixels than this go through the chunked path (64 MP: 8k × 8k).
 CHUNKED_ABOVE = 64_000_000
@@ -156,7 +157,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
             written = write_stack_segmentation(job.output, job.stem, result, stack.axes,
                                                overwrite=job.overwrite, link=job.link,
                                                objects=objects, link_gap=job.link_gap)
-            counts = ", ".join(f"{n} {c}" for c, n in result.counts().items())
+            counts = counts_of(result.counts())
             if job.link:
                 counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
                                    for c, n in objects.items())
@@ -168,7 +169,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
         params = PostprocessParams(**{**predictor.default_params(raw.scale).to_dict(), **dict(job.overrides)})
         seg = predictor.instances(raw, params)
         written = write_segmentation(job.output, job.stem, seg, overwrite=job.overwrite)
-        counts = ", ".join(f"{int(p.labels.max())} {n}" for n, p in seg.by_class().items())
+        counts = counts_of({n: int(p.labels.max()) for n, p in seg.by_class().items()})
         noisy = " (denoised)" if raw.meta.get("denoised") else ""
         return job.path, True, f"{name}: {counts}{noisy} -> {written[-1].parent}"
     except DeepCeNSError as exc:

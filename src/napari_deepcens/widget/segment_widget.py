@@ -40,6 +40,7 @@ from ..inference.denoise import CHOICES
 from ..io.images import nuclei_in_blue, pair_stains
 from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
+from ..wording import counts_of
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
@@ -677,7 +678,7 @@ class SegmentWidget(Container):
         parts = seg.by_class()
         if len(parts) == 1:
             return f"{int(seg.labels.max())} objects"
-        return ", ".join(f"{int(p.labels.max())} {name}" for name, p in parts.items())
+        return counts_of({name: int(p.labels.max()) for name, p in parts.items()})
 
     def _show_segmentation(self, image_layer, seg) -> None:
         """One Labels layer per class (just "<image> labels" for one-class models) and one
@@ -1013,7 +1014,7 @@ class SegmentWidget(Container):
         counts = result.counts()
         if len(counts) <= 1:
             return f"{sum(counts.values())} objects"
-        return ", ".join(f"{n} {c}" for c, n in counts.items())
+        return counts_of(counts)
 
     def _show_stack(self, image_layer, planes: dict, fresh: bool = False) -> None:
         """Write ``planes`` (index → Segmentation or ``None``) into the stack's Labels layers,
@@ -1180,7 +1181,7 @@ class SegmentWidget(Container):
                           "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)}))
         seconds = time.perf_counter() - self._started
         counts = (f"{sum(result.counts.values())} objects" if len(result.counts) == 1 else
-                  ", ".join(f"{n} {c}" for c, n in result.counts.items()))
+                  counts_of(result.counts))
         if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
         noisy = ", denoised first" if result.denoised else ""
