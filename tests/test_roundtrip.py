@@ -52,6 +52,12 @@ def test_round_trip(dock, qtbot, tmp_path, capsys):
     prov = (first / "provenance.json").read_text()
     assert '"model": "unet"' in prov and "weights_sha256" in prov
 
+    # the Fine-tune tab is pointed at the folder the corrections went to
+    assert dock.finetune._dataset.value == tmp_path / "ds"
+    dock.finetune._dataset.value = tmp_path / "other"            # the user's choice there stands
+    dock.correct._dataset.value = tmp_path / "ds2"
+    assert dock.finetune._dataset.value == tmp_path / "other"
+
     # the exported folder trains and evaluates with the CLI
     out = tmp_path / "tuned.safetensors"
     assert main(["train", str(tmp_path / "ds"), "-o", str(out), "--init",

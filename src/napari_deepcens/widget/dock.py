@@ -31,3 +31,14 @@ class DeepCeNSDock(QTabWidget):
             viewer.layers.events.removed.connect(widget.reset_choices)
         for widget in (self.segment, self.correct):
             widget.reset_choices()
+        # the folder corrections are exported to is the one to fine-tune on, unless the
+        # user chose another there
+        self.correct._dataset.changed.connect(self._follow_export_folder)
+
+    def _follow_export_folder(self, folder) -> None:
+        current = self.finetune._dataset.value
+        if current is None or str(current) in ("", ".") or current == self._followed:
+            self.finetune._dataset.value = folder
+            self._followed = folder
+
+    _followed = None
