@@ -663,3 +663,23 @@ def test_widget_chunks_the_channel_layer_it_is_given(make_napari_viewer, qtbot, 
 
     alone = Predictor.from_name("unet", device="cpu").segment(grey, diameter=widget._diameter.value)
     assert match_image(alone, labels).ap(0.5) > 0.8
+
+
+def test_a_plain_tiff_is_read_region_by_region(tmp_path):
+    """An uncompressed TIFF in one strip (what most tools write) is one zarr chunk, the whole
+    image: every chunk's task read the whole slide. It is memory-mapped instead."""
+    import tifffile
+
+    from napari_deepcens.scale.lazy import MEMMAP, open_lazy
+
+    data = np.random.default_rng(0).integers(0, 4000, (2600, 2200), dtype=np.uint16)
+    plain, packed = tmp_path / "plain.tif", tmp_path / "packed.tif"
+    tifffile.imwrite(plain, data)
+    tifffile.imwrite(packed, data, compression="zlib")
+    image = open_lazy(plain)
+    assert image.sources[0].level == MEMMAP
+    assert max(image.levels[0].chunksize) <= 2048
+    assert np.array_equal(image.sources[0].region(slice(100, 164), slice(1000, 1100)),
+                          data[100:164, 1000:1100])
+    assert np.array_equal(np.asarray(image.levels[0]), data)
+    assert open_lazy(packed).sources[0].level != MEMMAP  # compressed: read through zarr

@@ -16,6 +16,7 @@ Images are (H, W) grey or (H, W, C) colour, as everywhere else in the plugin; OM
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageError
+
+log = logging.getLogger(__name__)
 
 #: Suffixes read lazily (TIFF through tifffile's zarr store, OME-Zarr directories).
 LAZY_SUFFIXES = (".zarr", ".tif", ".tiff")
@@ -50,13 +53,25 @@ def _axes_order(multiscale: dict, ndim: int) -> list[str]:
     return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
 
 
+#: ``Source.level`` of an uncompressed, contiguous TIFF read through a memory map.
+MEMMAP = "<memmap>"
+#: Chunks of the Dask view of a memory-mapped TIFF (napari's display and the sampling).
+MEMMAP_CHUNK = 2048
+
+
 def _open_array(path: str, level: str):
-    """The zarr array of ``level`` inside ``path`` (a TIFF or a Zarr store), cached per process."""
+    """The zarr array of ``level`` inside ``path`` (a TIFF or a Zarr store), or a plain
+    TIFF's memory map (:data:`MEMMAP`), cached per process."""
     key = (path, level)
     with _OPEN_LOCK:
         if key not in _OPEN:
             import zarr
 
+            if level == MEMMAP:
+                import tifffile
+
+                _OPEN[key] = tifffile.memmap(path, mode="r")
+                return _OPEN[key]
             if path.lower().endswith((".tif", ".tiff")):
                 import tifffile
 
@@ -65,6 +80,23 @@ def _open_array(path: str, level: str):
                 node = zarr.open(path, mode="r")
             _OPEN[key] = node[level] if level else node
         return _OPEN[key]
+
+
+def _memmap(path: Path, shape: tuple[int, ...]):
+    """A memory map of a TIFF stored uncompressed in one piece (what most tools write when
+    not asked to tile or compress), else ``None``. Why: tifffile's zarr view of such a file
+    is one chunk, the whole image, so each region read loaded the whole slide."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            if tif.series[0].dataoffset is None:  # compressed, tiled or scattered strips
+                return None
+        mapped = tifffile.memmap(str(path), mode="r")
+    except Exception as exc:  # any doubt: the zarr view, as before
+        log.debug("%s: no memory map (%s)", path.name, exc)
+        return None
+    return mapped if tuple(mapped.shape) == tuple(shape) else None
 
 
 @dataclass(frozen=True)
@@ -165,7 +197,12 @@ def _yx_view(shape: tuple[int, ...], axes: list[str], name: str) -> tuple[tuple[
 def _dask_view(arr, axes: tuple[str, ...] | None, has_c: bool):
     import dask.array as da
 
-    d = da.from_zarr(arr)
+    if isinstance(arr, np.memmap):
+        chunks = tuple(min(n, MEMMAP_CHUNK) if k >= arr.ndim - 3 else 1
+                       for k, n in enumerate(arr.shape))
+        d = da.from_array(arr, chunks=chunks, asarray=False)
+    else:
+        d = da.from_zarr(arr)
     return d if axes is None else _reorder(d, axes, has_c)
 
 
@@ -239,6 +276,9 @@ def open_tiff(path: Path) -> LazyImage:
     for key in keys:
         arr = node[key] if key else node
         shape = tuple(arr.shape)
+        mapped = _memmap(path, shape) if not key and len(keys) == 1 else None
+        if mapped is not None:
+            arr, key = mapped, MEMMAP
         # channels first (a multichannel CYX file, planar RGB, tifffile's plain (C, H, W)):
         # viewed channels-last, as OME-Zarr (c, y, x)
         first = len(shape) == 3 and len(stored) == 3 and stored[0] in "CSQI" and stored[1:] == "YX"
