@@ -14,6 +14,8 @@ from napari_deepcens.evaluation.metrics import match_image, summarize
 from napari_deepcens.inference.stack import restack, segment_stack
 from napari_deepcens.io.images import read_stack
 
+from .conftest import logged
+
 
 def ap50(truth, pred) -> float:
     return summarize([match_image(truth, pred)])["AP@0.5"]
@@ -557,6 +559,15 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     ends = [set(np.unique(f)[1:]) for f in (bridged[0], bridged[2])]
     assert len(ends[0] & ends[1]) >= 0.8 * len(ends[0])              # 42 of 48
     assert not set(np.unique(broken[0])[1:]) & set(np.unique(broken[2])[1:])
+    # a plain stack names no axis: it may be a z-stack, where an empty slice separates two
+    # nuclei, so nothing is bridged unless asked, and the user is told
+    tifffile.imwrite(tmp_path / "plain.tif", np.concatenate([dark, dark[2:], dark[2:]]))  # 5: no colour
+    with logged("napari_deepcens") as told:
+        assert main(["segment", str(tmp_path / "plain.tif"), "-o", str(tmp_path / "f"),
+                     "--device", "cpu", "--link"]) == 0
+    plain = tifffile.imread(tmp_path / "f" / "plain_labels.tif")
+    assert not set(np.unique(plain[0])[1:]) & set(np.unique(plain[2])[1:])
+    assert any("not named time (T) or depth (Z)" in m for m in told), told
 
     viewer = make_napari_viewer()
     layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
@@ -578,6 +589,7 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     n = len(np.unique(pieces[0])) - 1
     correct.link_planes()
     assert len(np.unique(layer2.data)) - 1 == n
+    assert "stack axis has no name" in correct._status.value   # bridged as time: said so
     layer2.undo()
     correct._gap.value = 0
     correct.link_planes()
@@ -612,3 +624,27 @@ def test_deepcens_napari_opens_a_time_lapse_with_its_axes(make_napari_viewer, tm
     assert main(["napari", str(tmp_path / "movie.tif"), "--no-run"]) == 0
     layer = viewers[0].layers["movie"]
     assert layer.data.shape == stack.shape and tuple(layer.axis_labels) == ("t", "y", "x")
+
+
+def test_a_run_stopped_while_writing_tracks_is_redone(tmp_path, fluorescence, monkeypatch):
+    """The labels mark an image done (a rerun skips it): written before the tracks table, a
+    run stopped in between left a time-lapse whose tracks no rerun would ever write."""
+    import napari_deepcens.io.export as export
+
+    image, _ = fluorescence
+    grey = (image[..., 0] if image.ndim == 3 else image).astype(np.uint16) * 40 + 100
+    movie = np.stack([np.roll(grey, (t, 2 * t), axis=(0, 1)) for t in range(2)])
+    tifffile.imwrite(tmp_path / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    real = export.write_tracks
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "write_tracks", stopped)
+    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(out), "--device", "cpu",
+                 "--link"]) != 0  # Ctrl+C while the tracks were written
+    assert not (out / "movie_labels.tif").exists()
+    monkeypatch.setattr(export, "write_tracks", real)
+    assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(out), "--device", "cpu", "--link"]) == 0
+    assert (out / "movie_tracks.csv").is_file() and (out / "movie_labels.tif").is_file()

@@ -61,7 +61,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                         "before if it was missed there (see --link-gap)")
     p.add_argument("--link-gap", type=_COUNT, default=None, metavar="PLANES",
                    help="with --link: planes an object may be missed in and keep its label "
-                        "(gap closing; default 1 for tracks along T, 0 along Z)")
+                        "(gap closing; default 1 for tracks along T, 0 along Z or an "
+                        "unnamed axis)")
     p.add_argument("--channel", type=_COUNT, default=None,
                    help="multichannel TIFFs (ImageJ hyperstacks): the nuclear stain's channel, "
                         "from 0; also picks one colour of an RGB image")

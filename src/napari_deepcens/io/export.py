@@ -131,7 +131,10 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
     if link_gap is None:  # gap closing for tracks in time, not for 3-D objects along z
         from ..postprocess.link import LINK_GAP
 
-        link_gap = LINK_GAP if along != "z" else 0
+        link_gap = LINK_GAP if along == "t" else 0
+        if link and along not in ("t", "z"):  # a plain stack: time or depth, nobody said
+            log.warning("the stack axis is not named time (T) or depth (Z): planes linked "
+                        "without bridging missed ones (--link-gap 1 bridges one, for a time-lapse)")
     stacked = result.stacked(link=link, axis=axis, link_gap=link_gap)
     written = []
     multi = len(stacked) > 1
@@ -151,10 +154,11 @@ def write_stack_segmentation(folder: str | Path, stem: str, result, axes: str,
                                              *((name,) if multi else ())])
 
             written.append(atomic_write(folder / f"{prefix}_boxes.csv", write, overwrite))
-        written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))
         if link and along == "t":  # tracks: each nucleus's centroid and area, frame by frame
             written.append(write_tracks(folder / f"{prefix}_tracks.csv", labels, axis,
                                         names, overwrite))
+        # the labels last: a rerun skips an image whose labels exist, so they mark it done
+        written.append(write_labels(folder / f"{prefix}_labels.tif", labels, overwrite, axes=axes))
         if overwrite:
             remove_stale(folder, prefix, written)
         if objects is not None:

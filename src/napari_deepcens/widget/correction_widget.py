@@ -310,8 +310,12 @@ class CorrectionWidget(Container):
             self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
                                      f"{after} objects"))
             return
+        unnamed = "" if along in ("T", "Z") or not gap else (
+            f"; the stack axis has no name, so it was taken as time and gaps of {gap} bridged: "
+            "for a z-stack set 'bridge gaps' to 0, Ctrl+Z and link again")
         if not self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
-                          f"planes linked: {before} pieces → {after} objects ({{n}} pixels changed)"):
+                          f"planes linked: {before} pieces → {after} objects ({{n}} pixels "
+                          f"changed){unnamed}"):
             return
         if axis == 0 and along != "Z":  # a time-lapse: show each nucleus's track
             self._show_tracks(layer, linked)
