@@ -601,7 +601,8 @@ def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosai
     root = zarr.open_group(str(tmp_path / "cyx.zarr"), mode="w", zarr_format=2)
     root.create_array("0", shape=stains.shape, dtype=stains.dtype, chunks=(1, 64, 64))[:] = stains
     space = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
-    scale = [{"type": "scale", "scale": [1.0, 0.325, 0.325]}]
+    scale = [{"type": "scale", "scale": [1.0, 0.325, 0.325]},
+             {"type": "translation", "translation": [0.0, 1000.0, 2000.0]}]  # the stage position
     root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"}, *space],
                                   "datasets": [{"path": "0", "coordinateTransformations": scale}]}]
     tifffile.imwrite(tmp_path / "grey.tif", grey)
@@ -631,6 +632,13 @@ def test_multichannel_files_run_chunked_on_the_channel_asked_for(tmp_path, mosai
     ms = store["labels/nucleus"].attrs["multiscales"][0]
     assert ms["axes"][0]["unit"] == "micrometer"
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [0.65, 0.65]
+    # and its position: every level starts where level 0 does (levels take every other pixel)
+    for ds in ms["datasets"]:
+        assert ds["coordinateTransformations"][1]["translation"] == [1000.0, 2000.0]
+    assert image_layer[1]["translate"] == labels_layer[1]["translate"] == (1000.0, 2000.0)
+    level1 = np.asarray(read_ome_labels(tmp_path / "cyx_zarr" / "cyx.zarr")["nucleus"][1])
+    level0 = np.asarray(read_ome_labels(tmp_path / "cyx_zarr" / "cyx.zarr")["nucleus"][0])
+    assert np.array_equal(level1, level0[::2, ::2])
 
 
 def test_widget_chunks_the_channel_layer_it_is_given(make_napari_viewer, qtbot, mosaic, tmp_path,

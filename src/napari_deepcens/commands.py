@@ -545,7 +545,8 @@ def run_napari(args: argparse.Namespace) -> int:
         check_colour(lazy)  # separate stains: one must be chosen
         data = lazy.levels if lazy.multiscale else lazy.levels[0]
         kwargs = {"name": args.image.stem, "rgb": lazy.rgb, "multiscale": lazy.multiscale,
-                  "scale": lazy.pixel_size}  # the file's pixel size: the labels follow it
+                  "scale": lazy.pixel_size,  # the file's pixel size: the labels follow it
+                  "translate": lazy.origin}
     else:  # a time-lapse or z-stack opens as one layer whose axes napari names (t, z, …)
         stack = read_stack(args.image, getattr(args, "channel", None))
         data = stack.data if stack.leading else validate_image(stack.data)

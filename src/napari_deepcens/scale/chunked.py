@@ -776,7 +776,7 @@ def segment_chunked_iter(
     done = 0
     try:
         create_store(tmp, image.shape, image.levels[0].dtype, classes, chunk, image.name,
-                     image.pixel_size, image.unit)
+                     image.pixel_size, image.unit, image.origin)
         import zarr
 
         ny, nx = plan.grid

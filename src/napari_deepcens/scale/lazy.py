@@ -150,6 +150,9 @@ class LazyImage:
     #: output store repeats them, so its labels overlay the input in napari
     pixel_size: tuple[float, float] = (1.0, 1.0)
     unit: str | None = None
+    #: (y, x) position of the first pixel (OME-Zarr translation, the stage position), in
+    #: the same unit: the output repeats it, or its labels sit elsewhere in other viewers
+    origin: tuple[float, float] = (0.0, 0.0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -194,13 +197,25 @@ def _yx_view(shape: tuple[int, ...], axes: list[str], name: str) -> tuple[tuple[
     return view, has_c
 
 
+class _Mapped:
+    """A memory-mapped TIFF as Dask sees it: opened by path wherever a chunk is read, so a
+    task graph carries the file name, not the mapped pixels (a memmap pickles whole)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.shape, self.dtype, self.ndim = path, tuple(shape), np.dtype(dtype), len(shape)
+
+    def __getitem__(self, key):
+        return np.asarray(_open_array(self.path, MEMMAP)[key])
+
+
 def _dask_view(arr, axes: tuple[str, ...] | None, has_c: bool):
     import dask.array as da
 
     if isinstance(arr, np.memmap):
-        chunks = tuple(min(n, MEMMAP_CHUNK) if k >= arr.ndim - 3 else 1
-                       for k, n in enumerate(arr.shape))
-        d = da.from_array(arr, chunks=chunks, asarray=False)
+        chunks = tuple(min(n, MEMMAP_CHUNK) for n in arr.shape)
+        mapped = _Mapped(arr.filename, arr.shape, arr.dtype)
+        d = da.from_array(mapped, chunks=chunks, meta=np.empty((0,) * arr.ndim, arr.dtype),
+                          name=f"tiff-memmap-{arr.filename}-{arr.shape}-{arr.dtype}")
     else:
         d = da.from_zarr(arr)
     return d if axes is None else _reorder(d, axes, has_c)
@@ -223,7 +238,7 @@ def open_zarr(path: Path) -> LazyImage:
     if not multiscales:
         raise ImageError(f"cannot read {name}: a Zarr group without OME-Zarr 'multiscales' metadata")
     ms = multiscales[0]
-    pixel_size, unit = _pixel_size(ms)
+    pixel_size, unit, origin = _pixel_size(ms)
     levels, sources = [], []
     for ds in ms["datasets"]:
         arr = node[ds["path"]]
@@ -233,26 +248,30 @@ def open_zarr(path: Path) -> LazyImage:
         _check(view, arr.dtype, name, channels=True)
         sources.append(Source(str(path), ds["path"], view, None if plain else tuple(axes)))
         levels.append(_dask_view(arr, None if plain else tuple(axes), has_c))
-    return LazyImage(levels, sources, path.stem, path, pixel_size, unit)
+    return LazyImage(levels, sources, path.stem, path, pixel_size, unit, origin)
 
 
-def _pixel_size(ms: dict) -> tuple[tuple[float, float], str | None]:
-    """The (y, x) pixel size of level 0 and the space unit of an OME-Zarr multiscale (its
-    first dataset's scale, times the multiscale's own scale if it has one)."""
+def _pixel_size(ms: dict) -> tuple[tuple[float, float], str | None, tuple[float, float]]:
+    """The (y, x) pixel size of level 0, the space unit and the (y, x) position of the first
+    pixel of an OME-Zarr multiscale: its first dataset's transforms, then the multiscale's
+    own, applied in order."""
     axes = _axes_order(ms, len(ms.get("axes") or []) or 2)
-    size = np.ones(len(axes))
+    size, shift = np.ones(len(axes)), np.zeros(len(axes))
     for transforms in (ms["datasets"][0].get("coordinateTransformations", []),
                        ms.get("coordinateTransformations", [])):
         for t in transforms:
             if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
-                size = size * np.asarray(t["scale"], float)
+                size, shift = size * np.asarray(t["scale"], float), shift * np.asarray(t["scale"], float)
+            elif t.get("type") == "translation" and len(t.get("translation", [])) == len(axes):
+                shift = shift + np.asarray(t["translation"], float)
     units = {a["name"]: a.get("unit") for a in ms.get("axes") or [] if isinstance(a, dict)}
     if "y" not in axes or "x" not in axes:  # refused with its reason by _yx_view
-        return (1.0, 1.0), None
+        return (1.0, 1.0), None, (0.0, 0.0)
     y, x = axes.index("y"), axes.index("x")
+    origin = (float(shift[y]), float(shift[x])) if np.isfinite(shift[[y, x]]).all() else (0.0, 0.0)
     if not (size[y] > 0 and size[x] > 0):
-        return (1.0, 1.0), None
-    return (float(size[y]), float(size[x])), units.get("y") or units.get("x")
+        return (1.0, 1.0), None, origin
+    return (float(size[y]), float(size[x])), units.get("y") or units.get("x"), origin
 
 
 def open_tiff(path: Path) -> LazyImage:
@@ -337,9 +356,8 @@ def select_channel(image: LazyImage, channel: int) -> LazyImage:
     if not 0 <= channel < image.shape[-1]:
         raise ImageError(f"{image.name} has {image.shape[-1]} channels (0–{image.shape[-1] - 1}): "
                          f"there is no channel {channel}")
-    return LazyImage([lvl[..., channel] for lvl in image.levels],
-                     [replace(src, channel=channel) for src in image.sources], image.name,
-                     image.path, image.pixel_size, image.unit)
+    return replace(image, levels=[lvl[..., channel] for lvl in image.levels],
+                   sources=[replace(src, channel=channel) for src in image.sources])
 
 
 def read_ome_labels(path: str | Path) -> dict[str, list]:
@@ -372,6 +390,8 @@ def read_for_napari(path) -> list[tuple]:
     path = Path(path)
     image = open_zarr(path)
     scale = {"scale": image.pixel_size} if image.pixel_size != (1.0, 1.0) else {}
+    if image.origin != (0.0, 0.0):
+        scale["translate"] = image.origin
     colour = image.rgb and image.shape[-1] in (3, 4)
     stains = {"channel_axis": -1} if image.rgb and not colour else {"rgb": colour}  # a layer each
     layers: list[tuple] = [(image.levels if image.multiscale else image.levels[0],

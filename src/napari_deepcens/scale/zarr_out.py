@@ -34,12 +34,15 @@ def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
 
 
 def _multiscales(name: str, axes: list[dict], n_levels: int,
-                 pixel_size: tuple[float, float] = (1.0, 1.0)) -> list[dict]:
+                 pixel_size: tuple[float, float] = (1.0, 1.0),
+                 origin: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
+    """Coarser levels take every other pixel (:func:`downsample_chunk`): their pixel
+    ``j`` is level 0's pixel ``2^l·j``, so every level starts where level 0 does."""
     ndim = len(axes)
     datasets = []
     for level in range(n_levels):
         scale = [1.0] * (ndim - 2) + [float(2**level) * p for p in pixel_size]
-        translate = [0.0] * (ndim - 2) + [(2**level - 1) / 2.0 * p for p in pixel_size]
+        translate = [0.0] * (ndim - 2) + [float(o) for o in origin]
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": scale}, {"type": "translation", "translation": translate}]})
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets,
@@ -48,9 +51,9 @@ def _multiscales(name: str, axes: list[dict], n_levels: int,
 
 def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[str], chunk: int,
                  name: str = "image", pixel_size: tuple[float, float] = (1.0, 1.0),
-                 unit: str | None = None) -> None:
+                 unit: str | None = None, origin: tuple[float, float] = (0.0, 0.0)) -> None:
     """Create the empty OME-Zarr image (image pyramid + one label pyramid per class), with
-    the input's pixel size and unit (so the labels overlay it)."""
+    the input's pixel size, unit and position (so the labels overlay it)."""
     import zarr
 
     path = Path(path)
@@ -64,7 +67,7 @@ def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[st
         chunks = (shape[2], chunk, chunk) if rgb else (chunk, chunk)
         root.create_array(str(i), shape=full, chunks=chunks, dtype=dtype, fill_value=0)
     axes = ([{"name": "c", "type": "channel"}] if rgb else []) + space
-    multiscales = _multiscales(name, axes, len(levels), pixel_size)
+    multiscales = _multiscales(name, axes, len(levels), pixel_size, origin)
     multiscales[0].pop("type")
     root.attrs["multiscales"] = multiscales
     labels = root.create_group("labels")
@@ -75,7 +78,7 @@ def create_store(path: Path, shape: tuple[int, ...], dtype, classes: Iterable[st
         for i, (h, w) in enumerate(levels):
             group.create_array(str(i), shape=(h, w), chunks=(chunk, chunk), dtype=np.int32,
                                fill_value=0)
-        group.attrs["multiscales"] = _multiscales(cls, space, len(levels), pixel_size)
+        group.attrs["multiscales"] = _multiscales(cls, space, len(levels), pixel_size, origin)
         group.attrs["image-label"] = {"version": NGFF_VERSION, "source": {"image": "../../"}}
 
 

@@ -1134,6 +1134,8 @@ class SegmentWidget(Container):
                 image = from_array(list(layer.data) if layer.multiscale else layer.data, layer.name)
             if image.pixel_size == (1.0, 1.0):  # the store keeps the pixel size napari shows
                 image.pixel_size = tuple(float(v) for v in layer.scale[-2:])
+            if image.origin == (0.0, 0.0):  # and where napari shows the image
+                image.origin = tuple(float(v) for v in layer.translate[-2:])
         except DeepCeNSError as exc:
             self._error(exc)
             return
