@@ -235,3 +235,24 @@ def test_two_unnamed_planes_are_the_channels_asked_for_and_large_pngs_are_read(t
         read_stack(tmp_path / "tz.tif", channel=1)
     Image.new("L", (14000, 13000), 9).save(tmp_path / "huge.png")      # 182 MP, 180 kB
     assert read_image(tmp_path / "huge.png").shape == (13000, 14000)
+
+
+def test_two_samples_per_pixel_are_two_stains_unless_the_file_says_alpha(tmp_path):
+    """A (H, W, 2) TIFF whose second sample is not alpha holds two stains: it was read as grey
+    + alpha, the second stain silently dropped and --channel refused ("has one channel")."""
+    from napari_deepcens.io.images import read_stack
+
+    rng = np.random.default_rng(0)
+    first, second = (rng.integers(0, 255, (40, 50), dtype=np.uint8) for _ in range(2))
+    both = np.dstack([first, second])
+    tifffile.imwrite(tmp_path / "stains.tif", both, photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ImageError, match="has 2 channels"):
+        read_stack(tmp_path / "stains.tif")
+    assert np.array_equal(read_stack(tmp_path / "stains.tif", channel=1).data, second)
+    tifffile.imwrite(tmp_path / "alpha.tif", both, photometric="minisblack", planarconfig="contig",
+                     extrasamples=["unassalpha"])
+    assert np.array_equal(read_stack(tmp_path / "alpha.tif").data, first)
+    # the same (H, W, 2) written as pages of 50x2 pixels: said, not "too small"
+    tifffile.imwrite(tmp_path / "pages.tif", both)
+    with pytest.raises(ImageError, match=r"looks like a \(height, width, channels\) image"):
+        read_stack(tmp_path / "pages.tif")

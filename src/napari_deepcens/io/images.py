@@ -123,6 +123,7 @@ def read_stack(path: str | Path, channel: int | None = None,
     """
     path = Path(path)
     axes = None
+    alpha = True  # a second sample is alpha unless the file says otherwise (PNG "LA")
     if path.suffix.lower() in (".tif", ".tiff") and path.is_file():
         import tifffile
 
@@ -130,6 +131,8 @@ def read_stack(path: str | Path, channel: int | None = None,
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 data, axes = series.asarray(), series.axes.upper()
+                # ExtraSamples 1/2: (un)associated alpha; 0 or none: a sample of its own
+                alpha = any(int(v) in (1, 2) for v in (tif.pages[0].extrasamples or ()))
                 if axes.startswith("S") and data.dtype != np.uint8:
                     # tifffile.imwrite((3, H, W) uint16) stores planar RGB: it may be 3 planes
                     log.warning("%s is stored as a %d-channel colour image (%s, channels "
@@ -157,14 +160,21 @@ def read_stack(path: str | Path, channel: int | None = None,
         data = np.moveaxis(data, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
     if "S" in axes and data.shape[-1] not in (3, 4) and cyto_channel is None:
-        # two samples (grey + alpha): keep grey; with --cyto-channel they are two stains
-        data, axes = data[..., 0], axes[:-1]
+        if alpha:  # grey + alpha: keep grey (with --cyto-channel the samples are two stains)
+            data, axes = data[..., 0], axes[:-1]
+        else:  # two stains stored as the samples of each pixel: channels, one to be chosen
+            axes = axes[:-1] + "C"
     keep = [i for i, n in enumerate(data.shape) if n > 1 or axes[i] in "YX"]
     data = data.reshape(tuple(data.shape[i] for i in keep))
     axes = "".join(axes[i] for i in keep)
     if "Y" not in axes or "X" not in axes or axes.index("X") != axes.index("Y") + 1:
         raise ImageError(f"{path.name}: axes {axes} with shape {data.shape}: expected the image "
                          "plane (Y, X) as the last axes")
+    plane = data.shape[axes.index("Y"):axes.index("X") + 1]
+    if axes[:1] in ("Q", "I") and min(plane) <= 4 < data.shape[0]:
+        raise ImageError(f"{path.name}: {data.shape[0]} planes of {plane[0]}×{plane[1]} pixels: "
+                         "this looks like a (height, width, channels) image saved as pages; "
+                         "save it with its axes (an ImageJ hyperstack, or OME-TIFF with axes YXC)")
     if cyto_channel is not None:
         return two_stains(data, axes, 0 if channel is None else channel, cyto_channel, path.name)
     if channel is not None:
