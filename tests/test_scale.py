@@ -691,3 +691,16 @@ def test_a_plain_tiff_is_read_region_by_region(tmp_path):
                           data[100:164, 1000:1100])
     assert np.array_equal(np.asarray(image.levels[0]), data)
     assert open_lazy(packed).sources[0].level != MEMMAP  # compressed: read through zarr
+
+
+def test_a_damaged_file_on_the_chunked_path_is_said_so(tmp_path, capsys):
+    """A half-copied TIFF (large files take the chunked path) read as 'unexpected error
+    (TiffFileError)', as if it were a bug; in memory the same file was 'damaged'."""
+    data = np.random.default_rng(0).integers(0, 4000, (192, 192), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "whole.tif", data)
+    raw = (tmp_path / "whole.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[: len(raw) // 2])
+    assert main(["segment", str(tmp_path / "cut.tif"), "-o", str(tmp_path / "out"),
+                 "--chunked-above", "0", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "the file is damaged" in err and "unexpected" not in err

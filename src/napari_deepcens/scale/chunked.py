@@ -219,14 +219,20 @@ def _sample(image: LazyImage, coarse: bool = True) -> tuple[np.ndarray, np.ndarr
 def global_normalisation(image: LazyImage, channels: int = 1, invert: bool | None = None) -> Normalisation:
     """Percentiles (and whether objects are dark) for the whole image, from one sample."""
     try:
-        values, grid, rows = _sample(image)
-        return _normalisation(values, grid, channels, invert, rows)
+        try:
+            values, grid, rows = _sample(image)
+            return _normalisation(values, grid, channels, invert, rows)
+        except ImageError:
+            if not image.multiscale:
+                raise
+            log.warning("%s: the coarse pyramid levels look empty; sampling level 0", image.name)
+            values, grid, rows = _sample(image, coarse=False)
+            return _normalisation(values, grid, channels, invert, rows)
     except ImageError:
-        if not image.multiscale:
-            raise
-        log.warning("%s: the coarse pyramid levels look empty; sampling level 0", image.name)
-        values, grid, rows = _sample(image, coarse=False)
-        return _normalisation(values, grid, channels, invert, rows)
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # the sample hit a half-copied file
+        raise ImageError(f"cannot read {image.name}: the file is damaged "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def _noise_floor(lo: float, hi: float, rows: np.ndarray) -> float:

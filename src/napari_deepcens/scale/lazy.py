@@ -122,9 +122,14 @@ class Source:
             # a Dask-backed layer: computed here, not through the cluster running this task
             data = np.asarray(data.compute(scheduler="sync") if hasattr(data, "compute") else data)
         else:
-            arr = _open_array(self.path, self.level)
-            data = np.asarray(arr[ys, xs] if self.axes is None
-                              else _reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+            try:
+                arr = _open_array(self.path, self.level)
+                data = np.asarray(arr[ys, xs] if self.axes is None
+                                  else _reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+            except (OSError, ValueError, KeyError) as exc:  # a half-copied file, a lost chunk
+                raise ImageError(f"cannot read {Path(self.path).name} at rows {ys.start}–{ys.stop}, "
+                                 f"columns {xs.start}–{xs.stop}: the file is damaged there "
+                                 f"({type(exc).__name__}: {exc})") from exc
         return data if self.channel is None else np.ascontiguousarray(data[..., self.channel])
 
 
