@@ -156,6 +156,13 @@ def test_centerunet_writes_boxes_csv_and_evaluate_reports_box_ap(tmp_path, capsy
         assert main(["evaluate", str(DSB_VAL), str(out)]) == 0
     assert "box_AP@0.5" not in capsys.readouterr().out.splitlines()[0]
     assert len(said) == 1 and "its boxes and scores are left out" in said[0]
+    # a table edited by hand into nonsense, or damaged: left out the same way, not "a bug"
+    for damaged in (b"label,score,cx,cy,width,height,angle_deg\n1,x,1,1,1,1,0\n",
+                    b"\xff\xfe\x00garbage"):
+        (out / box_files[0].name).write_bytes(damaged)
+        with logged("napari_deepcens.evaluation.evaluate") as said:
+            assert main(["evaluate", str(DSB_VAL), str(out)]) == 0
+        assert len(said) == 1 and "cannot be read" in said[0], said
 
 
 def test_tune_reports_what_segment_then_evaluate_will_measure(tmp_path, capsys):

@@ -230,6 +230,9 @@ def test_two_unnamed_planes_are_the_channels_asked_for_and_large_pngs_are_read(t
     tifffile.imwrite(tmp_path / "two.tif", planes)
     stack = read_stack(tmp_path / "two.tif", channel=1)
     assert stack.axes == "YX" and np.array_equal(stack.data, planes[1])
+    # without --channel it is asked for, as on the chunked path (it was a 2-plane stack here)
+    with pytest.raises(ImageError, match=r"2 unnamed planes .* --channel \(0 or 1\)"):
+        read_stack(tmp_path / "two.tif")
     tifffile.imwrite(tmp_path / "tz.tif", np.zeros((2, 5, 40, 48), np.uint16))   # QQYX
     with pytest.raises(ImageError, match="do not say which axis holds the channels"):
         read_stack(tmp_path / "tz.tif", channel=1)

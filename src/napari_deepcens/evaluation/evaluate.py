@@ -99,8 +99,14 @@ def _boxes_of(box_file: Path, pred: np.ndarray) -> np.ndarray | None:
     one per label); ``None``, with a warning, for a table left by another run (e.g. another
     model's boxes beside labels re-made with ``--overwrite``): its scores would be paired
     with the wrong objects."""
-    rows = _rows(box_file)
-    labels = [int(float(r["label"])) for r in rows if r.get("label") not in (None, "")]
+    try:
+        rows = _rows(box_file)
+        labels = [int(float(r["label"])) for r in rows if r.get("label") not in (None, "")]
+        table = _table(rows)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:  # edited by hand, damaged
+        log.warning("%s cannot be read (%s: %s): its boxes and scores are left out",
+                    box_file.name, type(exc).__name__, exc)
+        return None
     present = np.unique(pred)
     present = present[present > 0]
     expected = np.arange(1, len(labels) + 1)
@@ -109,7 +115,7 @@ def _boxes_of(box_file: Path, pred: np.ndarray) -> np.ndarray | None:
                     "scores are left out", box_file.name, box_file.name.replace("_boxes.csv", "_labels.tif"),
                     len(labels), present.size)
         return None
-    return _table(rows)
+    return table
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

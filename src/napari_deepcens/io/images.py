@@ -192,6 +192,12 @@ def read_stack(path: str | Path, channel: int | None = None,
                              f"0 to {data.shape[where] - 1}, got {channel}")
         data = np.take(data, channel, axis=where)
         axes = axes[:where] + axes[where + 1:]
+    elif axes in ("QYX", "IYX") and data.shape[0] == 2:
+        # tifffile's plain (2, H, W): two stains more often than a 2-plane stack; the chunked
+        # path (scale/lazy.py) reads it as channels, and both paths must agree
+        raise ImageError(f"{path.name} holds 2 unnamed planes (shape {data.shape}): two stains? "
+                         "choose the nuclear one with --channel (0 or 1); a 2-plane stack: save "
+                         "it with its axes (ImageJ hyperstack, ZYX or TYX)")
     elif "C" in axes:
         raise ImageError(f"{path.name} has {data.shape[axes.index('C')]} channels (axes {axes}, "
                          f"shape {data.shape}): choose the nuclear stain with --channel "
