@@ -79,6 +79,9 @@ def test_evaluate_refuses_missing_predictions(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", str(DSB_VAL), str(tmp_path / "empty")]) == 2
     assert "no prediction" in capsys.readouterr().err
+    # the dataset given twice: its own labels would score a perfect, meaningless 1.000
+    assert main(["evaluate", str(DSB_VAL), str(DSB_VAL)]) == 2
+    assert "are its ground truth" in capsys.readouterr().err
 
 
 def test_train_then_finetune_with_init(tmp_path, capsys):

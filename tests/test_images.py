@@ -67,6 +67,9 @@ def test_bad_images_get_clear_messages(image, match):
 def test_unreadable_files(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         read_image(tmp_path / "missing.png")
+    (tmp_path / "folder.png").mkdir()  # a folder is not "not found"
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        read_image(tmp_path / "folder.png")
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00 not really a tiff")
     with pytest.raises(ImageError, match=r"cannot read broken\.tif"):

@@ -48,6 +48,10 @@ def evaluate_folder(gt_dir: str | Path, pred_dir: str | Path,
     for sample in samples:
         for cls, gt_path in sample.classes.items():
             pred_path = find_prediction(pred_dir, sample.id, cls if multi else None)
+            if pred_path is not None and pred_path.resolve() == Path(gt_path).resolve():
+                raise DeepCeNSError(f"the predictions for {sample.id} are its ground truth "
+                                    f"({pred_path}): give the folder `deepcens segment` wrote "
+                                    "as the second folder")
             if pred_path is None:
                 missing.append(f"{sample.id}_{cls}" if multi else sample.id)
                 continue

@@ -52,6 +52,9 @@ def read_image(path: str | Path) -> np.ndarray:
     Raises :class:`ImageError` naming the file when it is missing or cannot be decoded.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file: give one image (`deepcens "
+                         "segment` takes whole folders)")
     if not path.is_file():
         raise ImageError(f"image file not found: {path}")
     try:
