@@ -22,7 +22,7 @@ from napari_deepcens.scale.chunked import ModelSpec, segment_chunked
 from napari_deepcens.scale.lazy import from_array, open_lazy, read_for_napari, read_ome_labels
 from napari_deepcens.scale.zarr_out import TABLE_COLUMNS, create_store
 
-from .conftest import DSB_VAL
+from .conftest import DSB_VAL, logged
 
 distributed = pytest.importorskip("distributed")
 
@@ -532,8 +532,15 @@ def test_folders_give_their_images_whatever_the_names_and_links(tmp_path):
         tifffile.imwrite(path, tile)
     os.symlink(elsewhere, data / "s1")                    # a sample folder linked in
     os.symlink(data, data / "loop")                       # and a loop
-    found = [p.relative_to(data).as_posix() for p in expand_inputs([data])]
+    with logged("napari_deepcens") as said:
+        found = [p.relative_to(data).as_posix() for p in expand_inputs([data])]
     assert found == ["2021.05.03_well1.tif", "s1/image.tif", "x.ome.tif"]
+    assert not said  # every _labels file has its image beside it: outputs, nothing to say
+    tifffile.imwrite(data / "DAPI_labels.tif", tile)    # the user's own image, so named
+    with logged("napari_deepcens") as said:
+        assert len(expand_inputs([data])) == 3
+    assert len(said) == 1 and "left out 1 file(s) named like label images" in said[0]
+    assert "DAPI_labels.tif" in said[0]
 
 
 def test_outputs_beside_the_inputs_resume_and_never_replace_them(tmp_path, mosaic, capsys):

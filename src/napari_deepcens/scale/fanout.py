@@ -10,6 +10,7 @@ is reported and the run goes on.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from ..errors import DeepCeNSError
 from ..io.images import IMAGE_SUFFIXES
 from ..wording import counts_of
+
+log = logging.getLogger(__name__)
 
 #: Images with more pixels than this go through the chunked path (64 MP: 8k × 8k).
 CHUNKED_ABOVE = 64_000_000
@@ -84,10 +87,12 @@ def expand_inputs(items: Iterable[Path], outputs: Path | None = None) -> list[Pa
     for item in items:
         item = Path(item)
         if item.is_dir() and not is_zarr(item):
-            hits = [p for p in _tree(item) if wanted(p, item)]
+            tree = _tree(item)
+            hits = [p for p in tree if wanted(p, item)]
             if not hits:
                 raise DeepCeNSError(f"no images in folder {item}")
             found.extend(hits)
+            _say_left_out(tree, skip)
         elif not item.exists() and any(ch in str(item) for ch in "*?["):
             hits = [p for p in map(Path, sorted(glob.glob(str(item), recursive=True)))
                     if wanted(p, p.parent)]
@@ -100,6 +105,20 @@ def expand_inputs(items: Iterable[Path], outputs: Path | None = None) -> list[Pa
     for p in found:
         unique.setdefault(p, None)
     return list(unique)
+
+
+def _say_left_out(tree: list[Path], outputs: Path | None) -> None:
+    """Images named ``<name>_labels.*`` are left out of a folder as label images; one
+    without its ``<name>.*`` beside it may be the user's own image (``DAPI_labels.tif``): say
+    so, rather than leave it out unseen."""
+    stems = {(p.parent, _stem(p)) for p in tree if p.suffix.lower() in IMAGE_SUFFIXES}
+    alone = [p for p in tree if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+             and _stem(p).endswith("_labels") and (p.parent, _stem(p)[: -len("_labels")]) not in stems
+             and not (outputs is not None and p.resolve().is_relative_to(outputs))]
+    if alone:
+        names = ", ".join(p.name for p in alone[:3]) + (", …" if len(alone) > 3 else "")
+        log.warning("left out %d file(s) named like label images, with no image of their name "
+                    "beside them (%s): give such a file by name to segment it", len(alone), names)
 
 
 def needs_chunks(path: Path, above: int = CHUNKED_ABOVE) -> bool:
