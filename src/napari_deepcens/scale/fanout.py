@@ -111,9 +111,13 @@ def _say_left_out(tree: list[Path], outputs: Path | None) -> None:
     """Images named ``<name>_labels.*`` are left out of a folder as label images; one
     without its ``<name>.*`` beside it may be the user's own image (``DAPI_labels.tif``): say
     so, rather than leave it out unseen."""
-    stems = {(p.parent, _stem(p)) for p in tree if p.suffix.lower() in IMAGE_SUFFIXES}
+    def base(stem: str) -> str:
+        return stem[: -len(".ome")] if stem.endswith(".ome") else stem
+
+    stems = {(p.parent, base(_stem(p))) for p in tree if p.suffix.lower() in IMAGE_SUFFIXES}
     alone = [p for p in tree if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-             and _stem(p).endswith("_labels") and (p.parent, _stem(p)[: -len("_labels")]) not in stems
+             and _stem(p).endswith("_labels")
+             and (p.parent, base(_stem(p)[: -len("_labels")])) not in stems
              and not (outputs is not None and p.resolve().is_relative_to(outputs))]
     if alone:
         names = ", ".join(p.name for p in alone[:3]) + (", …" if len(alone) > 3 else "")
