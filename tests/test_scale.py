@@ -685,19 +685,30 @@ def test_a_plain_tiff_is_read_region_by_region(tmp_path):
     image: every chunk's task read the whole slide. It is memory-mapped instead."""
     import tifffile
 
-    from napari_deepcens.scale.lazy import MEMMAP, open_lazy
+    from napari_deepcens.scale.lazy import PLAIN, open_lazy
 
     data = np.random.default_rng(0).integers(0, 4000, (2600, 2200), dtype=np.uint16)
     plain, packed = tmp_path / "plain.tif", tmp_path / "packed.tif"
     tifffile.imwrite(plain, data)
     tifffile.imwrite(packed, data, compression="zlib")
     image = open_lazy(plain)
-    assert image.sources[0].level == MEMMAP
+    assert image.sources[0].level == PLAIN
     assert max(image.levels[0].chunksize) <= 2048
     assert np.array_equal(image.sources[0].region(slice(100, 164), slice(1000, 1100)),
                           data[100:164, 1000:1100])
     assert np.array_equal(np.asarray(image.levels[0]), data)
-    assert open_lazy(packed).sources[0].level != MEMMAP  # compressed: read through zarr
+    assert open_lazy(packed).sources[0].level != PLAIN  # compressed: read through zarr
+    # Fiji writes big-endian: read in the machine's byte order (torch refuses the other)
+    tifffile.imwrite(tmp_path / "fiji.tif", data, byteorder=">")
+    fiji = open_lazy(tmp_path / "fiji.tif").sources[0]
+    region = fiji.region(slice(7, 70), slice(5, 50))
+    assert region.dtype.isnative and np.array_equal(region, data[7:70, 5:50])
+    # a file cut while open (a save over it, an acquisition still writing) is an error to
+    # report, not a crash: a memory map of it killed the process (SIGBUS)
+    with open(tmp_path / "plain.tif", "r+b") as fh:
+        fh.truncate(4096)
+    with pytest.raises(ImageError, match="shorter than its header says"):
+        image.sources[0].region(slice(2000, 2064), slice(0, 64))
 
 
 def test_a_damaged_file_on_the_chunked_path_is_said_so(tmp_path, capsys):

@@ -53,25 +53,75 @@ def _axes_order(multiscale: dict, ndim: int) -> list[str]:
     return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
 
 
-#: ``Source.level`` of an uncompressed, contiguous TIFF read through a memory map.
-MEMMAP = "<memmap>"
-#: Chunks of the Dask view of a memory-mapped TIFF (napari's display and the sampling).
-MEMMAP_CHUNK = 2048
+#: ``Source.level`` of an uncompressed TIFF stored in one piece, read region by region.
+PLAIN = "<plain>"
+#: Chunks of the Dask view of such a TIFF (napari's display and the sampling).
+PLAIN_CHUNK = 2048
+
+
+class PlainTiff:
+    """An uncompressed TIFF stored in one piece (what most tools write when not asked to
+    tile or compress), read region by region from the file.
+
+    Why: tifffile's zarr view of such a file is one chunk, the whole image, so each region
+    read loaded the whole slide. Not a memory map: a file rewritten while mapped kills the
+    process (SIGBUS); read with seek + read, a file that changed is a clear error. Pickles
+    as its path and layout, so task graphs carry no pixels."""
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, ...], dtype) -> None:
+        self.path, self.offset, self.shape = path, int(offset), tuple(int(n) for n in shape)
+        self.file_dtype = np.dtype(dtype)
+        self.dtype = self.file_dtype.newbyteorder("=")  # Fiji writes big-endian
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        picks = [k if isinstance(k, slice) else slice(int(k) % n, int(k) % n + 1)
+                 for k, n in zip(key, self.shape, strict=True)]
+        ranges = [range(*k.indices(n)) for k, n in zip(picks, self.shape, strict=True)]
+        if any(r.step != 1 for r in ranges):
+            raise ValueError("strided reads are not supported")
+        squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
+        out = np.empty(tuple(len(r) for r in ranges), self.dtype)
+        strides = np.cumprod((*self.shape[1:], 1)[::-1])[::-1]  # elements per step of each axis
+        # one read per contiguous run: the innermost axis not taken whole, with the whole
+        # axes after it (a colour image's rows are read whole, samples and all)
+        j = self.ndim - 1
+        while j > 0 and len(ranges[j]) == self.shape[j]:
+            j -= 1
+        count = len(ranges[j]) * int(strides[j])
+        runs = out.reshape(int(np.prod(out.shape[:j], dtype=np.int64)), count)
+        if out.size:
+            with open(self.path, "rb") as fh:
+                for n, index in enumerate(np.ndindex(*out.shape[:j])):
+                    start = sum(r[i] * int(st) for r, i, st in zip(ranges[:j], index, strides[:j],
+                                                                   strict=True))
+                    fh.seek(self.offset + (start + ranges[j].start * int(strides[j]))
+                            * self.file_dtype.itemsize)
+                    data = fh.read(count * self.file_dtype.itemsize)
+                    if len(data) != count * self.file_dtype.itemsize:
+                        raise ImageError(f"cannot read {Path(self.path).name}: the file is shorter "
+                                         "than its header says (changed or cut while being read)")
+                    runs[n] = np.frombuffer(data, self.file_dtype)
+        return out.squeeze(axis=squeeze) if squeeze else out
 
 
 def _open_array(path: str, level: str):
     """The zarr array of ``level`` inside ``path`` (a TIFF or a Zarr store), or a plain
-    TIFF's memory map (:data:`MEMMAP`), cached per process."""
+    TIFF's region reader (:data:`PLAIN`), cached per process."""
     key = (path, level)
     with _OPEN_LOCK:
         if key not in _OPEN:
             import zarr
 
-            if level == MEMMAP:
-                import tifffile
-
-                _OPEN[key] = tifffile.memmap(path, mode="r")
-                return _OPEN[key]
+            if level == PLAIN:
+                reader = _plain_tiff(Path(path))
+                if reader is None:
+                    raise ImageError(f"cannot read {Path(path).name}: it is no longer stored as "
+                                     "when the run started")
+                _OPEN[key] = reader
+                return reader
             if path.lower().endswith((".tif", ".tiff")):
                 import tifffile
 
@@ -82,21 +132,26 @@ def _open_array(path: str, level: str):
         return _OPEN[key]
 
 
-def _memmap(path: Path, shape: tuple[int, ...]):
-    """A memory map of a TIFF stored uncompressed in one piece (what most tools write when
-    not asked to tile or compress), else ``None``. Why: tifffile's zarr view of such a file
-    is one chunk, the whole image, so each region read loaded the whole slide."""
+def _plain_tiff(path: Path, shape: tuple[int, ...] | None = None) -> PlainTiff | None:
+    """A region reader for a TIFF stored uncompressed in one piece, else ``None``."""
     import tifffile
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
-            if tif.series[0].dataoffset is None:  # compressed, tiled or scattered strips
+            series = tif.series[0]
+            offset = series.dataoffset  # None: compressed, tiled or scattered strips
+            if offset is None:
                 return None
-        mapped = tifffile.memmap(str(path), mode="r")
+            # tifffile names the dtype natively; the file's byte order is the header's
+            stored = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+            reader = PlainTiff(str(path), offset, tuple(series.shape), stored)
     except Exception as exc:  # any doubt: the zarr view, as before
-        log.debug("%s: no memory map (%s)", path.name, exc)
+        log.debug("%s: not read region by region (%s)", path.name, exc)
         return None
-    return mapped if tuple(mapped.shape) == tuple(shape) else None
+    size = path.stat().st_size
+    if reader.offset + int(np.prod(reader.shape)) * reader.file_dtype.itemsize > size:
+        return None  # cut short: the zarr view says it is damaged
+    return reader if shape is None or reader.shape == tuple(shape) else None
 
 
 @dataclass(frozen=True)
@@ -126,6 +181,8 @@ class Source:
                 arr = _open_array(self.path, self.level)
                 data = np.asarray(arr[ys, xs] if self.axes is None
                                   else _reorder(arr, self.axes, len(self.shape) == 3, ys, xs))
+            except ImageError:
+                raise
             except (OSError, ValueError, KeyError) as exc:  # a half-copied file, a lost chunk
                 raise ImageError(f"cannot read {Path(self.path).name} at rows {ys.start}–{ys.stop}, "
                                  f"columns {xs.start}–{xs.stop}: the file is damaged there "
@@ -202,25 +259,13 @@ def _yx_view(shape: tuple[int, ...], axes: list[str], name: str) -> tuple[tuple[
     return view, has_c
 
 
-class _Mapped:
-    """A memory-mapped TIFF as Dask sees it: opened by path wherever a chunk is read, so a
-    task graph carries the file name, not the mapped pixels (a memmap pickles whole)."""
-
-    def __init__(self, path: str, shape: tuple[int, ...], dtype) -> None:
-        self.path, self.shape, self.dtype, self.ndim = path, tuple(shape), np.dtype(dtype), len(shape)
-
-    def __getitem__(self, key):
-        return np.asarray(_open_array(self.path, MEMMAP)[key])
-
-
 def _dask_view(arr, axes: tuple[str, ...] | None, has_c: bool):
     import dask.array as da
 
-    if isinstance(arr, np.memmap):
-        chunks = tuple(min(n, MEMMAP_CHUNK) for n in arr.shape)
-        mapped = _Mapped(arr.filename, arr.shape, arr.dtype)
-        d = da.from_array(mapped, chunks=chunks, meta=np.empty((0,) * arr.ndim, arr.dtype),
-                          name=f"tiff-memmap-{arr.filename}-{arr.shape}-{arr.dtype}")
+    if isinstance(arr, PlainTiff):
+        chunks = tuple(min(n, PLAIN_CHUNK) for n in arr.shape)
+        d = da.from_array(arr, chunks=chunks, meta=np.empty((0,) * arr.ndim, arr.dtype),
+                          name=f"tiff-plain-{arr.path}-{arr.offset}-{arr.shape}-{arr.file_dtype.str}")
     else:
         d = da.from_zarr(arr)
     return d if axes is None else _reorder(d, axes, has_c)
@@ -300,9 +345,9 @@ def open_tiff(path: Path) -> LazyImage:
     for key in keys:
         arr = node[key] if key else node
         shape = tuple(arr.shape)
-        mapped = _memmap(path, shape) if not key and len(keys) == 1 else None
-        if mapped is not None:
-            arr, key = mapped, MEMMAP
+        plain = _plain_tiff(path, shape) if not key and len(keys) == 1 else None
+        if plain is not None:
+            arr, key = plain, PLAIN
         # channels first (a multichannel CYX file, planar RGB, tifffile's plain (C, H, W)):
         # viewed channels-last, as OME-Zarr (c, y, x)
         first = len(shape) == 3 and len(stored) == 3 and stored[0] in "CSQI" and stored[1:] == "YX"
