@@ -358,3 +358,14 @@ def test_the_cytoplasm_layer_is_chosen_only_where_the_layers_say_which_it_is(mak
     widget.set_options(cyto=other)  # the user's choice is kept
     widget._update_stains()
     assert widget._cyto.value is other
+
+    # a second field of the same size: its own cytoplasm, not the first field's
+    viewer.layers.clear()
+    dapi1 = viewer.add_image(image[..., 0], name="field1 DAPI")
+    tub1 = viewer.add_image(image[..., 1], name="field1 tubulin")
+    widget.set_options(image=dapi1)
+    assert widget._cyto.value is tub1
+    dapi2 = viewer.add_image(image[..., 0].T.copy(), name="field2 DAPI")
+    tub2 = viewer.add_image(image[..., 1].T.copy(), name="field2 tubulin")
+    widget.set_options(image=dapi2)
+    assert widget._cyto.value is tub2

@@ -205,3 +205,9 @@ def test_object_masks_are_encoded_from_their_boxes_exactly_as_pycocotools_does()
             assert ann["segmentation"]["counts"] == ref["counts"].decode()
             assert ann["area"] == (labels == value).sum()
             assert ann["bbox"] == [float(v) for v in mask_utils.toBbox(ref)]
+    # label maps saved as float (Fiji, MorphoLibJ) or a bool mask encode the same
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:6, 3:9], labels[10:15, 20:30] = 4, 9
+    ints = sample_annotations({"nucleus": labels})
+    assert sample_annotations({"nucleus": labels.astype(np.float32)}) == ints
+    assert len(sample_annotations({"nucleus": labels > 0})) == 1

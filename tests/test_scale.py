@@ -536,6 +536,11 @@ def test_folders_give_their_images_whatever_the_names_and_links(tmp_path):
         found = [p.relative_to(data).as_posix() for p in expand_inputs([data])]
     assert found == ["2021.05.03_well1.tif", "s1/image.tif", "x.ome.tif"]
     assert not said  # every _labels file has its image beside it: outputs, nothing to say
+    for cls in ("cell", "nucleus"):                     # a two-class model's outputs too
+        tifffile.imwrite(data / f"2021.05.03_well1_{cls}_labels.tif", tile)
+    with logged("napari_deepcens") as said:
+        expand_inputs([data])
+    assert not said
     tifffile.imwrite(data / "DAPI_labels.tif", tile)    # the user's own image, so named
     with logged("napari_deepcens") as said:
         assert len(expand_inputs([data])) == 3

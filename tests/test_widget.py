@@ -470,3 +470,15 @@ def test_a_duplicated_labels_layer_is_the_users_and_never_written_over(docked, q
     assert np.array_equal(copy.data, corrected)
     fresh = widget.labels_layer(_layer)
     assert fresh is not None and fresh is not copy and not (fresh.data == 999).any()
+
+
+def test_a_dock_opened_again_finds_its_labels(docked, qtbot):
+    """The layers the Segment tab made are marked on the layer objects, so a dock closed
+    and opened again (a new widget) updates them instead of adding 'nuclei labels [1]'."""
+    viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    again = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(again)
+    again.set_options(image=layer, device="cpu")
+    run_and_wait(qtbot, again)
+    assert [ly.name for ly in viewer.layers] == ["nuclei", "nuclei labels"]

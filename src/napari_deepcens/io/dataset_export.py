@@ -193,6 +193,8 @@ def sample_annotations(labels_by_class: dict[str, np.ndarray]) -> list[dict]:
     out = []
     for cls, labels in labels_by_class.items():
         labels = np.asarray(labels)
+        if not np.issubdtype(labels.dtype, np.integer):  # Fiji saves label maps as float32
+            labels = labels.astype(np.int64)
         boxes = {row[0]: row[1:] for row in rotated_boxes(labels)}
         dense, values = labels, None
         if labels.max(initial=0) > 1_000_000:  # find_objects lists every number up to the max

@@ -115,9 +115,13 @@ def _say_left_out(tree: list[Path], outputs: Path | None) -> None:
         return stem[: -len(".ome")] if stem.endswith(".ome") else stem
 
     stems = {(p.parent, base(_stem(p))) for p in tree if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    def has_image(p: Path) -> bool:  # x_labels.tif, or a class's x_cell_labels.tif, beside x.*
+        name = _stem(p)[: -len("_labels")]
+        return any((p.parent, base(n)) in stems for n in (name, name.rsplit("_", 1)[0]))
+
     alone = [p for p in tree if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-             and _stem(p).endswith("_labels")
-             and (p.parent, base(_stem(p)[: -len("_labels")])) not in stems
+             and _stem(p).endswith("_labels") and not has_image(p)
              and not (outputs is not None and p.resolve().is_relative_to(outputs))]
     if alone:
         names = ", ".join(p.name for p in alone[:3]) + (", …" if len(alone) > 3 else "")

@@ -7,6 +7,22 @@ import numpy as np
 
 from ..postprocess.rotated_boxes import box_corners
 
+#: Set on the layers the Segment tab made (an attribute of the layer object, not metadata):
+#: napari's Duplicate Layer copies metadata, and a copy, the user's, often made to correct
+#: on, must never be written over; a dock closed and opened again still finds its layers.
+MADE_HERE = "_deepcens_made"
+
+
+def mark_made(layer):
+    """Mark ``layer`` as made by the Segment tab; returns it."""
+    setattr(layer, MADE_HERE, True)
+    return layer
+
+
+def made_here(layer) -> bool:
+    """Whether the Segment tab made ``layer`` (not a napari copy of one)."""
+    return getattr(layer, MADE_HERE, False) is True
+
 
 def napari_corners(cx: float, cy: float, width: float, height: float, angle_deg: float) -> np.ndarray:
     """A rotated box's 4 corners as napari places them: (row, col), data coordinates.

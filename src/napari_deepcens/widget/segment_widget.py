@@ -44,7 +44,15 @@ from ..wording import counts_of
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
-from .layers import box_of_label, displayed_plane, napari_corners, object_in_box, stack_axes
+from .layers import (
+    box_of_label,
+    displayed_plane,
+    made_here,
+    mark_made,
+    napari_corners,
+    object_in_box,
+    stack_axes,
+)
 from .status import status_label
 from .workers import relay_warnings, show_warnings, stop_on_close
 
@@ -86,6 +94,12 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
             return predictor, raw, params, predictor.instances(raw, params)
     except DeepCeNSError as exc:
         return _Failed(exc)
+
+
+def _common_start(a: str, b: str) -> int:
+    """How many leading characters two names share (``field2 DAPI``, ``field2 tubulin``: 7)."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 #: Layer names that say "cytoplasm stain", to pair a nuclear layer when several could be it.
@@ -298,10 +312,8 @@ class SegmentWidget(Container):
         self._stack_boxes: dict[int, dict] = {}  # image layer id -> class -> plane -> boxes
         self._plane_sizes: dict[int, dict] = {}  # image layer id -> plane -> diameter it ran at
         self._written: dict[int, dict] = {}  # labels layer id -> plane -> digest of what we wrote
-        # the layers this widget made: napari's Duplicate Layer copies their metadata, and a
-        # copy (the user's, often made to correct on) must never be written over
-        self._own: weakref.WeakSet = weakref.WeakSet()
         self._cyto_of: dict[int, str] = {}  # image layer id -> cytoplasm layer it ran with
+        self._auto_cyto = lambda: None  # the cytoplasm layer the widget chose itself (weak)
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -508,10 +520,12 @@ class SegmentWidget(Container):
             self._pick_cytoplasm()
 
     def _pick_cytoplasm(self) -> None:
-        """Choose the cytoplasm layer when none fits the image yet: the one other grey layer
-        of the image's size or, among several, the one whose name says cytoplasm. Why: a
-        two-channel file opens as two layers, and a user who picks the cells model should
-        not have to find a second drop-down before Run; an ambiguous choice is left to them."""
+        """Choose the cytoplasm layer when the user has not: the one other grey layer of the
+        image's size or, among several, the one whose name says cytoplasm and shares most of
+        the image's name (``field2 DAPI`` → ``field2 tubulin``). Why: a two-channel file
+        opens as two layers, and a user who picks the cells model should not have to find a
+        second drop-down before Run. A choice of the user's stays while it fits; the widget's
+        own is made again when the image changes; an ambiguous one is left to the user."""
         layer, current = self._image.value, self._cyto.value
         if layer is None or getattr(layer, "rgb", False):
             return
@@ -519,19 +533,25 @@ class SegmentWidget(Container):
         def side(lay) -> tuple:
             return tuple((lay.data[0] if lay.multiscale else lay.data).shape)
 
-        if current is not None and current is not layer and not current.rgb \
-                and side(current) == side(layer):
-            return  # the user's choice, or an earlier one, still fits
+        fits_now = (current is not None and current is not layer and not current.rgb
+                    and side(current) == side(layer))
+        if fits_now and current is not self._auto_cyto():
+            return  # the user's choice
         import napari
 
         fits = [lay for lay in self._viewer.layers
                 if isinstance(lay, napari.layers.Image) and lay is not layer and not lay.rgb
                 and side(lay) == side(layer)]
         named = [lay for lay in fits if any(word in lay.name.lower() for word in CYTO_NAMES)]
-        chosen = fits[0] if len(fits) == 1 else named[0] if len(named) == 1 else None
-        if chosen is not None:
-            self._cyto.reset_choices()
-            self._cyto.value = chosen
+        pool = fits if len(fits) == 1 else named or fits
+        shared = [_common_start(lay.name, layer.name) for lay in pool]
+        best = [lay for lay, n in zip(pool, shared, strict=True) if n == max(shared, default=0)]
+        chosen = pool[0] if len(pool) == 1 else best[0] if len(best) == 1 else None
+        self._cyto.reset_choices()
+        if chosen is not current:
+            with self._cyto.changed.blocked():
+                self._cyto.value = chosen
+        self._auto_cyto = weakref.ref(chosen) if chosen is not None else lambda: None
 
     def _ran_with(self, layer, cyto: str | None) -> None:
         """Remember the cytoplasm layer a result was segmented with (provenance; export)."""
@@ -716,7 +736,7 @@ class SegmentWidget(Container):
         multi-class model), if it is still there."""
         for layer in self._viewer.layers:
             if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels"
-                    and layer.metadata.get(CLASS_KEY) == cls and layer in self._own):
+                    and layer.metadata.get(CLASS_KEY) == cls and made_here(layer)):
                 return layer
         return None
 
@@ -731,7 +751,7 @@ class SegmentWidget(Container):
                 axis_labels=tuple(image_layer.axis_labels)[-labels.ndim:],
                 metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, CLASS_KEY: cls},
             )
-            self._own.add(layer)
+            mark_made(layer)
             layer.events.paint.connect(lambda _e, layer=layer: self._mark_edited(layer))
             return
         if layer.metadata.get(EDITED_KEY):
@@ -745,7 +765,7 @@ class SegmentWidget(Container):
         """The Shapes layer of rotated boxes this widget wrote for ``image_layer``."""
         for layer in self._viewer.layers:
             if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Shapes"
-                    and layer in self._own):
+                    and made_here(layer)):
                 return layer
         return None
 
@@ -790,7 +810,7 @@ class SegmentWidget(Container):
             axis_labels=tuple(image_layer.axis_labels)[-ndim:],
             metadata={SOURCE_KEY: id(image_layer), EDITED_KEY: False, MULTI_KEY: multi},
         )
-        self._own.add(layer)
+        mark_made(layer)
         layer.events.highlight.connect(lambda _e, img=image_layer: self._box_selected(img))
         layer.events.data.connect(lambda _e, layer=layer: self._boxes_changed(layer))
         self._link_labels_to_boxes(image_layer, boxes, multi)
@@ -848,7 +868,7 @@ class SegmentWidget(Container):
         source = getattr(getattr(image_layer, "source", None), "path", None)
         for layer in self._viewer.layers:
             if (layer.metadata.get(SOURCE_KEY) == id(image_layer) and layer.__class__.__name__ == "Labels"
-                    and layer in self._own):
+                    and made_here(layer)):
                 layer.metadata[PROVENANCE_KEY] = self._provenance(predictor, raw, source, image_layer,
                                                                   layer.metadata.get(CLASS_KEY))
 
@@ -1175,7 +1195,7 @@ class SegmentWidget(Container):
         pyramids = read_ome_labels(result.output)
         for cls, levels in pyramids.items():
             name = f"{layer.name} {cls} labels" if len(pyramids) > 1 else f"{layer.name} labels"
-            self._own.add(self._viewer.add_labels(
+            mark_made(self._viewer.add_labels(
                 levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1, name=name,
                 scale=layer.scale[-2:], translate=layer.translate[-2:],
                 metadata={SOURCE_KEY: id(layer), EDITED_KEY: False,
