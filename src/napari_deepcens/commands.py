@@ -425,7 +425,7 @@ def run_tune(args: argparse.Namespace) -> int:
     metrics, params = validate(model, info, items, device, estimate=True, confirm=args.confirm)
     info.thresholds = params.to_dict()
     info.metrics = {**info.metrics, "val": metrics, "tuned_on": [str(v) for v in args.val]}
-    save_weights(args.output, model, info)
+    save_weights(args.output, model, info, overwrite=False)
     print(f"thresholds {params.to_dict()}")
     if info.working_diameter:
         print(f"objects zoomed to {info.working_diameter:g} px (training median "

@@ -19,6 +19,7 @@ mode, per image: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``classes`` (N,) in 1..
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
@@ -118,6 +119,11 @@ class DeepCeNSConfig:
                 object.__setattr__(self, f.name, value)
         if len(self.pixel_mean) != self.in_channels or len(self.pixel_std) != self.in_channels:
             raise ValueError("pixel_mean and pixel_std need one value per input channel")
+        if not all(math.isfinite(v) for v in self.pixel_mean) or not all(
+                math.isfinite(v) and v > 0 for v in self.pixel_std):
+            raise ValueError("pixel_mean must be finite and pixel_std finite and positive")
+        if not (0 <= self.min_score <= 1 and 0 < self.nms_threshold <= 1):
+            raise ValueError("min_score must lie in [0, 1] and nms_threshold in (0, 1]")
         if len({len(s) for s in self.anchor_sizes}) != 1 or len(self.anchor_sizes) != 5:
             raise ValueError("anchor_sizes: five pyramid levels with the same number of sizes each")
         if not self.classes:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import WeightsError
@@ -73,8 +74,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_weights(path: str | Path, model: nn.Module, info: WeightsInfo, half: bool = True) -> Path:
-    """Write ``model``'s tensors (fp16 floats by default) and ``info`` atomically to ``path``."""
+def save_weights(path: str | Path, model: nn.Module, info: WeightsInfo, half: bool = True,
+                 overwrite: bool = True) -> Path:
+    """Write ``model``'s tensors (fp16 floats by default) and ``info`` atomically to ``path``.
+    ``overwrite=False``: refuse if ``path`` exists when the file is put in place (a file made
+    there while a long run worked is never replaced)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -82,15 +86,31 @@ def save_weights(path: str | Path, model: nn.Module, info: WeightsInfo, half: bo
     tensors = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise WeightsError(f"not saved: {name} holds numbers that are not finite (the "
+                               "training diverged)")
         if half and tensor.is_floating_point():
-            tensor = tensor.half()
+            small = tensor.half()
+            # fp16 ends at 65504: a running variance beyond it would load as inf
+            tensor = small if torch.isfinite(small).all() else tensor.float()
         tensors[name] = tensor.contiguous()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_KEY: info.to_json()})
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name exists
+            except FileExistsError:
+                raise WeightsError(f"not saved: {path} appeared while this ran; nothing was "
+                                   "replaced (choose another file name)") from None
+            except OSError:  # a file system without hard links
+                if path.exists():
+                    raise WeightsError(f"not saved: {path} appeared while this ran") from None
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -126,10 +146,15 @@ def read_info(path: str | Path) -> WeightsInfo:
                 or value < 0:
             raise WeightsError(f"{path.name}: its {name.replace('_', ' ')} ({value!r}) is not a "
                                "size in pixels")
+    if info.working_diameter and not (info.median_diameter > 0 and 0.5 <= info.working_diameter
+                                      / info.median_diameter <= 2.0):
+        raise WeightsError(f"{path.name}: its working diameter ({info.working_diameter!r} px) "
+                           f"must lie within ×0.5–×2 of its training median "
+                           f"({info.median_diameter!r} px), as `deepcens tune` sets it")
     if not isinstance(info.sharpen_enlarged, bool):
         raise WeightsError(f"{path.name}: its sharpen_enlarged ({info.sharpen_enlarged!r}) is not "
                            "true or false")
-    if info.model not in MODELS:  # files name an architecture, never a preset
+    if not isinstance(info.model, str) or info.model not in MODELS:  # an architecture, never a preset
         raise WeightsError(f"{path.name}: unknown model {info.model!r}: it must be one of "
                            f"{', '.join(MODELS)}")
     problem = stain_outline_problem(info.stain_outlines, info)
@@ -191,6 +216,10 @@ def load_weights(
     except Exception as exc:
         raise WeightsError(f"{path.name}: the tensors cannot be read (corrupt file)") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a NaN in a DeepCeNS kills the process in torchvision's deformable convolution
+        raise WeightsError(f"{path.name}: {len(broken)} tensor(s) hold numbers that are not "
+                           f"finite ({broken[0]}, …): the file is damaged or its training diverged")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 from ..errors import DeepCeNSError
 
 
@@ -29,12 +31,17 @@ class PostprocessParams:
     outline_threshold: float = 0.0
 
     def __post_init__(self) -> None:
+        for name in ("fg_threshold", "seed_threshold", "score_threshold", "outline_threshold",
+                     "min_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise DeepCeNSError(f"{name} must be a number, got {value!r}")
         for name in ("fg_threshold", "seed_threshold", "score_threshold", "outline_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise DeepCeNSError(f"{name} must lie in [0, 1], got {value}")
-        if self.min_size < 0:
-            raise DeepCeNSError(f"min_size must be ≥ 0, got {self.min_size}")
+        if not 0 <= self.min_size < float("inf"):  # NaN fails too
+            raise DeepCeNSError(f"min_size must be a size ≥ 0 in pixels, got {self.min_size}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

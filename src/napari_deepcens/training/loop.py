@@ -93,13 +93,17 @@ OUTLINES = (0.0, 0.2, 0.3, 0.4)  # 0: the network's own outlines
 
 
 def search_space(predictor: Predictor) -> list[PostprocessParams]:
-    """The threshold sets :func:`validate` tries for ``predictor``'s model."""
+    """The threshold sets :func:`validate` tries for ``predictor``'s model. A minimum size
+    the search does not vary is the one the weights store (a user's 200 px was reset to 10)."""
+    base = SEARCH[predictor.model_name]
+    if len({p.min_size for p in base}) == 1:
+        stored = PostprocessParams.from_dict(predictor.info.thresholds).min_size
+        base = [replace(p, min_size=stored) for p in base]
     if predictor.model_name == "unet" and predictor.object_scorer is not None:
-        return [replace(p, score_threshold=s) for p in SEARCH["unet"] for s in UNET_SCORES]
+        return [replace(p, score_threshold=s) for p in base for s in UNET_SCORES]
     if predictor.info.stain_outlines:
-        return [replace(p, outline_threshold=o) for p in SEARCH[predictor.model_name]
-                for o in OUTLINES]
-    return SEARCH[predictor.model_name]
+        return [replace(p, outline_threshold=o) for p in base for o in OUTLINES]
+    return base
 
 
 def _matches(item: AnnotatedImage, seg) -> list:
