@@ -444,6 +444,11 @@ def test_boxes_lie_on_their_objects_as_napari_draws_them():
     corners = napari_corners(*row[1:])
     assert object_in_box(thin, corners, 7) == 7
     assert object_in_box(thin, corners, 0) == 7   # read from the pixels alone, too
+    # all boxes at once (the live redraw) as one at a time
+    from napari_deepcens.widget.layers import napari_corners_of
+
+    rows = np.random.default_rng(0).uniform((0, 0, 1, 1, 0), (50, 40, 20, 9, 180), (30, 5))
+    np.testing.assert_allclose(napari_corners_of(rows), [napari_corners(*r) for r in rows])
 
 
 @pytest.mark.parametrize("original", ["deleted", "kept above the copy"])

@@ -47,6 +47,19 @@ def displayed_plane(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(data, leading, strict=False))
 
 
+def napari_corners_of(boxes: np.ndarray) -> np.ndarray:
+    """:func:`napari_corners` of every row of ``boxes`` (cx, cy, width, height, angle_deg)
+    at once, (N, 4, 2): thousands of boxes in milliseconds, on the GUI thread."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+    cx, cy, w, h, angle = boxes.T
+    t = np.radians(angle)
+    u = np.stack([np.cos(t), -np.sin(t)], axis=1) * (w / 2)[:, None]  # y points down
+    v = np.stack([np.sin(t), np.cos(t)], axis=1) * (h / 2)[:, None]
+    c = np.stack([cx, cy], axis=1)
+    xy = np.stack([c - u - v, c + u - v, c + u + v, c - u + v], axis=1)
+    return xy[:, :, ::-1] - 0.5
+
+
 def object_in_box(labels, corners: np.ndarray, named: int = 0) -> int:
     """The object a rotated box (its four corners, data coordinates: the plane index first
     for a stack) holds, read from the labels as they are now: ``named``, the label the box

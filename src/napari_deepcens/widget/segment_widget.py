@@ -49,7 +49,7 @@ from .layers import (
     displayed_plane,
     made_here,
     mark_made,
-    napari_corners,
+    napari_corners_of,
     object_in_box,
     stack_axes,
 )
@@ -776,8 +776,9 @@ class SegmentWidget(Container):
         offset); the ``label`` feature is the object's label in its class's Labels layer."""
         rows, prefix, classes = _box_rows(boxes)
         ndim = 2 + prefix.shape[1]
-        shapes = [np.column_stack([np.tile(prefix[j], (4, 1)), napari_corners(*r[2:7])])
-                  for j, r in enumerate(rows)]  # napari wants (…, row, col)
+        corners = np.concatenate([np.repeat(prefix[:, None, :], 4, axis=1),
+                                  napari_corners_of(rows[:, 2:7])], axis=2)
+        shapes = list(corners)  # napari wants (…, row, col) per box
         features = {"label": rows[:, 0].astype(int), "class": classes, "score": rows[:, 1],
                     "width": rows[:, 4], "height": rows[:, 5], "angle": rows[:, 6]}
         layer = self.boxes_layer(image_layer)
