@@ -169,3 +169,21 @@ def test_finetune_refuses_weights_of_another_model(dock, qtbot, tmp_path, fluore
     assert "holds weights for model 'unet'" in dock.finetune.status
     assert not (tmp_path / "ds" / "models").exists() or not list(
         (tmp_path / "ds" / "models").glob("*.safetensors"))
+
+
+def test_finetuned_weights_are_not_loaded_into_another_model(dock, qtbot, tmp_path, fluorescence):
+    """The Segment model switched while a U-Net fine-tuned: its weights were put in the
+    weights field of CenterUNet anyway, and every Run (and Fine-tune) failed after."""
+    from napari_deepcens.io.dataset_export import export_sample
+
+    _viewer, dock, _layer = dock
+    image, labels = fluorescence
+    export_sample(tmp_path / "ds", image, {"nucleus": labels}, "a")
+    dock.finetune._dataset.value = tmp_path / "ds"
+    dock.finetune._epochs.value = 1
+    dock.finetune._steps.value = 2
+    dock.finetune.start()
+    dock.segment.set_options(model="centerunet")
+    qtbot.waitUntil(lambda: dock.finetune._worker is None, timeout=120_000)
+    assert dock.segment._weights.value is None or str(dock.segment._weights.value) in ("", ".")
+    assert "choose that model and these weights" in dock.finetune.status

@@ -487,3 +487,40 @@ def test_a_dock_opened_again_finds_its_labels(docked, qtbot):
     again.set_options(image=layer, device="cpu")
     run_and_wait(qtbot, again)
     assert [ly.name for ly in viewer.layers] == ["nuclei", "nuclei labels"]
+
+
+def test_cancel_after_the_last_tile_says_cancelled(docked, qtbot):
+    """Cancel pressed once the tiles are done: the worker ends with neither a result nor
+    'aborted', and the status stayed on 'cancelling…' for good."""
+    viewer, widget, _layer = docked
+    seen = widget._on_progress
+
+    def progress(p):
+        seen(p)
+        if p[0] >= p[1]:
+            widget.cancel()
+
+    widget._on_progress = progress
+    run_and_wait(qtbot, widget)
+    qtbot.wait(200)
+    assert widget.status == "cancelled: nothing changed"
+    assert [ly.name for ly in viewer.layers] == ["nuclei"]
+
+
+def test_the_status_and_diameter_belong_to_the_image_chosen_now(docked, qtbot, fluorescence):
+    """Switched to another image, the status kept 'N objects … diameter 25.5 px
+    (estimated)' and the read-only diameter field the last image's estimate."""
+    viewer, widget, layer = docked
+    run_and_wait(qtbot, widget)
+    estimate = widget._diameter.value
+    assert estimate > 0
+    other = viewer.add_image(fluorescence[0][:128, :128], name="other")
+    widget.set_options(image=other)
+    assert widget._diameter.value == 0.0 and widget.status == "press Run to segment 'other'"
+    widget.set_options(score=0.5)  # no maps for it yet: said, not silently ignored
+    assert "press Run to segment 'other'" in widget.status
+    widget.set_options(image=layer)
+    assert widget._diameter.value == estimate  # its own estimate again
+    widget.set_options(auto_diameter=False, diameter=60.0)
+    widget.set_options(auto_diameter=True)
+    assert widget._diameter.value == estimate

@@ -74,6 +74,8 @@ def _train_worker(dataset: Path, output: Path, init: Path, model: str, epochs: i
 class FineTuneWidget(Container):
     """Dataset folder, epochs, Train / Cancel, progress and loss."""
 
+    _preset: str | None = None  # the Segment tab's model when the run started
+
     def __init__(self, viewer: napari.viewer.Viewer, segment: SegmentWidget | None = None) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
@@ -111,6 +113,7 @@ class FineTuneWidget(Container):
             self._fail("choose a dataset folder (made with 'Export image + labels')")
             return
         model, init = self._base()
+        self._preset = self._segment._model.value if self._segment is not None else None
         self._output = default_output(Path(dataset), model)
         total = int(self._epochs.value) * int(self._steps.value)
         self._progress.max, self._progress.value = total, 0
@@ -150,9 +153,18 @@ class FineTuneWidget(Container):
             self._status.value = "cancelled before the first epoch ended: nothing saved"
 
     def _use(self, weights: Path, message: str) -> None:
-        self._status.value = message
+        """Load the new weights for segmenting, if the Segment tab still has the model they
+        were trained for (it may have been switched meanwhile: loading them there would make
+        every Run fail)."""
         if self._segment is not None:
-            self._segment._weights.value = weights
+            if self._segment._model.value == self._preset:
+                self._segment._weights.value = weights
+            else:
+                from ..models.registry import PRESETS
+
+                message += (f"; they are for {PRESETS[self._preset].label}: choose that model and "
+                            "these weights to use them")
+        self._status.value = message
         show_info(message)
 
     def _on_finished(self) -> None:

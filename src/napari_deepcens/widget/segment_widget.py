@@ -91,7 +91,9 @@ def _segment_worker(load, image: np.ndarray, diameter: float | None, estimate: b
             raw = yield from predictor.predict_iter(image, diameter=diameter, estimate=estimate,
                                                     tta=tta, denoise=denoise)
             params = params or predictor.default_params(raw.scale)
-            return predictor, raw, params, predictor.instances(raw, params)
+            seg = predictor.instances(raw, params)
+            import pandas  # noqa: F401  napari's first Labels layer imports it: here, off the GUI thread
+            return predictor, raw, params, seg
     except DeepCeNSError as exc:
         return _Failed(exc)
 
@@ -321,6 +323,8 @@ class SegmentWidget(Container):
             knob.changed.connect(self._on_knob)
         self._model.changed.connect(self._on_model_change)
         self._image.changed.connect(self._update_stains)
+        self._image.changed.connect(self._show_image_state)
+        self._auto_diameter.changed.connect(self._show_image_state)
         self._weights.changed.connect(self._update_score_knob)
         self._weights.changed.connect(self._update_stains)
         self._update_score_knob()
@@ -428,6 +432,8 @@ class SegmentWidget(Container):
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(returned)
         worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing changed"))
+        # Cancel after the last tile: the worker ends with neither a result nor "aborted"
+        worker.finished.connect(self._cancelled_late)
         worker.finished.connect(finished or self._on_finished)
         self._worker = worker
         stop_on_close(self.native, worker)
@@ -443,6 +449,24 @@ class SegmentWidget(Container):
         elif self._worker is not None:
             self._status.value = "cancelling…"
             self._worker.quit()
+
+    def _show_image_state(self, *_args) -> None:
+        """What the status line and the diameter field say belongs to the image chosen now:
+        switched to another image, they kept the last image's result and estimate."""
+        if self._worker is not None:
+            return  # a run's own status
+        layer = self._image.value
+        cached = self._raw.get(id(layer)) if layer is not None else None
+        diameter = cached[1].diameter if cached is not None and cached[1].estimated else None
+        if self._auto_diameter.value:
+            self._diameter.value = round(float(diameter), 1) if diameter else 0.0
+        if layer is not None and cached is None and self.labels_layer(layer) is None:
+            self._status.value = f"press Run to segment {layer.name!r}"
+
+    def _cancelled_late(self) -> None:
+        if self._status.value == "cancelling…":
+            self._status.value = "cancelled: nothing changed"
+            self._progress.value = 0
 
     def _on_progress(self, progress: tuple[int, int]) -> None:
         done, total = progress
@@ -630,6 +654,8 @@ class SegmentWidget(Container):
             if labels is not None and "deepcens_zarr" in labels.metadata:
                 self._status.value = ("large image: no maps are kept, so the thresholds apply "
                                       "at the next Run")
+            else:
+                self._status.value = f"press Run to segment {layer.name!r}; the thresholds apply then"
             return
         if self._raw[id(layer)][0] is not self._predictors.get(self._loader()[1]):
             # the maps came from other weights (another model, preset or file) than chosen now
