@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import DeepCeNSError
 from ..io.images import IMAGE_SUFFIXES
-from ..wording import counts_of
+from ..wording import count_of, counts_of
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def segment_file(spec, job: FileJob) -> tuple[str, bool, str]:
                                                objects=objects, link_gap=job.link_gap)
             counts = counts_of(result.counts())
             if job.link:
-                counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {n} objects"
+                counts = ", ".join(f"{result.counts()[c]} {c} pieces linked into {count_of(n, 'object')}"
                                    for c, n in objects.items())
             noisy = " (denoised)" if result.denoised else ""
             return job.path, True, (f"{name}: {len(result.planes)} planes: {counts}{noisy} -> "

@@ -36,6 +36,7 @@ from ..io.images import pair_stains
 from ..postprocess import edit
 from ..postprocess.link import LINK_GAP
 from ..postprocess.rotated_boxes import rotated_boxes
+from ..wording import count_of
 from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, napari_corners, stack_axes
@@ -314,7 +315,7 @@ class CorrectionWidget(Container):
             f"; the stack axis has no name, so it was taken as time and gaps of {gap} bridged: "
             "for a z-stack set 'bridge gaps' to 0, Ctrl+Z and link again")
         if not self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
-                          f"planes linked: {before} pieces → {after} objects ({{n}} pixels "
+                          f"planes linked: {before} pieces → {count_of(after, 'object')} ({{n}} pixels "
                           f"changed){unnamed}"):
             return
         if axis == 0 and along != "Z":  # a time-lapse: show each nucleus's track
@@ -514,7 +515,7 @@ class CorrectionWidget(Container):
             **({"axis_labels": axes} if axes else {}),
             metadata={EDITED_KEY: False, PROVENANCE_KEY: dict(meta.get("provenance") or {}),
                       CLASS_KEY: (meta.get("provenance") or {}).get("class")})
-        self._report(f"restored {layer.name!r} ({entry.n_objects} objects)")
+        self._report(f"restored {layer.name!r} ({count_of(entry.n_objects, 'object')})")
         return layer
 
     def _class_layers(self, layer) -> dict:

@@ -40,7 +40,7 @@ from ..inference.denoise import CHOICES
 from ..io.images import nuclei_in_blue, pair_stains
 from ..io.paths import results_root
 from ..models.registry import PRESETS, get_preset
-from ..wording import counts_of
+from ..wording import count_of, counts_of
 from .autosave import autosaver_for
 from .history import forget_planes, history_max
 from .keys import CLASS_KEY, EDITED_KEY, MULTI_KEY, PROVENANCE_KEY, SOURCE_KEY
@@ -723,7 +723,7 @@ class SegmentWidget(Container):
     def _count(seg) -> str:
         parts = seg.by_class()
         if len(parts) == 1:
-            return f"{int(seg.labels.max())} objects"
+            return count_of(int(seg.labels.max()), "object")
         return counts_of({name: int(p.labels.max()) for name, p in parts.items()})
 
     def _show_segmentation(self, image_layer, seg) -> None:
@@ -1060,7 +1060,7 @@ class SegmentWidget(Container):
     def _stack_count(result) -> str:
         counts = result.counts()
         if len(counts) <= 1:
-            return f"{sum(counts.values())} objects"
+            return count_of(sum(counts.values()), "object")
         return counts_of(counts)
 
     def _show_stack(self, image_layer, planes: dict, fresh: bool = False) -> None:
@@ -1229,7 +1229,7 @@ class SegmentWidget(Container):
                           CLASS_KEY: cls if len(pyramids) > 1 else None,
                           "deepcens_zarr": str(result.output), "deepcens_table": str(result.table)}))
         seconds = time.perf_counter() - self._started
-        counts = (f"{sum(result.counts.values())} objects" if len(result.counts) == 1 else
+        counts = (count_of(sum(result.counts.values()), "object") if len(result.counts) == 1 else
                   counts_of(result.counts))
         if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
