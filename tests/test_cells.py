@@ -344,9 +344,9 @@ def test_the_cytoplasm_layer_is_chosen_only_where_the_layers_say_which_it_is(mak
 
     _sample, image = crop
     viewer = make_napari_viewer()
-    nuclear = viewer.add_image(image[..., 0], name="channel 1")
-    viewer.add_image(image[..., 1], name="channel 2")
-    viewer.add_image(image[..., 1], name="channel 3")
+    nuclear = viewer.add_image(image[..., 0], name="DAPI")
+    viewer.add_image(image[..., 1], name="GFP")
+    viewer.add_image(image[..., 1], name="mCherry")
     viewer.add_image(image[:32, :32, 1], name="small")  # another size: never a candidate
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)
@@ -354,7 +354,7 @@ def test_the_cytoplasm_layer_is_chosen_only_where_the_layers_say_which_it_is(mak
     assert widget._cyto.value is None  # two could be it: the user chooses
     tubulin = viewer.add_image(image[..., 1], name="Tubulin 488")  # opened after: its name decides
     assert widget._cyto.value is tubulin
-    other = viewer.layers["channel 2"]
+    other = viewer.layers["GFP"]
     widget.set_options(cyto=other)  # the user's choice is kept
     widget._update_stains()
     assert widget._cyto.value is other
@@ -369,3 +369,8 @@ def test_the_cytoplasm_layer_is_chosen_only_where_the_layers_say_which_it_is(mak
     tub2 = viewer.add_image(image[..., 1].T.copy(), name="field2 tubulin")
     widget.set_options(image=dapi2)
     assert widget._cyto.value is tub2
+    # field 1's own stain closed: field 2's tubulin is no more its than field 2's DAPI
+    widget.set_options(image=dapi1)
+    viewer.layers.remove(tub1)
+    viewer.add_image(image[..., 1].T.copy(), name="field3 other")
+    assert widget._cyto.value is None

@@ -690,7 +690,7 @@ def test_a_plain_tiff_is_read_region_by_region(tmp_path):
     image: every chunk's task read the whole slide. It is memory-mapped instead."""
     import tifffile
 
-    from napari_deepcens.scale.lazy import PLAIN, open_lazy
+    from napari_deepcens.scale.lazy import PLAIN, _open_array, open_lazy
 
     data = np.random.default_rng(0).integers(0, 4000, (2600, 2200), dtype=np.uint16)
     plain, packed = tmp_path / "plain.tif", tmp_path / "packed.tif"
@@ -702,6 +702,12 @@ def test_a_plain_tiff_is_read_region_by_region(tmp_path):
     assert np.array_equal(image.sources[0].region(slice(100, 164), slice(1000, 1100)),
                           data[100:164, 1000:1100])
     assert np.array_equal(np.asarray(image.levels[0]), data)
+    # every n-th pixel (napari's thumbnails, the modality guess, the sampling), any direction
+    for key in ((slice(None, None, 2), slice(3, None, 3)), (slice(900, 100, -7), 5),
+                (-1, slice(None, None, -1))):
+        assert np.array_equal(image.levels[0][key].compute(), data[key])
+    with pytest.raises(IndexError):
+        _open_array(str(plain), PLAIN)[data.shape[0], 0]
     assert open_lazy(packed).sources[0].level != PLAIN  # compressed: read through zarr
     # Fiji writes big-endian: read in the machine's byte order (torch refuses the other)
     tifffile.imwrite(tmp_path / "fiji.tif", data, byteorder=">")

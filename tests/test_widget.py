@@ -524,3 +524,5 @@ def test_the_status_and_diameter_belong_to_the_image_chosen_now(docked, qtbot, f
     widget.set_options(auto_diameter=False, diameter=60.0)
     widget.set_options(auto_diameter=True)
     assert widget._diameter.value == estimate
+    widget.set_options(auto_diameter=False)  # the typed diameter comes back
+    assert widget._diameter.value == 60.0

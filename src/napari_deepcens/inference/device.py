@@ -17,7 +17,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
-        if not re.fullmatch(r"cuda(:\d+)?", name):
+        if not re.fullmatch(r"cuda(:(0|[1-9]\d*))?", name):
             raise DeepCeNSError(f"unknown device {device!r}: 'cuda', or 'cuda:N' for the N-th GPU")
         if not torch.cuda.is_available():
             raise DeepCeNSError(

@@ -34,7 +34,8 @@ class PostprocessParams:
         for name in ("fg_threshold", "seed_threshold", "score_threshold", "outline_threshold",
                      "min_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            if isinstance(value, (bool, np.bool_)) or np.ndim(value) != 0 or not isinstance(
+                    np.asarray(value).item() if hasattr(value, "__array__") else value, (int, float)):
                 raise DeepCeNSError(f"{name} must be a number, got {value!r}")
         for name in ("fg_threshold", "seed_threshold", "score_threshold", "outline_threshold"):
             value = getattr(self, name)

@@ -75,13 +75,25 @@ class PlainTiff:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
+        """Pixels of ``key`` (integers and slices, steps too: napari and the sampling read
+        every n-th pixel), as NumPy indexes them."""
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (self.ndim - len(key))
+        for k, n in zip(key, self.shape, strict=True):
+            if not isinstance(k, slice) and not -n <= int(k) < n:
+                raise IndexError(f"index {k} is out of bounds for an axis of size {n}")
         picks = [k if isinstance(k, slice) else slice(int(k) % n, int(k) % n + 1)
                  for k, n in zip(key, self.shape, strict=True)]
-        ranges = [range(*k.indices(n)) for k, n in zip(picks, self.shape, strict=True)]
-        if any(r.step != 1 for r in ranges):
-            raise ValueError("strided reads are not supported")
+        wanted = [range(*k.indices(n)) for k, n in zip(picks, self.shape, strict=True)]
+        if any(r.step != 1 and len(r) > 1 for r in wanted):  # read the block, then step
+            block = self[tuple(slice(min(r), max(r) + 1) if len(r) else slice(0, 0) for r in wanted)]
+            steps = tuple(slice(None) if not len(r) else slice(r[0] - min(r), None, r.step)
+                          if r.step > 0 else slice(r[0] - min(r), None if r[-1] == min(r) else
+                                                   r[-1] - min(r) - 1, r.step) for r in wanted)
+            squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
+            out = block[steps]
+            return out.squeeze(axis=squeeze) if squeeze else out
+        ranges = [range(w.start, w.start + len(w)) for w in wanted]  # all steps 1 from here
         squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
         out = np.empty(tuple(len(r) for r in ranges), self.dtype)
         strides = np.cumprod((*self.shape[1:], 1)[::-1])[::-1]  # elements per step of each axis

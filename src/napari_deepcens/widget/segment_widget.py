@@ -316,6 +316,7 @@ class SegmentWidget(Container):
         self._written: dict[int, dict] = {}  # labels layer id -> plane -> digest of what we wrote
         self._cyto_of: dict[int, str] = {}  # image layer id -> cytoplasm layer it ran with
         self._auto_cyto = lambda: None  # the cytoplasm layer the widget chose itself (weak)
+        self._estimates: dict[int, float] = {}  # image layer id -> object size estimated on it
 
         self._run.changed.connect(self.run)
         self._cancel.changed.connect(self.cancel)
@@ -324,7 +325,7 @@ class SegmentWidget(Container):
         self._model.changed.connect(self._on_model_change)
         self._image.changed.connect(self._update_stains)
         self._image.changed.connect(self._show_image_state)
-        self._auto_diameter.changed.connect(self._show_image_state)
+        self._auto_diameter.changed.connect(self._on_auto_diameter)
         self._weights.changed.connect(self._update_score_knob)
         self._weights.changed.connect(self._update_stains)
         self._update_score_knob()
@@ -456,12 +457,22 @@ class SegmentWidget(Container):
         if self._worker is not None:
             return  # a run's own status
         layer = self._image.value
-        cached = self._raw.get(id(layer)) if layer is not None else None
-        diameter = cached[1].diameter if cached is not None and cached[1].estimated else None
         if self._auto_diameter.value:
-            self._diameter.value = round(float(diameter), 1) if diameter else 0.0
-        if layer is not None and cached is None and self.labels_layer(layer) is None:
+            estimate = self._estimates.get(id(layer)) if layer is not None else None
+            self._diameter.value = round(float(estimate), 1) if estimate else 0.0
+        if layer is not None and id(layer) not in self._raw and self.labels_layer(layer) is None:
             self._status.value = f"press Run to segment {layer.name!r}"
+
+    def _on_auto_diameter(self, auto: bool) -> None:
+        """Ticked: the field shows the image's estimate; unticked again: the diameter the user
+        had typed comes back."""
+        if auto:
+            self._typed_diameter = float(self._diameter.value)
+            self._show_image_state()
+        elif self._typed_diameter:
+            self._diameter.value = self._typed_diameter
+
+    _typed_diameter = 0.0
 
     def _cancelled_late(self) -> None:
         if self._status.value == "cancelling…":
@@ -499,6 +510,7 @@ class SegmentWidget(Container):
         self._show_segmentation(layer, seg)
         if raw.estimated and raw.diameter:
             self._diameter.value = round(raw.diameter, 1)
+            self._estimates[id(layer)] = raw.diameter
         seconds = time.perf_counter() - self._started
         size = f", diameter {raw.diameter:.1f} px{' (estimated)' if raw.estimated else ''}" if (
             raw.diameter) else ""
@@ -545,11 +557,13 @@ class SegmentWidget(Container):
 
     def _pick_cytoplasm(self) -> None:
         """Choose the cytoplasm layer when the user has not: the one other grey layer of the
-        image's size or, among several, the one whose name says cytoplasm and shares most of
-        the image's name (``field2 DAPI`` → ``field2 tubulin``). Why: a two-channel file
+        image's size or, among several, the one that shares most of the image's name
+        (``field2 DAPI`` → ``field2 tubulin``), or, where no name shares a start with it, the
+        one whose name says cytoplasm (``DAPI`` → ``Tubulin 488``). Why: a two-channel file
         opens as two layers, and a user who picks the cells model should not have to find a
         second drop-down before Run. A choice of the user's stays while it fits; the widget's
-        own is made again when the image changes; an ambiguous one is left to the user."""
+        own is made again when the image changes; an ambiguous one (a tie, as ``field1 DAPI``
+        beside ``field2 DAPI`` and ``field2 tubulin``) is left to the user."""
         layer, current = self._image.value, self._cyto.value
         if layer is None or getattr(layer, "rgb", False):
             return
@@ -566,11 +580,11 @@ class SegmentWidget(Container):
         fits = [lay for lay in self._viewer.layers
                 if isinstance(lay, napari.layers.Image) and lay is not layer and not lay.rgb
                 and side(lay) == side(layer)]
-        named = [lay for lay in fits if any(word in lay.name.lower() for word in CYTO_NAMES)]
-        pool = fits if len(fits) == 1 else named or fits
-        shared = [_common_start(lay.name, layer.name) for lay in pool]
-        best = [lay for lay, n in zip(pool, shared, strict=True) if n == max(shared, default=0)]
-        chosen = pool[0] if len(pool) == 1 else best[0] if len(best) == 1 else None
+        shared = [_common_start(lay.name, layer.name) for lay in fits]
+        best = [lay for lay, n in zip(fits, shared, strict=True) if n == max(shared, default=0)]
+        if len(fits) > 1 and max(shared, default=0) == 0:  # no name like the image's
+            best = [lay for lay in fits if any(w in lay.name.lower() for w in CYTO_NAMES)]
+        chosen = best[0] if len(best) == 1 else None
         self._cyto.reset_choices()
         if chosen is not current:
             with self._cyto.changed.blocked():
@@ -626,6 +640,7 @@ class SegmentWidget(Container):
         self._plane_sizes.pop(id(event.value), None)
         self._cyto_of.pop(id(event.value), None)
         self._written.pop(id(event.value), None)
+        self._estimates.pop(id(event.value), None)
         for layer in self._viewer.layers:  # a new layer may get the same id(): unlink
             if layer.metadata.get(SOURCE_KEY) == id(event.value):
                 layer.metadata[SOURCE_KEY] = None
@@ -654,7 +669,7 @@ class SegmentWidget(Container):
             if labels is not None and "deepcens_zarr" in labels.metadata:
                 self._status.value = ("large image: no maps are kept, so the thresholds apply "
                                       "at the next Run")
-            else:
+            elif self._worker is None:  # during a run, its own status stands
                 self._status.value = f"press Run to segment {layer.name!r}; the thresholds apply then"
             return
         if self._raw[id(layer)][0] is not self._predictors.get(self._loader()[1]):
@@ -1043,6 +1058,7 @@ class SegmentWidget(Container):
         self._show_stack(layer, dict(new.planes), fresh=not same_model)
         if new.estimated and new.diameter:
             self._diameter.value = round(new.diameter, 1)
+            self._estimates[id(layer)] = new.diameter
         seconds = time.perf_counter() - self._started
         where = (f"plane {plane_name(next(iter(new.planes)))}" if len(new.planes) == 1 else
                  f"{len(new.planes)} planes")
@@ -1233,6 +1249,7 @@ class SegmentWidget(Container):
                   counts_of(result.counts))
         if self._auto_diameter.value and result.diameter:
             self._diameter.value = round(float(result.diameter), 1)
+            self._estimates[id(layer)] = float(result.diameter)
         noisy = ", denoised first" if result.denoised else ""
         self._status.value = (f"{counts} in {seconds:.1f} s, chunked ({result.chunk} px chunks, "
                               f"{result.halo} px halo){noisy}; labels in {result.output}")
