@@ -99,14 +99,18 @@ def box_of_label(labels, viewer, boxes, candidates: np.ndarray, value: int) -> l
     ys, xs = np.nonzero(labels.data[plane] == value)
     if not ys.size:
         return []
-    found = []
-    for i in np.flatnonzero(candidates):
-        corners = np.asarray(boxes.data[i])
-        if tuple(round(float(v)) for v in corners[0, :-2]) != tuple(plane):
-            continue
-        (r0, c0), (r1, c1) = corners[:, -2:].min(0), corners[:, -2:].max(0)
-        if r1 < ys.min() or r0 > ys.max() + 1 or c1 < xs.min() or c0 > xs.max() + 1:
-            continue
-        if object_in_box(labels.data, corners, value) == value:
-            found.append(int(i))
-    return found
+    # napari rebuilds its whole list of shapes on every ``boxes.data`` read: read it once
+    # (one read per box made a click on 8000 boxes take 7 s), and test only the boxes whose
+    # extent meets the object's
+    every = boxes.data
+    index = np.flatnonzero(candidates)
+    if not index.size:
+        return []
+    corners = np.stack([np.asarray(every[i], np.float64) for i in index])  # (N, 4, D)
+    lo, hi = corners[:, :, -2:].min(1), corners[:, :, -2:].max(1)
+    near = ((hi[:, 0] >= ys.min()) & (lo[:, 0] <= ys.max() + 1)
+            & (hi[:, 1] >= xs.min()) & (lo[:, 1] <= xs.max() + 1))
+    if corners.shape[2] > 2:  # a stack: the plane on screen only
+        near &= (np.round(corners[:, 0, :-2]) == np.asarray(plane)).all(axis=1)
+    return [int(i) for i, c in zip(index[near], corners[near], strict=True)
+            if object_in_box(labels.data, c, value) == value]

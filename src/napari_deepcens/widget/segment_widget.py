@@ -894,8 +894,9 @@ class SegmentWidget(Container):
         if cls is not None and boxes.metadata.get(MULTI_KEY):
             mine = boxes.features["class"].to_numpy() == cls
         named = np.flatnonzero(mine & (boxes.features["label"].to_numpy() == value))
+        every = boxes.data if len(named) else []  # one read: napari rebuilds it on each
         found = [int(i) for i in named
-                 if object_in_box(labels.data, np.asarray(boxes.data[i]), value) == value]
+                 if object_in_box(labels.data, np.asarray(every[i]), value) == value]
         if not found and value:
             found = box_of_label(labels, self._viewer, boxes, mine, value)
         wanted = {found[0]} if found else set()
