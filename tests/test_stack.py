@@ -17,6 +17,12 @@ from napari_deepcens.io.images import read_stack
 from .conftest import logged
 
 
+def link_and_wait(qtbot, correct) -> None:
+    """Link planes runs in a thread worker (the GUI never waits for it): wait here."""
+    correct.link_planes()
+    qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
+
+
 def ap50(truth, pred) -> float:
     return summarize([match_image(truth, pred)])["AP@0.5"]
 
@@ -314,7 +320,7 @@ def test_boxes_select_their_objects_after_correct_tab_edits_and_undo(make_napari
     labels.undo()
     labels.undo()
     check_every_box()
-    correct.link_planes()                                # frame 2's objects take frame 0's labels
+    link_and_wait(qtbot, correct)                        # frame 2's objects take frame 0's labels
     check_every_box()
     viewer.dims.set_current_step(0, 0)
     widget.set_options(planes="current")
@@ -512,7 +518,7 @@ def test_track_table_follows_each_nucleus_centroid_and_area():
 
 
 def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
-        tmp_path, fluorescence, make_napari_viewer, capsys):
+        tmp_path, fluorescence, make_napari_viewer, capsys, qtbot):
     from napari_deepcens.widget.correction_widget import CorrectionWidget
 
     image, _ = fluorescence
@@ -573,7 +579,7 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
     correct = CorrectionWidget(viewer)
     correct._labels_layer.value = layer
-    correct.link_planes()
+    link_and_wait(qtbot, correct)
     assert "pieces →" in correct._status.value
     assert len(np.unique(layer.data)) == len(np.unique(linked))
     tracks = viewer.layers["pieces tracks"]                          # one stack axis: a time-lapse
@@ -587,26 +593,26 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     correct.reset_choices()
     correct._labels_layer.value = layer2
     n = len(np.unique(pieces[0])) - 1
-    correct.link_planes()
+    link_and_wait(qtbot, correct)
     assert len(np.unique(layer2.data)) - 1 == n
     assert "stack axis has no name" in correct._status.value   # bridged as time: said so
     layer2.undo()
     correct._gap.value = 0
-    correct.link_planes()
+    link_and_wait(qtbot, correct)
     assert len(np.unique(layer2.data)) - 1 == 2 * n
     correct._gap.value = 1
     # the same along z: an empty slice may separate two nuclei, so no bridge and no tracks
     layer3 = viewer.add_labels(gap.copy(), name="zgap", axis_labels=("z", "y", "x"))
     correct.reset_choices()
     correct._labels_layer.value = layer3
-    correct.link_planes()
+    link_and_wait(qtbot, correct)
     assert len(np.unique(layer3.data)) - 1 == 2 * n and "zgap tracks" not in viewer.layers
     # a (time, z) layer napari knows the axes of: linked along z, into 3-D objects per time
     tz = np.stack([pieces[:2], pieces[1:]]).astype(np.int32)
     layer4 = viewer.add_labels(tz, name="tz", axis_labels=("t", "z", "y", "x"))
     correct.reset_choices()
     correct._labels_layer.value = layer4
-    correct.link_planes()
+    link_and_wait(qtbot, correct)
     assert set(np.unique(layer4.data[0, 0])[1:]) & set(np.unique(layer4.data[0, 1])[1:])
     assert not set(np.unique(layer4.data[0])[1:]) & set(np.unique(layer4.data[1])[1:])
     assert "tz tracks" not in viewer.layers                          # 3-D objects, not tracks
@@ -648,3 +654,28 @@ def test_a_run_stopped_while_writing_tracks_is_redone(tmp_path, fluorescence, mo
     monkeypatch.setattr(export, "write_tracks", real)
     assert main(["segment", str(tmp_path / "movie.tif"), "-o", str(out), "--device", "cpu", "--link"]) == 0
     assert (out / "movie_tracks.csv").is_file() and (out / "movie_labels.tif").is_file()
+
+
+def test_link_planes_runs_off_the_gui_thread_and_never_overwrites_an_edit(make_napari_viewer, qtbot):
+    """Linking a long time-lapse took 11–14 s on the GUI thread; it runs in a worker now, and
+    an edit made while it ran is kept: the link is refused, not applied over it."""
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    from .conftest import disc_labels
+
+    frame = disc_labels((64, 64), [(16, 16), (40, 44)], 6)
+    stack = np.stack([frame, frame * 3, frame * 5]).astype(np.int32)  # 2 objects, 3 numberings
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(stack.copy(), name="movie", axis_labels=("t", "y", "x"))
+    correct = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(correct)
+    correct._labels_layer.value = layer
+    correct.link_planes()
+    assert correct._link_worker is not None and "linking the planes" in correct._status.value
+    layer.paint((1, 60, 60), 9, refresh=True)            # the user goes on correcting
+    qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
+    assert "was edited while its planes were linked" in correct._status.value
+    assert (layer.data[1] == 9).any() and np.array_equal(layer.data[0], stack[0])
+    link_and_wait(qtbot, correct)                        # again, left alone: linked
+    assert len(np.unique(layer.data)) - 1 == 3           # the 2 nuclei and the painted blob
+    assert "planes linked: 7 pieces" in correct._status.value

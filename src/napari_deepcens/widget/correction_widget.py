@@ -28,6 +28,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
+from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..errors import DeepCeNSError
@@ -41,6 +42,7 @@ from .autosave import autosaver_for
 from .keys import CLASS_KEY, EDITED_KEY, PROVENANCE_KEY, SOURCE_KEY
 from .layers import displayed_plane, napari_corners_of, stack_axes
 from .status import status_label
+from .workers import stop_on_close
 
 #: Shapes layers of rotated boxes made by Recompute: the id of the labels layer they show.
 BOXES_OF_KEY = "deepcens_boxes_of"
@@ -96,6 +98,23 @@ def label_under_cursor(layer, viewer) -> int:
     if coords.size != shape.size or (coords < 0).any() or (coords >= shape).any():
         return 0
     return int(layer.data[tuple(coords)])  # a stack: the plane on screen
+
+
+@thread_worker
+def _link_worker(data: np.ndarray, axis: int, gap: int, tracks: bool):
+    """Pieces counted, planes linked and numbered 1..N, and (time-lapses) the tracks table,
+    off the GUI thread; a user error comes back as the result."""
+    from ..postprocess.link import link_planes
+    from ..postprocess.tracks import track_table
+
+    try:
+        before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
+        linked = edit.relabel_sequential(link_planes(data, axis=axis, max_gap=gap))
+        return before, linked, (track_table(linked, axis=0) if tracks else None)
+    except DeepCeNSError as exc:
+        return exc
+    except (ValueError, MemoryError) as exc:
+        return DeepCeNSError(f"linking failed ({type(exc).__name__}): {exc}")
 
 
 def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
@@ -287,29 +306,64 @@ class CorrectionWidget(Container):
         layer._deepcens_keys = True
 
     def link_planes(self) -> None:
-        """One label per object across the planes of a stack (undoable, as every edit)."""
-        from ..inference.stack import link_axis
-        from ..postprocess.link import link_planes
+        """One label per object across the planes of a stack (undoable, as every edit).
 
+        The linking runs in a thread worker (a 60-frame 1024² time-lapse took 11–14 s on the
+        GUI thread); its result is applied only if the labels were not edited meanwhile."""
+        from ..inference.stack import link_axis
+
+        if self._link_worker is not None:
+            return
         try:
             layer = self._layer()
             data = np.asarray(layer.data)
             if data.ndim < 3:
                 self._report(f"{layer.name!r} is one plane: nothing to link")
                 return
-            before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
             names = _stack_axis_names(layer)
             axis = link_axis(names) if len(names) == data.ndim - 2 else 0
             along = names[axis] if axis < len(names) else ""
             gap = int(self._gap.value) if along != "Z" else 0  # z: two nuclei, not a miss
-            linked = edit.relabel_sequential(  # objects 1..N
-                link_planes(data, axis=axis, max_gap=gap))
         except DeepCeNSError as exc:
             self._fail(exc)
             return
-        except (ValueError, MemoryError) as exc:
-            self._fail(DeepCeNSError(f"linking failed ({type(exc).__name__}): {exc}"))
-            return
+        edits = [0]  # the labels changed while linking: the result no longer applies
+
+        def count(_event=None) -> None:
+            edits[0] += 1
+
+        layer.events.paint.connect(count)
+        layer.events.data.connect(count)
+        tracks = axis == 0 and along != "Z"  # a time-lapse: each nucleus's track
+        worker = _link_worker(data, axis, gap, tracks)
+
+        def done(result) -> None:
+            layer.events.paint.disconnect(count)
+            layer.events.data.disconnect(count)
+            if isinstance(result, DeepCeNSError):
+                self._fail(result)
+            elif edits[0]:
+                self._fail(DeepCeNSError(f"{layer.name!r} was edited while its planes were linked:"
+                                         " nothing changed; press Link planes again"))
+            else:
+                self._apply_link(layer, data, along, gap, *result)
+
+        def finished() -> None:
+            self._link_worker = None
+            self._link.enabled = True
+
+        worker.returned.connect(done)
+        worker.finished.connect(finished)
+        stop_on_close(self.native, worker)
+        self._link_worker = worker
+        self._link.enabled = False
+        self._report(f"linking the planes of {layer.name!r}…")
+        worker.start()
+
+    _link_worker = None
+
+    def _apply_link(self, layer, data: np.ndarray, along: str, gap: int, before: int,
+                    linked: np.ndarray, table) -> None:
         after = int(linked.max(initial=0))
         if after > np.iinfo(data.dtype).max:
             self._fail(DeepCeNSError(f"{layer.name!r} holds {data.dtype} labels, too small for "
@@ -320,17 +374,16 @@ class CorrectionWidget(Container):
             "for a z-stack set 'bridge gaps' to 0, Ctrl+Z and link again")
         if not self._edit(lambda lab: linked.astype(lab.dtype, copy=False),
                           f"planes linked: {before} pieces → {count_of(after, 'object')} ({{n}} pixels "
-                          f"changed){unnamed}"):
+                          f"changed){unnamed}", layer):
             return
-        if axis == 0 and along != "Z":  # a time-lapse: show each nucleus's track
-            self._show_tracks(layer, linked)
+        if table is not None:
+            self._show_tracks(layer, table)
 
-    def _show_tracks(self, layer, linked: np.ndarray) -> None:
-        """A Tracks layer of the linked nuclei's centroids (replaced on every link): a tail
-        that jumps between nuclei shows where linking went wrong."""
-        from ..postprocess.tracks import count_tracks, track_table
+    def _show_tracks(self, layer, table: np.ndarray) -> None:
+        """A Tracks layer of the linked nuclei's centroids (``track_table`` rows, replaced on
+        every link): a tail that jumps between nuclei shows where linking went wrong."""
+        from ..postprocess.tracks import count_tracks
 
-        table = track_table(linked, axis=0)
         name = f"{layer.name} tracks"
         if name in self._viewer.layers:  # derived data: replaced whole
             self._viewer.layers.remove(name)
