@@ -110,3 +110,9 @@ def pytest_unconfigure(config):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_EXIT_STATUS[-1])
+
+
+def boxes_and_wait(qtbot, correct) -> None:
+    """Recompute rotated boxes runs in a thread worker (the GUI never waits for it): wait."""
+    correct.update_boxes()
+    qtbot.waitUntil(lambda: correct._boxes_worker is None, timeout=60_000)

@@ -8,6 +8,8 @@ import pytest
 
 from napari_deepcens.io.autosave import AutosaveStore
 
+from .conftest import boxes_and_wait
+
 NOW = "20261126-120000-000000-1"
 
 
@@ -242,7 +244,7 @@ def test_a_restored_z_stack_is_still_a_z_stack(correcting):
     assert (restored.data == 1).sum() == 48                # a 3-D nucleus, measured whole
 
 
-def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(make_napari_viewer):
+def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(make_napari_viewer, qtbot):
     """Recompute replaced the boxes layer by name: a box the user drew was gone with no copy,
     and a user layer of that name would have gone too. A stack with no object left raised a
     traceback after the old layer was already removed."""
@@ -256,12 +258,12 @@ def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(ma
     widget = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget._labels_layer.value = layer
-    widget.update_boxes()
-    widget.update_boxes()  # unedited: replaced, not multiplied
+    boxes_and_wait(qtbot, widget)
+    boxes_and_wait(qtbot, widget)  # unedited: replaced, not multiplied
     assert [ly.name for ly in viewer.layers] == ["cells", "cells boxes"]
     boxes = viewer.layers["cells boxes"]
     boxes.add_rectangles(np.array([[50, 50], [58, 58]]))  # the user draws a missed box
-    widget.update_boxes()
+    boxes_and_wait(qtbot, widget)
     assert len(viewer.layers["cells boxes (edited)"].data) == 3
     assert len(viewer.layers["cells boxes"].data) == 2
 
@@ -269,10 +271,10 @@ def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(ma
     movie[1, 10:20, 10:20] = 4
     stack = viewer.add_labels(movie, name="movie labels")
     widget._labels_layer.value = stack
-    widget.update_boxes()
+    boxes_and_wait(qtbot, widget)
     stack.selected_label = 4
     widget.delete_selected()                               # the only object was wrong
-    widget.update_boxes()
+    boxes_and_wait(qtbot, widget)
     assert len(viewer.layers["movie labels boxes"].data) == 0
     assert "0 rotated boxes" in widget._status.value
 

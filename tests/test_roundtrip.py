@@ -6,6 +6,8 @@ import pytest
 from napari_deepcens.cli import main
 from napari_deepcens.widget.dock import DeepCeNSDock
 
+from .conftest import boxes_and_wait
+
 
 @pytest.fixture
 def dock(make_napari_viewer, fluorescence):
@@ -36,7 +38,7 @@ def test_round_trip(dock, qtbot, tmp_path, capsys):
     dock.correct.delete_selected()
     dock.correct._relabel.changed.emit(True)
     assert int(labels.data.max()) == n_before - 1
-    dock.correct.update_boxes()
+    boxes_and_wait(qtbot, dock.correct)
     boxes = viewer.layers["nuclei labels boxes"]
     assert len(boxes.data) == n_before - 1 and "angle" in boxes.features
 

@@ -14,7 +14,7 @@ from napari_deepcens.evaluation.metrics import match_image, summarize
 from napari_deepcens.inference.stack import restack, segment_stack
 from napari_deepcens.io.images import read_stack
 
-from .conftest import logged
+from .conftest import boxes_and_wait, logged
 
 
 def link_and_wait(qtbot, correct) -> None:
@@ -241,7 +241,7 @@ def test_the_widget_segments_the_plane_on_screen_then_every_plane(make_napari_vi
     folder = correct.export()
     assert folder is not None and folder.name.endswith("plane2")
     assert np.array_equal(tifffile.imread(folder / "image.tif"), stack[2])
-    correct.update_boxes()
+    boxes_and_wait(qtbot, correct)
     boxes = viewer.layers["movie labels boxes"]
     assert boxes.ndim == 3 and len(boxes.data) == len(np.unique(labels.data)) - 1
 

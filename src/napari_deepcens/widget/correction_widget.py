@@ -101,6 +101,16 @@ def label_under_cursor(layer, viewer) -> int:
 
 
 @thread_worker
+def _boxes_worker(data: np.ndarray):
+    """:func:`boxes_layer_data` off the GUI thread; a failure comes back as the result."""
+    try:
+        return boxes_layer_data(data)
+    except Exception as exc:  # shown as a message; the traceback goes to the log
+        log.exception("rotated boxes failed")
+        return exc
+
+
+@thread_worker
 def _link_worker(data: np.ndarray, axis: int, gap: int, tracks: bool):
     """Pieces counted, planes linked and numbered 1..N, and (time-lapses) the tracks table,
     off the GUI thread; a user error comes back as the result."""
@@ -399,24 +409,53 @@ class CorrectionWidget(Container):
     def update_boxes(self) -> None:
         """Create or refresh the Shapes layer of rotated boxes from the current labels.
 
-        Only a layer this tab made for these labels is replaced; one whose boxes the user
-        moved, drew or deleted is kept beside the new one as "(edited)". The new layer is
-        made before the old one goes, so a failure leaves the boxes there were."""
+        The boxes are measured in a thread worker (8000 objects took 2 s, a stack's 18000
+        5 s, on the GUI thread), on the labels as they were when pressed. Only a layer this
+        tab made for these labels is replaced; one whose boxes the user moved, drew or
+        deleted is kept beside the new one as "(edited)"."""
+        if self._boxes_worker is not None:
+            return
         try:
             layer = self._layer()
-            shapes, features = boxes_layer_data(np.asarray(layer.data))
-            name = f"{layer.name} boxes"
-            old = next((ly for ly in self._viewer.layers if ly in self._own_boxes
-                        and ly.metadata.get(BOXES_OF_KEY) == id(layer)), None)
+            data = np.array(layer.data, copy=True)  # what was pressed on, whatever comes next
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return
+        worker = _boxes_worker(data)
+        worker.returned.connect(lambda result, layer=layer: self._show_boxes(layer, result))
+
+        def finished() -> None:
+            self._boxes_worker = None
+            self._boxes.enabled = True
+
+        worker.finished.connect(finished)
+        stop_on_close(self.native, worker)
+        self._boxes_worker = worker
+        self._boxes.enabled = False
+        self._report(f"measuring the rotated boxes of {layer.name!r}…")
+        worker.start()
+
+    _boxes_worker = None
+
+    def _show_boxes(self, layer, result) -> None:
+        if isinstance(result, Exception):
+            self._fail(result if isinstance(result, DeepCeNSError) else DeepCeNSError(
+                f"rotated boxes failed ({type(result).__name__}): {result}"))
+            return
+        if layer not in self._viewer.layers:
+            self._report(f"{layer.name!r} was closed: no boxes")
+            return
+        shapes, features = result
+        name = f"{layer.name} boxes"
+        old = next((ly for ly in self._viewer.layers if ly in self._own_boxes
+                    and ly.metadata.get(BOXES_OF_KEY) == id(layer)), None)
+        try:
             new = self._viewer.add_shapes(
                 shapes or None, ndim=layer.ndim, shape_type="rectangle", name=name,
                 features=features, edge_color="yellow", face_color="transparent", edge_width=1,
                 scale=layer.scale, translate=layer.translate,
                 metadata={BOXES_OF_KEY: id(layer), EDITED_KEY: False})
-        except DeepCeNSError as exc:
-            self._fail(exc)
-            return
-        except Exception as exc:
+        except Exception as exc:  # the boxes there were stay
             log.exception("rotated boxes failed")
             self._fail(DeepCeNSError(f"rotated boxes failed ({type(exc).__name__}): {exc}"))
             return
