@@ -277,6 +277,11 @@ def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(ma
     boxes_and_wait(qtbot, widget)
     assert len(viewer.layers["movie labels boxes"].data) == 0
     assert "0 rotated boxes" in widget._status.value
+    # measured in a worker: labels that change size meanwhile get no boxes of the old ones
+    widget.update_boxes()
+    stack.data = np.zeros((2, 32, 32), np.int32)
+    qtbot.waitUntil(lambda: widget._boxes_worker is None, timeout=60_000)
+    assert "changed size while its boxes were measured" in widget._status.value
 
 
 def test_shift_d_reaches_the_correct_tab_open_now(make_napari_viewer, qtbot):

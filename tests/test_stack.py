@@ -679,3 +679,49 @@ def test_link_planes_runs_off_the_gui_thread_and_never_overwrites_an_edit(make_n
     link_and_wait(qtbot, correct)                        # again, left alone: linked
     assert len(np.unique(layer.data)) - 1 == 3           # the 2 nuclei and the painted blob
     assert "planes linked: 7 pieces" in correct._status.value
+
+
+def test_link_planes_refuses_whatever_changed_the_labels_meanwhile(make_napari_viewer, qtbot,
+                                                                  monkeypatch):
+    """An undo, or a Segment-tab slider move, raises no event: the result is compared with the
+    labels as they are now. A closed layer is not linked; a bug is a message, not a hang."""
+    from napari_deepcens.postprocess import tracks
+    from napari_deepcens.widget.correction_widget import CorrectionWidget
+
+    from .conftest import disc_labels
+
+    frame = disc_labels((64, 64), [(16, 16), (40, 44)], 6)
+    stack = np.stack([frame, frame * 3, frame * 5]).astype(np.int32)
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(stack.copy(), name="movie", axis_labels=("t", "y", "x"))
+    correct = CorrectionWidget(viewer)
+    viewer.window.add_dock_widget(correct)
+    correct._labels_layer.value = layer
+    layer.selected_label = 3
+    correct.delete_selected()
+    correct.link_planes()
+    layer.undo()                                          # no paint or data event
+    qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
+    assert "was edited while its planes were linked" in correct._status.value
+    assert np.array_equal(layer.data, stack)
+    correct.link_planes()
+    layer.data[2][layer.data[2] == 5] = 0                # written in place, as a slider does
+    qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
+    assert "was edited while its planes were linked" in correct._status.value
+    layer.data[2] = stack[2]
+    correct.link_planes()
+    viewer.layers.remove(layer)
+    qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
+    assert "was closed while its planes were linked" in correct._status.value
+    assert "movie tracks" not in viewer.layers
+
+    def bug(*_args, **_kwargs):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(tracks, "track_table", bug)
+    again = viewer.add_labels(stack.copy(), name="again", axis_labels=("t", "y", "x"))
+    correct.reset_choices()
+    correct._labels_layer.value = again
+    link_and_wait(qtbot, correct)
+    assert "linking failed (IndexError): a bug" in correct._status.value
+    assert correct._link.enabled

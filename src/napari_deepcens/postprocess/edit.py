@@ -1,7 +1,8 @@
 """Hand-correction operations on instance label images (pure numpy/scipy, no Qt).
 
-Each returns a new array and leaves its input alone, so the widget can apply just the changed
-pixels through napari's undoable ``Labels.data_setitem`` (Ctrl+Z works for these too).
+Each leaves its input alone and returns a new array (or, when nothing changes, the input
+itself), so the widget can apply just the changed pixels through napari's undoable
+``Labels.data_setitem`` (Ctrl+Z works for these too).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,14 +101,28 @@ def label_under_cursor(layer, viewer) -> int:
     return int(layer.data[tuple(coords)])  # a stack: the plane on screen
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A failure carried back from a worker: a returned exception would be raised again by
+    the worker, and napari would show a traceback instead of our message."""
+
+    error: DeepCeNSError
+
+
+def _failed(exc: Exception, what: str) -> _Failed:
+    if isinstance(exc, DeepCeNSError):
+        return _Failed(exc)
+    log.error("%s failed", what, exc_info=exc)  # the traceback goes to the log
+    return _Failed(DeepCeNSError(f"{what} failed ({type(exc).__name__}): {exc}"))
+
+
 @thread_worker
 def _boxes_worker(data: np.ndarray):
     """:func:`boxes_layer_data` off the GUI thread; a failure comes back as the result."""
     try:
         return boxes_layer_data(data)
-    except Exception as exc:  # shown as a message; the traceback goes to the log
-        log.exception("rotated boxes failed")
-        return exc
+    except Exception as exc:
+        return _failed(exc, "rotated boxes")
 
 
 @thread_worker
@@ -121,10 +136,8 @@ def _link_worker(data: np.ndarray, axis: int, gap: int, tracks: bool):
         before = sum(len(np.unique(data[i])) - 1 for i in np.ndindex(*data.shape[:-2]))
         linked = edit.relabel_sequential(link_planes(data, axis=axis, max_gap=gap))
         return before, linked, (track_table(linked, axis=0) if tracks else None)
-    except DeepCeNSError as exc:
-        return exc
-    except (ValueError, MemoryError) as exc:
-        return DeepCeNSError(f"linking failed ({type(exc).__name__}): {exc}")
+    except Exception as exc:
+        return _failed(exc, "linking")
 
 
 def boxes_layer_data(labels: np.ndarray) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
@@ -337,22 +350,19 @@ class CorrectionWidget(Container):
         except DeepCeNSError as exc:
             self._fail(exc)
             return
-        edits = [0]  # the labels changed while linking: the result no longer applies
-
-        def count(_event=None) -> None:
-            edits[0] += 1
-
-        layer.events.paint.connect(count)
-        layer.events.data.connect(count)
+        # what the worker links; the result applies only to labels still exactly so (an
+        # undo, a slider move of the Segment tab or a brush stroke raise no event to count)
+        snapshot = data.copy()
         tracks = axis == 0 and along != "Z"  # a time-lapse: each nucleus's track
-        worker = _link_worker(data, axis, gap, tracks)
+        worker = _link_worker(snapshot, axis, gap, tracks)
 
         def done(result) -> None:
-            layer.events.paint.disconnect(count)
-            layer.events.data.disconnect(count)
-            if isinstance(result, DeepCeNSError):
-                self._fail(result)
-            elif edits[0]:
+            if isinstance(result, _Failed):
+                self._fail(result.error)
+            elif layer not in self._viewer.layers:
+                self._report(f"{layer.name!r} was closed while its planes were linked: not linked")
+            elif getattr(layer, "_block_history", False) or not np.array_equal(
+                    np.asarray(layer.data), snapshot):
                 self._fail(DeepCeNSError(f"{layer.name!r} was edited while its planes were linked:"
                                          " nothing changed; press Link planes again"))
             else:
@@ -422,7 +432,8 @@ class CorrectionWidget(Container):
             self._fail(exc)
             return
         worker = _boxes_worker(data)
-        worker.returned.connect(lambda result, layer=layer: self._show_boxes(layer, result))
+        worker.returned.connect(lambda result, layer=layer, shape=data.shape:
+                                self._show_boxes(layer, result, shape))
 
         def finished() -> None:
             self._boxes_worker = None
@@ -437,13 +448,16 @@ class CorrectionWidget(Container):
 
     _boxes_worker = None
 
-    def _show_boxes(self, layer, result) -> None:
-        if isinstance(result, Exception):
-            self._fail(result if isinstance(result, DeepCeNSError) else DeepCeNSError(
-                f"rotated boxes failed ({type(result).__name__}): {result}"))
+    def _show_boxes(self, layer, result, shape: tuple[int, ...]) -> None:
+        if isinstance(result, _Failed):
+            self._fail(result.error)
             return
         if layer not in self._viewer.layers:
             self._report(f"{layer.name!r} was closed: no boxes")
+            return
+        if tuple(np.shape(layer.data)) != tuple(shape):
+            self._fail(DeepCeNSError(f"{layer.name!r} changed size while its boxes were measured:"
+                                     " press Recompute rotated boxes again"))
             return
         shapes, features = result
         name = f"{layer.name} boxes"
