@@ -304,19 +304,32 @@ class CorrectionWidget(Container):
     def delete_selected(self) -> None:
         layer = self._labels_layer.value
         label = int(layer.selected_label) if layer is not None else 0
-        self._edit(lambda lab: edit.delete_label(lab, label),
-                   f"deleted label {label}" + " ({n} pixels)")
+        self._set_label(label, 0, f"deleted label {label}" + " ({n} pixels)")
 
     def delete_under_cursor(self, layer) -> None:
         label = label_under_cursor(layer, self._viewer)
         if label:
-            self._edit(lambda lab: edit.delete_label(lab, label), f"deleted label {label}", layer)
+            self._set_label(label, 0, f"deleted label {label}", layer)
 
     def merge_under_cursor(self, layer) -> None:
         other, keep = label_under_cursor(layer, self._viewer), int(layer.selected_label)
         if other and keep and other != keep:
-            self._edit(lambda lab: edit.merge_labels(lab, keep, other),
-                       f"merged label {other} into {keep}", layer)
+            self._set_label(other, keep, f"merged label {other} into {keep}", layer)
+
+    def _set_label(self, old: int, new: int, done: str, layer=None) -> bool:
+        """Give object ``old``'s pixels the label ``new`` (0: delete it) as one undoable
+        step, writing only those pixels: a copy of the whole layer to diff (as the other
+        tools do) took 1.3 s on a 60-frame stack for one nucleus."""
+        try:
+            layer = self._layer(layer)
+            where = np.nonzero(np.asarray(layer.data) == old) if old else ()
+            if old and where[0].size:
+                layer.data_setitem(where, new)
+        except DeepCeNSError as exc:
+            self._fail(exc)
+            return False
+        self._report(done.format(n=where[0].size if old else 0))
+        return True
 
     def _bind_keys(self, layer) -> None:
         """Shift+D deletes, Shift+M merges the object under the cursor. The keys reach
