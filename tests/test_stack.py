@@ -670,15 +670,19 @@ def test_link_planes_runs_off_the_gui_thread_and_never_overwrites_an_edit(make_n
     correct = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(correct)
     correct._labels_layer.value = layer
+    said = []  # what the tab reports (the autosaver may write the status line after it)
+    report, fail = correct._report, correct._fail
+    correct._report = lambda message: (said.append(message), report(message))
+    correct._fail = lambda exc: (said.append(str(exc)), fail(exc))
     correct.link_planes()
-    assert correct._link_worker is not None and "linking the planes" in correct._status.value
+    assert correct._link_worker is not None and "linking the planes" in said[-1]
     layer.paint((1, 60, 60), 9, refresh=True)            # the user goes on correcting
     qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
-    assert "was edited while its planes were linked" in correct._status.value
+    assert "was edited while its planes were linked" in said[-1]
     assert (layer.data[1] == 9).any() and np.array_equal(layer.data[0], stack[0])
     link_and_wait(qtbot, correct)                        # again, left alone: linked
     assert len(np.unique(layer.data)) - 1 == 3           # the 2 nuclei and the painted blob
-    assert "planes linked: 7 pieces" in correct._status.value
+    assert "planes linked: 7 pieces" in said[-1]
 
 
 def test_link_planes_refuses_whatever_changed_the_labels_meanwhile(make_napari_viewer, qtbot,
@@ -697,22 +701,26 @@ def test_link_planes_refuses_whatever_changed_the_labels_meanwhile(make_napari_v
     correct = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(correct)
     correct._labels_layer.value = layer
+    said = []  # what the tab reports (the autosaver may write the status line after it)
+    report, fail = correct._report, correct._fail
+    correct._report = lambda message: (said.append(message), report(message))  # the widget
+    correct._fail = lambda exc: (said.append(str(exc)), fail(exc))  # is dropped after the test
     layer.selected_label = 3
     correct.delete_selected()
     correct.link_planes()
     layer.undo()                                          # no paint or data event
     qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
-    assert "was edited while its planes were linked" in correct._status.value
+    assert "was edited while its planes were linked" in said[-1]
     assert np.array_equal(layer.data, stack)
     correct.link_planes()
     layer.data[2][layer.data[2] == 5] = 0                # written in place, as a slider does
     qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
-    assert "was edited while its planes were linked" in correct._status.value
+    assert "was edited while its planes were linked" in said[-1]
     layer.data[2] = stack[2]
     correct.link_planes()
     viewer.layers.remove(layer)
     qtbot.waitUntil(lambda: correct._link_worker is None, timeout=60_000)
-    assert "was closed while its planes were linked" in correct._status.value
+    assert "was closed while its planes were linked" in said[-1]
     assert "movie tracks" not in viewer.layers
 
     def bug(*_args, **_kwargs):
@@ -723,5 +731,5 @@ def test_link_planes_refuses_whatever_changed_the_labels_meanwhile(make_napari_v
     correct.reset_choices()
     correct._labels_layer.value = again
     link_and_wait(qtbot, correct)
-    assert "linking failed (IndexError): a bug" in correct._status.value
+    assert "linking failed (IndexError): a bug" in said[-1]
     assert correct._link.enabled
