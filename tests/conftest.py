@@ -116,3 +116,13 @@ def boxes_and_wait(qtbot, correct) -> None:
     """Recompute rotated boxes runs in a thread worker (the GUI never waits for it): wait."""
     correct.update_boxes()
     qtbot.waitUntil(lambda: correct._boxes_worker is None, timeout=60_000)
+
+
+def reports(correct) -> list[str]:
+    """Every message the Correct tab reports from now on: its status line may be written by
+    the autosaver a moment later ("autosaved …"), so tests read the reports themselves."""
+    said: list[str] = []
+    report, fail = correct._report, correct._fail
+    correct._report = lambda message: (said.append(message), report(message))
+    correct._fail = lambda exc: (said.append(str(exc)), fail(exc))
+    return said

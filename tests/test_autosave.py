@@ -8,7 +8,7 @@ import pytest
 
 from napari_deepcens.io.autosave import AutosaveStore
 
-from .conftest import boxes_and_wait
+from .conftest import boxes_and_wait, reports
 
 NOW = "20261126-120000-000000-1"
 
@@ -257,6 +257,7 @@ def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(ma
     layer = viewer.add_labels(lab, name="cells")
     widget = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    said = reports(widget)
     widget._labels_layer.value = layer
     boxes_and_wait(qtbot, widget)
     boxes_and_wait(qtbot, widget)  # unedited: replaced, not multiplied
@@ -276,12 +277,12 @@ def test_recompute_boxes_keeps_hand_edited_boxes_and_handles_an_emptied_stack(ma
     widget.delete_selected()                               # the only object was wrong
     boxes_and_wait(qtbot, widget)
     assert len(viewer.layers["movie labels boxes"].data) == 0
-    assert "0 rotated boxes" in widget._status.value
+    assert "0 rotated boxes" in said[-1]
     # measured in a worker: labels that change size meanwhile get no boxes of the old ones
     widget.update_boxes()
     stack.data = np.zeros((2, 32, 32), np.int32)
     qtbot.waitUntil(lambda: widget._boxes_worker is None, timeout=60_000)
-    assert "changed size while its boxes were measured" in widget._status.value
+    assert "changed size while its boxes were measured" in said[-1]
 
 
 def test_shift_d_reaches_the_correct_tab_open_now(make_napari_viewer, qtbot):

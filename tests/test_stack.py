@@ -14,7 +14,7 @@ from napari_deepcens.evaluation.metrics import match_image, summarize
 from napari_deepcens.inference.stack import restack, segment_stack
 from napari_deepcens.io.images import read_stack
 
-from .conftest import boxes_and_wait, logged
+from .conftest import boxes_and_wait, logged, reports
 
 
 def link_and_wait(qtbot, correct) -> None:
@@ -578,13 +578,14 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     viewer = make_napari_viewer()
     layer = viewer.add_labels(pieces.astype(np.int32), name="pieces")
     correct = CorrectionWidget(viewer)
+    said = reports(correct)
     correct._labels_layer.value = layer
     link_and_wait(qtbot, correct)
-    assert "pieces →" in correct._status.value
+    assert any("pieces →" in m for m in said)
     assert len(np.unique(layer.data)) == len(np.unique(linked))
     tracks = viewer.layers["pieces tracks"]                          # one stack axis: a time-lapse
     assert len(np.unique(tracks.data[:, 0])) >= 0.9 * (len(np.unique(pieces[0])) - 1)
-    assert "tracks over 2+ planes" in correct._status.value
+    assert "tracks over 2+ planes" in said[-1]
     layer.undo()
     assert np.array_equal(layer.data, pieces)
     # the gap knob: a plane where the nuclei were erased is bridged (1, default) or not (0)
@@ -595,7 +596,7 @@ def test_cli_links_a_time_lapse_and_the_correction_tab_links_undoably(
     n = len(np.unique(pieces[0])) - 1
     link_and_wait(qtbot, correct)
     assert len(np.unique(layer2.data)) - 1 == n
-    assert "stack axis has no name" in correct._status.value   # bridged as time: said so
+    assert "stack axis has no name" in said[-1]                # bridged as time: said so
     layer2.undo()
     correct._gap.value = 0
     link_and_wait(qtbot, correct)
@@ -670,10 +671,7 @@ def test_link_planes_runs_off_the_gui_thread_and_never_overwrites_an_edit(make_n
     correct = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(correct)
     correct._labels_layer.value = layer
-    said = []  # what the tab reports (the autosaver may write the status line after it)
-    report, fail = correct._report, correct._fail
-    correct._report = lambda message: (said.append(message), report(message))
-    correct._fail = lambda exc: (said.append(str(exc)), fail(exc))
+    said = reports(correct)
     correct.link_planes()
     assert correct._link_worker is not None and "linking the planes" in said[-1]
     layer.paint((1, 60, 60), 9, refresh=True)            # the user goes on correcting
@@ -701,10 +699,7 @@ def test_link_planes_refuses_whatever_changed_the_labels_meanwhile(make_napari_v
     correct = CorrectionWidget(viewer)
     viewer.window.add_dock_widget(correct)
     correct._labels_layer.value = layer
-    said = []  # what the tab reports (the autosaver may write the status line after it)
-    report, fail = correct._report, correct._fail
-    correct._report = lambda message: (said.append(message), report(message))  # the widget
-    correct._fail = lambda exc: (said.append(str(exc)), fail(exc))  # is dropped after the test
+    said = reports(correct)
     layer.selected_label = 3
     correct.delete_selected()
     correct.link_planes()
