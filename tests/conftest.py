@@ -123,6 +123,11 @@ def reports(correct) -> list[str]:
     the autosaver a moment later ("autosaved …"), so tests read the reports themselves."""
     said: list[str] = []
     report, fail = correct._report, correct._fail
-    correct._report = lambda message: (said.append(message), report(message))
+    def mine(message: str) -> None:
+        if not message.startswith("autosaved "):  # the autosaver's, not the tool's
+            said.append(message)
+        report(message)
+
+    correct._report = mine
     correct._fail = lambda exc: (said.append(str(exc)), fail(exc))
     return said
