@@ -381,17 +381,8 @@ class CorrectionWidget(Container):
             else:
                 self._apply_link(layer, data, along, gap, *result)
 
-        def finished() -> None:
-            self._link_worker = None
-            self._link.enabled = True
-
-        worker.returned.connect(done)
-        worker.finished.connect(finished)
-        stop_on_close(self.native, worker)
-        self._link_worker = worker
-        self._link.enabled = False
-        self._report(f"linking the planes of {layer.name!r}…")
-        worker.start()
+        self._start_tool(worker, done, "_link_worker", self._link,
+                         f"linking the planes of {layer.name!r}…")
 
     _link_worker = None
 
@@ -445,18 +436,23 @@ class CorrectionWidget(Container):
             self._fail(exc)
             return
         worker = _boxes_worker(data)
-        worker.returned.connect(lambda result, layer=layer, shape=data.shape:
-                                self._show_boxes(layer, result, shape))
+        self._start_tool(worker, lambda result, layer=layer, shape=data.shape:
+                         self._show_boxes(layer, result, shape), "_boxes_worker", self._boxes,
+                         f"measuring the rotated boxes of {layer.name!r}…")
 
+    def _start_tool(self, worker, returned, slot: str, button, message: str) -> None:
+        """Run a tool's thread worker: its button is off and ``slot`` holds the worker until
+        it ends; ``returned`` gets its result."""
         def finished() -> None:
-            self._boxes_worker = None
-            self._boxes.enabled = True
+            setattr(self, slot, None)
+            button.enabled = True
 
+        worker.returned.connect(returned)
         worker.finished.connect(finished)
         stop_on_close(self.native, worker)
-        self._boxes_worker = worker
-        self._boxes.enabled = False
-        self._report(f"measuring the rotated boxes of {layer.name!r}…")
+        setattr(self, slot, worker)
+        button.enabled = False
+        self._report(message)
         worker.start()
 
     _boxes_worker = None
